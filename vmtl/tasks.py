@@ -1,0 +1,630 @@
+"""The task graph (tasks, kinds, labels, auxiliaries, preprocessing) and every kind's post-processing.
+
+This module is the single source of truth for what the tasks are. It is numpy-only so the serving and
+client paths stay light. A spec looks like::
+
+    name: demo
+    preprocess: {num_frames: 16, size: 224, sampling: uniform, mean: [...], std: [...]}
+    tasks:
+      - {name: object, kind: classify, labels_file: labels.txt, data: object}
+      - {name: tags, kind: tag, labels: [a, b, c], auxiliaries: [object], threshold: 0.5}
+
+`labels_file` is read when the graph is loaded (relative to the task's data directory under
+`data_root`, else to the spec file's directory); saved graphs always carry their labels inline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+KINDS: tuple[str, ...] = ("classify", "tag", "localize", "embed", "regress", "track")
+LABELLED_KINDS: frozenset[str] = frozenset({"classify", "tag", "localize"})
+TEMPORAL_KINDS: frozenset[str] = frozenset({"localize", "track"})
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_DENSE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TaskGraphError(ValueError):
+    """A task graph spec is invalid; the message names the task and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a clip is sampled and normalised before the trunk (the trunk normalises inside its graph)."""
+
+    num_frames: int = 16
+    size: int = 224
+    sampling: str = "uniform"  # "uniform" or MMAction2 dense "TxIxN" (clip_len x frame_interval x clips)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        if self.num_frames < 1 or self.size < 1:
+            raise TaskGraphError(
+                f"preprocess: num_frames and size must be positive, got {self.num_frames}, {self.size}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise TaskGraphError("preprocess: mean and std need 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise TaskGraphError(f"preprocess: std must be positive, got {list(self.std)}")
+        if self.sampling != "uniform":
+            m = _DENSE_RE.match(self.sampling)
+            if not m:
+                raise TaskGraphError(
+                    f"preprocess: sampling must be 'uniform' or 'TxIxN' (e.g. 16x4x1), got {self.sampling!r}"
+                )
+            t, _, n = (int(g) for g in m.groups())
+            if t * n != self.num_frames:
+                raise TaskGraphError(
+                    f"preprocess: sampling {self.sampling} gives {t * n} frames but num_frames is {self.num_frames}"
+                )
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its kind, labels, auxiliaries (tasks whose representations prompt it) and options."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...] = ()
+    auxiliaries: tuple[str, ...] = ()
+    data: str | None = None  # the task's dataset directory (relative to the data root)
+    dim: int = 0  # embed: vector size (default 64); regress: number of values (default 1)
+    top_k: int = 5  # classify
+    threshold: float = 0.5  # tag: sigmoid threshold; localize: minimum segment score
+    scale: tuple[float, ...] = ()  # regress: value = raw * scale + offset (per value, or one for all)
+    offset: tuple[float, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the head's output layer (per temporal token for localize/track)."""
+        return {
+            "classify": self.num_classes,
+            "tag": self.num_classes,
+            "localize": self.num_classes + 1,  # index 0 is background
+            "embed": self.dim,
+            "regress": self.dim,
+            "track": 4,
+        }[self.kind]
+
+    @property
+    def temporal(self) -> bool:
+        return self.kind in TEMPORAL_KINDS
+
+
+@dataclass(frozen=True)
+class TaskGraph:
+    """Tasks plus preprocessing; validated on construction."""
+
+    tasks: tuple[TaskSpec, ...]
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    name: str = "vmtl"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- queries -----------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown task {name!r}; this graph has: {', '.join(self.names)}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(t.name == name for t in self.tasks)
+
+    def stages(self) -> list[list[str]]:
+        """Topological stages: stage 0 has no auxiliaries, stage k needs only earlier stages."""
+        level: dict[str, int] = {}
+        for name in self._topological_order():
+            aux = self.task(name).auxiliaries
+            level[name] = 1 + max((level[a] for a in aux), default=-1)
+        out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+        for t in self.tasks:  # keep declaration order inside a stage
+            out[level[t.name]].append(t.name)
+        return out
+
+    def closure(self, names: Iterable[str]) -> list[str]:
+        """The given tasks plus every auxiliary they need, transitively, in stage order."""
+        wanted: set[str] = set()
+        todo = list(names)
+        while todo:
+            n = todo.pop()
+            if n in wanted:
+                continue
+            self.task(n)  # raises KeyError naming the unknown task
+            wanted.add(n)
+            todo.extend(self.task(n).auxiliaries)
+        return [n for stage in self.stages() for n in stage if n in wanted]
+
+    def dependents(self, name: str) -> list[str]:
+        """Tasks that use `name` as an auxiliary."""
+        return [t.name for t in self.tasks if name in t.auxiliaries]
+
+    # -- validation ---------------------------------------------------------------------------------
+    def validate(self) -> None:
+        if not self.tasks:
+            raise TaskGraphError("the task graph has no tasks")
+        self.preprocess.validate()
+        seen: set[str] = set()
+        for t in self.tasks:
+            where = f"task {t.name!r}"
+            if not isinstance(t.name, str) or not _NAME_RE.match(t.name):
+                raise TaskGraphError(
+                    f"{where}: names must be lower-case identifiers ([a-z][a-z0-9_]*, at most 32 chars); "
+                    "they become Triton model and tensor names"
+                )
+            if t.name in seen:
+                raise TaskGraphError(f"{where}: duplicate task name")
+            seen.add(t.name)
+            if t.kind not in KINDS:
+                raise TaskGraphError(f"{where}: unknown kind {t.kind!r}; choose one of {', '.join(KINDS)}")
+            if t.kind in LABELLED_KINDS and not t.labels:
+                raise TaskGraphError(
+                    f"{where}: kind {t.kind} needs labels (give `labels:` or `labels_file:`)"
+                )
+            if len(set(t.labels)) != len(t.labels):
+                raise TaskGraphError(f"{where}: duplicate label names")
+            if t.kind in ("embed", "regress") and t.dim < 1:
+                raise TaskGraphError(f"{where}: dim must be >= 1 for kind {t.kind}")
+            if t.kind == "regress":
+                for nm, vals in (("scale", t.scale), ("offset", t.offset)):
+                    if len(vals) not in (0, 1, t.dim):
+                        raise TaskGraphError(f"{where}: {nm} needs 1 or {t.dim} values, got {len(vals)}")
+            if t.name in t.auxiliaries:
+                raise TaskGraphError(f"{where}: a task cannot be its own auxiliary")
+        for t in self.tasks:
+            for a in t.auxiliaries:
+                if a not in seen:
+                    raise TaskGraphError(f"task {t.name!r}: auxiliary {a!r} is not a task of this graph")
+        self._topological_order()
+
+    def _topological_order(self) -> list[str]:
+        deps = {t.name: list(t.auxiliaries) for t in self.tasks}
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+        order: list[str] = []
+
+        def visit(n: str, path: list[str]) -> None:
+            if state.get(n) == 2:
+                return
+            if state.get(n) == 1:
+                cycle = [*path[path.index(n) :], n]
+                raise TaskGraphError(f"auxiliaries form a cycle: {' -> '.join(cycle)}")
+            state[n] = 1
+            for a in deps[n]:
+                visit(a, [*path, n])
+            state[n] = 2
+            order.append(n)
+
+        for t in self.tasks:
+            visit(t.name, [])
+        return order
+
+    # -- (de)serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        tasks = []
+        for t in self.tasks:
+            d: dict[str, Any] = {"name": t.name, "kind": t.kind}
+            for f in fields(TaskSpec)[2:]:
+                v = getattr(t, f.name)
+                if v != f.default and v != ():
+                    d[f.name] = list(v) if isinstance(v, tuple) else v
+            tasks.append(d)
+        pre = asdict(self.preprocess)
+        pre["mean"], pre["std"] = list(pre["mean"]), list(pre["std"])
+        return {"name": self.name, "preprocess": pre, "tasks": tasks}
+
+    @classmethod
+    def from_dict(
+        cls,
+        spec: Mapping[str, Any],
+        *,
+        base_dir: str | Path | None = None,
+        data_root: str | Path | None = None,
+    ) -> TaskGraph:
+        if not isinstance(spec, Mapping) or "tasks" not in spec:
+            raise TaskGraphError("a task graph spec needs a `tasks:` list")
+        pre_raw = dict(spec.get("preprocess") or {})
+        unknown = set(pre_raw) - {f.name for f in fields(Preprocess)}
+        if unknown:
+            raise TaskGraphError(f"preprocess: unknown keys {sorted(unknown)}")
+        for k in ("mean", "std"):
+            if k in pre_raw:
+                pre_raw[k] = tuple(float(x) for x in pre_raw[k])
+        preprocess = Preprocess(**pre_raw)
+        raw_tasks = spec["tasks"]
+        if not isinstance(raw_tasks, Sequence) or isinstance(raw_tasks, str):
+            raise TaskGraphError("`tasks:` must be a list of task mappings")
+        tasks = [_task_from_dict(t, i, base_dir, data_root) for i, t in enumerate(raw_tasks)]
+        return cls(tasks=tuple(tasks), preprocess=preprocess, name=str(spec.get("name", "vmtl")))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_text(cls, text: str, **kw: Any) -> TaskGraph:
+        """Parse YAML (JSON is valid YAML)."""
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise TaskGraphError(f"the task graph is not valid YAML/JSON: {exc}") from exc
+        return cls.from_dict(spec, **kw)
+
+    @classmethod
+    def load(cls, path: str | Path, *, data_root: str | Path | None = None) -> TaskGraph:
+        path = Path(path)
+        if not path.is_file():
+            raise TaskGraphError(f"task graph file not found: {path}")
+        return cls.from_text(path.read_text(), base_dir=path.parent, data_root=data_root)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
+        return path
+
+    def subset(self, names: Iterable[str]) -> TaskGraph:
+        """The graph restricted to `names` and their auxiliaries."""
+        keep = set(self.closure(names))
+        return replace(self, tasks=tuple(t for t in self.tasks if t.name in keep))
+
+
+_TASK_KEYS = {f.name for f in fields(TaskSpec)} | {"labels_file"}
+
+
+def _task_from_dict(
+    raw: Any, index: int, base_dir: str | Path | None, data_root: str | Path | None
+) -> TaskSpec:
+    if not isinstance(raw, Mapping):
+        raise TaskGraphError(f"tasks[{index}]: expected a mapping, got {type(raw).__name__}")
+    where = f"task {raw.get('name', f'#{index}')!r}"
+    for key in ("name", "kind"):
+        if key not in raw:
+            raise TaskGraphError(f"{where}: missing `{key}`")
+    unknown = set(raw) - _TASK_KEYS
+    if unknown:
+        raise TaskGraphError(f"{where}: unknown keys {sorted(unknown)}")
+    d = dict(raw)
+    labels_file = d.pop("labels_file", None)
+    if labels_file is not None:
+        if d.get("labels"):
+            raise TaskGraphError(f"{where}: give `labels` or `labels_file`, not both")
+        d["labels"] = _read_labels_file(labels_file, d.get("data"), base_dir, data_root, where)
+    for key in ("labels", "auxiliaries"):
+        v = d.get(key) or ()
+        if isinstance(v, str):
+            raise TaskGraphError(f"{where}: `{key}` must be a list, got the string {v!r}")
+        d[key] = tuple(str(x) for x in v)
+    for key in ("scale", "offset"):
+        v = d.get(key, ())
+        d[key] = (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
+    if d["kind"] in ("embed", "regress") and not d.get("dim"):
+        d["dim"] = 64 if d["kind"] == "embed" else 1
+    return TaskSpec(**d)
+
+
+def _read_labels_file(
+    labels_file: str, data: str | None, base_dir: str | Path | None, data_root: str | Path | None, where: str
+) -> tuple[str, ...]:
+    candidates = []
+    p = Path(labels_file)
+    if p.is_absolute():
+        candidates.append(p)
+    else:
+        if data_root is not None and data is not None:
+            candidates.append(Path(data_root) / data / p)
+        if base_dir is not None:
+            candidates.append(Path(base_dir) / p)
+        candidates.append(p)
+    for c in candidates:
+        if c.is_file():
+            labels = tuple(line.strip() for line in c.read_text().splitlines() if line.strip())
+            if not labels:
+                raise TaskGraphError(f"{where}: labels file {c} is empty")
+            return labels
+    tried = ", ".join(str(c) for c in candidates)
+    raise TaskGraphError(
+        f"{where}: labels file {labels_file!r} not found (tried {tried}); generate the data first?"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-processing: raw head outputs (numpy) -> typed, JSON-ready results
+
+
+class ClipLike(Protocol):
+    """What post-processing needs to know of the clip (vmtl.video.Clip satisfies it)."""
+
+    timestamps: np.ndarray
+    crop: tuple[float, float, float]
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    label: str
+    start: float
+    end: float
+    score: float
+
+
+@dataclass(frozen=True)
+class TimedBox:
+    time: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-video pixels
+
+
+@dataclass
+class TaskResult:
+    """One task's post-processed result for one clip (or window)."""
+
+    task: str
+    kind: str
+    top: list[Scored] = field(default_factory=list)  # classify: top-k; tag: labels over threshold
+    scores: dict[str, float] = field(default_factory=dict)  # classify/tag: every label's probability
+    segments: list[Segment] = field(default_factory=list)  # localize
+    embedding: list[float] = field(default_factory=list)  # embed (L2-normalised)
+    values: list[float] = field(default_factory=list)  # regress
+    boxes: list[TimedBox] = field(default_factory=list)  # track
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "classify":
+            out["label"] = self.top[0].label if self.top else None
+            out["top_k"] = [asdict(s) for s in self.top]
+        elif self.kind == "tag":
+            out["labels"] = [s.label for s in self.top]
+            out["scores"] = self.scores
+        elif self.kind == "localize":
+            out["segments"] = [asdict(s) for s in self.segments]
+        elif self.kind == "embed":
+            out["embedding"] = self.embedding
+        elif self.kind == "regress":
+            out["values"] = self.values
+        elif self.kind == "track":
+            out["boxes"] = [{"time": b.time, "box": list(b.box)} for b in self.boxes]
+        return out
+
+    def summary(self) -> str:
+        """One short human-readable line."""
+        if self.kind == "classify":
+            return ", ".join(f"{s.label} {s.score:.2f}" for s in self.top[:3])
+        if self.kind == "tag":
+            return ", ".join(f"{s.label} {s.score:.2f}" for s in self.top) or "(none over threshold)"
+        if self.kind == "localize":
+            segs = [f"{s.label} {s.start:.1f}-{s.end:.1f}s ({s.score:.2f})" for s in self.segments[:4]]
+            more = f" +{len(self.segments) - 4} more" if len(self.segments) > 4 else ""
+            return (", ".join(segs) + more) or "(no segments)"
+        if self.kind == "embed":
+            head = ", ".join(f"{v:+.2f}" for v in self.embedding[:4])
+            return f"[{head}, ...] ({len(self.embedding)}-d, unit norm)"
+        if self.kind == "regress":
+            return ", ".join(f"{v:.2f}" for v in self.values)
+        if self.kind == "track":
+            if not self.boxes:
+                return "(no boxes)"
+            b = self.boxes[0].box
+            return f"{len(self.boxes)} boxes, first at t={self.boxes[0].time:.2f}s: ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})"
+        return ""
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def cosine_search(query: np.ndarray, gallery: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k gallery rows by cosine similarity for each query row: (indices [Q,k], scores [Q,k])."""
+    q = l2_normalize(np.atleast_2d(query))
+    g = l2_normalize(np.atleast_2d(gallery))
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query has dimension {q.shape[1]} but gallery has {g.shape[1]}")
+    sims = q @ g.T
+    k = min(k, g.shape[0])
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(sims, idx, axis=1)
+
+
+def temporal_token_bounds(timestamps: np.ndarray, num_tokens: int, start: float, end: float) -> np.ndarray:
+    """[num_tokens, 2] seconds covered by each temporal token.
+
+    The T sampled frames are split into `num_tokens` equal groups (VideoMAE's tubelets); a group spans
+    from the midpoint to the previous group to the midpoint to the next, clamped to [start, end].
+    """
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if num_tokens < 1 or len(ts) % num_tokens:
+        raise ValueError(f"{len(ts)} frames cannot be split into {num_tokens} temporal tokens")
+    groups = ts.reshape(num_tokens, -1)
+    firsts, lasts = groups[:, 0], groups[:, -1]
+    edges = np.empty(num_tokens + 1)
+    edges[0], edges[-1] = start, end
+    edges[1:-1] = (lasts[:-1] + firsts[1:]) / 2
+    return np.clip(np.stack([edges[:-1], edges[1:]], axis=1), start, end)
+
+
+def segment_iou(a: Segment, b: Segment) -> float:
+    """Temporal intersection over union (used by the segment mAP metric)."""
+    inter = max(0.0, min(a.end, b.end) - max(a.start, b.start))
+    union = max(a.end, b.end) - min(a.start, b.start)
+    return inter / union if union > 0 else 0.0
+
+
+def merge_segments(segments: Sequence[Segment]) -> list[Segment]:
+    """Join overlapping or touching same-label segments (e.g. from overlapping sliding windows).
+
+    The joined segment spans the union; its score is the duration-weighted mean of the parts.
+    """
+    out: list[Segment] = []
+    for label in sorted({s.label for s in segments}):
+        joined: list[Segment] = []
+        for s in sorted((s for s in segments if s.label == label), key=lambda s: s.start):
+            if joined and s.start <= joined[-1].end + 1e-6:
+                last = joined[-1]
+                d1, d2 = last.end - last.start, s.end - s.start
+                score = (last.score * d1 + s.score * d2) / max(d1 + d2, 1e-9)
+                joined[-1] = Segment(label, last.start, max(last.end, s.end), score)
+            else:
+                joined.append(s)
+        out.extend(joined)
+    return sorted(out, key=lambda s: (s.start, s.label))
+
+
+def _classify(task: TaskSpec, out: np.ndarray) -> TaskResult:
+    probs = softmax(out.reshape(-1))
+    order = np.argsort(-probs, kind="stable")[: task.top_k]
+    top = [Scored(task.labels[i], int(i), float(probs[i])) for i in order]
+    return TaskResult(
+        task.name,
+        task.kind,
+        top=top,
+        scores={lab: float(p) for lab, p in zip(task.labels, probs, strict=True)},
+    )
+
+
+def _tag(task: TaskSpec, out: np.ndarray) -> TaskResult:
+    probs = sigmoid(out.reshape(-1))
+    order = np.argsort(-probs, kind="stable")
+    top = [Scored(task.labels[i], int(i), float(probs[i])) for i in order if probs[i] >= task.threshold]
+    return TaskResult(
+        task.name, task.kind, top=top, scores={task.labels[i]: float(p) for i, p in enumerate(probs)}
+    )
+
+
+def _localize(task: TaskSpec, out: np.ndarray, clip: ClipLike) -> TaskResult:
+    probs = softmax(out.reshape(-1, task.out_dim))  # [T', C+1], index 0 = background
+    bounds = temporal_token_bounds(clip.timestamps, probs.shape[0], clip.start, clip.end)
+    best = probs.argmax(axis=1)
+    segs: list[Segment] = []
+    i = 0
+    while i < len(best):
+        j = i
+        while j + 1 < len(best) and best[j + 1] == best[i]:
+            j += 1
+        if best[i] != 0:
+            score = float(probs[i : j + 1, best[i]].mean())
+            if score >= task.threshold:
+                segs.append(
+                    Segment(task.labels[best[i] - 1], float(bounds[i, 0]), float(bounds[j, 1]), score)
+                )
+        i = j + 1
+    return TaskResult(task.name, task.kind, segments=segs)
+
+
+def _regress(task: TaskSpec, out: np.ndarray) -> TaskResult:
+    raw = out.reshape(-1).astype(np.float64)
+    scale = np.asarray(task.scale or (1.0,), dtype=np.float64)
+    offset = np.asarray(task.offset or (0.0,), dtype=np.float64)
+    return TaskResult(task.name, task.kind, values=[float(v) for v in raw * scale + offset])
+
+
+def _track(out: np.ndarray, task: TaskSpec, clip: ClipLike) -> TaskResult:
+    boxes = np.clip(out.reshape(-1, 4).astype(np.float64), 0.0, 1.0)  # normalised x1,y1,x2,y2 in the crop
+    ts = np.asarray(clip.timestamps, dtype=np.float64)
+    if len(ts) % len(boxes):
+        raise ValueError(f"{len(ts)} frames cannot be split into {len(boxes)} temporal tokens")
+    per_frame = np.repeat(boxes, len(ts) // len(boxes), axis=0)
+    x0, y0, side = clip.crop
+    lo, hi = np.minimum(per_frame[:, :2], per_frame[:, 2:]), np.maximum(per_frame[:, :2], per_frame[:, 2:])
+    px = np.concatenate([lo, hi], axis=1) * side + np.array([x0, y0, x0, y0])
+    return TaskResult(
+        task.name,
+        task.kind,
+        boxes=[TimedBox(float(t), tuple(map(float, b))) for t, b in zip(ts, px, strict=True)],
+    )
+
+
+def postprocess(task: TaskSpec, output: np.ndarray, clip: ClipLike | None = None) -> TaskResult:
+    """Turn one clip's raw head output into a TaskResult (localize and track need the clip's geometry)."""
+    output = np.asarray(output)
+    expected = task.out_dim
+    if output.size == 0 or output.shape[-1] != expected:
+        raise ValueError(
+            f"task {task.name!r} ({task.kind}): expected last dimension {expected}, got shape {output.shape}"
+        )
+    if not np.all(np.isfinite(output)):
+        raise ValueError(f"task {task.name!r}: output has non-finite values")
+    if task.temporal and clip is None:
+        raise ValueError(f"task {task.name!r} ({task.kind}) needs the clip's timestamps and crop")
+    if task.kind == "classify":
+        return _classify(task, output)
+    if task.kind == "tag":
+        return _tag(task, output)
+    if task.kind == "localize":
+        return _localize(task, output, clip)  # type: ignore[arg-type]
+    if task.kind == "embed":
+        vec = l2_normalize(output.reshape(-1))
+        return TaskResult(task.name, task.kind, embedding=[float(v) for v in vec])
+    if task.kind == "regress":
+        return _regress(task, output)
+    return _track(output, task, clip)  # type: ignore[arg-type]
+
+
+def combine_windows(task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+    """One result for a whole video from per-window results (mean scores, merged segments, all boxes)."""
+    if not results:
+        raise ValueError("no window results to combine")
+    k = task.kind
+    if k in ("classify", "tag"):
+        scores = {lab: float(np.mean([r.scores[lab] for r in results])) for lab in task.labels}
+        ranked = sorted(range(task.num_classes), key=lambda i: -scores[task.labels[i]])
+        if k == "classify":
+            ranked = ranked[: task.top_k]
+        else:
+            ranked = [i for i in ranked if scores[task.labels[i]] >= task.threshold]
+        top = [Scored(task.labels[i], i, scores[task.labels[i]]) for i in ranked]
+        return TaskResult(task.name, k, top=top, scores=scores)
+    if k == "localize":
+        return TaskResult(task.name, k, segments=merge_segments([s for r in results for s in r.segments]))
+    if k == "embed":
+        vec = l2_normalize(np.mean([r.embedding for r in results], axis=0))
+        return TaskResult(task.name, k, embedding=[float(v) for v in vec])
+    if k == "regress":
+        return TaskResult(
+            task.name, k, values=[float(v) for v in np.mean([r.values for r in results], axis=0)]
+        )
+    boxes = sorted((b for r in results for b in r.boxes), key=lambda b: b.time)
+    return TaskResult(task.name, k, boxes=boxes)
