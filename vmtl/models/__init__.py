@@ -1,1 +1,32 @@
-"""vmtl.models."""
+"""vmtl.models: frozen VideoMAE trunk + VMT-Adapters, light task heads with DLMs, losses (PyTorch)."""
+
+from .backbone import CheckpointError, HFVideoMAE, VideoTrunk, build_videomae, load_hf_videomae
+from .config import PRESETS, ModelConfig, ModelConfigError
+from .dlm import DoubleLayerMapper
+from .heads import TaskHead
+from .losses import TaskLoss, build_loss
+from .multitask import HeadExport, MultiTaskModel, MultiTaskOutput, TrunkExport, export_onnx
+from .vmt_adapter import AdaptedLayer, KnowledgeExtraction, VMTAdapter
+
+__all__ = [
+    "PRESETS",
+    "AdaptedLayer",
+    "CheckpointError",
+    "DoubleLayerMapper",
+    "HFVideoMAE",
+    "HeadExport",
+    "KnowledgeExtraction",
+    "ModelConfig",
+    "ModelConfigError",
+    "MultiTaskModel",
+    "MultiTaskOutput",
+    "TaskHead",
+    "TaskLoss",
+    "TrunkExport",
+    "VMTAdapter",
+    "VideoTrunk",
+    "build_loss",
+    "build_videomae",
+    "export_onnx",
+    "load_hf_videomae",
+]
