@@ -31,8 +31,9 @@ from typing import Any, Union
 
 import numpy as np
 
-KINDS: tuple[str, ...] = ("classify", "tag", "localize", "embed", "regress", "track")
-_JSON_KINDS = frozenset({"localize", "track"})
+from vmtl.tasks import KINDS, TEMPORAL_KINDS
+
+_JSON_KINDS = TEMPORAL_KINDS  # the kinds whose annotations are JSON (segments, boxes per frame)
 
 
 class AnnotationError(ValueError):
