@@ -1,0 +1,837 @@
+"""Write and validate the Triton model repository that serves a task graph.
+
+Layout written by :func:`write_repository` (``cpu`` flavour; ``native`` swaps the python-backend ORT hosts
+for ``onnxruntime_onnx`` / ``tensorrt_plan`` models)::
+
+    <out>/
+      vmtl.json                  graph, flavour, models, metadata (trunk hash, parity errors...)
+      video_decode/              python backend (PyAV via vmtl.video.read_clip): bytes -> uint8 clip
+      backbone/                  the trunk, dynamic batching; uint8 clip -> feat_<task> per task
+      head_<task>/               one per task: features (+ repr_<aux>) -> output, repr
+      vmtl_clip/                 ensemble: video (uint8 clip) -> one output per task
+      vmtl_video/                ensemble: video_bytes (+ window) -> decode -> same fan-out
+                                 + timestamps, crop, clip_window
+
+Every ``config.pbtxt`` is built as Triton's ``ModelConfig`` protobuf and re-parsed by
+:func:`validate_repository`, which also checks the ensembles' wiring (producers, shapes, dtypes, batch
+sizes, model files). No torch here: the module needs only numpy, onnx and tritonclient's protobufs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+import vmtl
+from vmtl.tasks import TaskGraph, TaskSpec
+
+__all__ = [
+    "BACKBONE",
+    "CLIP_ENSEMBLE",
+    "MANIFEST",
+    "PARAM_GRAPH",
+    "PARAM_PREPROCESS",
+    "VIDEO_DECODE",
+    "VIDEO_ENSEMBLE",
+    "VIDEO_EXTRA_OUTPUTS",
+    "WINDOW_OUTPUT",
+    "RepositoryError",
+    "TensorSig",
+    "head_model",
+    "load_configs",
+    "onnx_signature",
+    "read_manifest",
+    "validate_repository",
+    "write_repository",
+]
+
+BACKBONE = "backbone"
+VIDEO_DECODE = "video_decode"
+CLIP_ENSEMBLE = "vmtl_clip"
+VIDEO_ENSEMBLE = "vmtl_video"
+MANIFEST = "vmtl.json"
+MANIFEST_FORMAT = "vmtl-model-repository"
+PARAM_GRAPH = "vmtl_task_graph"
+PARAM_PREPROCESS = "vmtl_preprocess"
+#: Ensemble tensor names a task may not take (its output tensor is named after the task).
+RESERVED_NAMES = frozenset({"video", "video_bytes", "timestamps", "crop", "window", "clip_window"})
+#: Files a directory may hold and still be written into although it is no vmtl repository yet.
+_TOLERATED = ("README", "readme", ".")
+_MODEL_SOURCES = Path(__file__).resolve().parents[1] / "server" / "models"
+_ORT_HOST = "ort_model.py"
+_DECODE_HOST = "video_decode.py"
+DEFAULT_MAX_VIDEO_BYTES = 256 * 1024 * 1024
+# Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
+_VIDEO_TENSOR = "_video"
+#: vmtl_video's output carrying the (start, end) seconds actually sampled. Not "window": Triton 2.51 treats
+#: an ensemble output named like an ensemble input as that input (it echoes the request's window, or is
+#: missing when the optional input is not sent), so video_decode's `window` output is renamed here.
+WINDOW_OUTPUT = "clip_window"
+#: vmtl_video's outputs besides one per task.
+VIDEO_EXTRA_OUTPUTS = ("timestamps", "crop", WINDOW_OUTPUT)
+
+
+class RepositoryError(ValueError):
+    """A model repository cannot be written or is invalid; the message names the model and the problem."""
+
+
+def head_model(task: str) -> str:
+    """Triton model name of a task's head."""
+    return f"head_{task}"
+
+
+def _feat(task: str) -> str:
+    return f"_feat_{task}"
+
+
+def _repr(task: str) -> str:
+    return f"_repr_{task}"
+
+
+# --------------------------------------------------------------------------------------------------
+# ONNX signatures
+
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    8: "TYPE_STRING",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
+}
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    """A tensor's Triton dtype (``TYPE_FP32``...) and full shape, -1 for dynamic dimensions."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {_short(self.dtype)} {list(self.shape)}"
+
+
+def _short(dtype: str) -> str:
+    return dtype.removeprefix("TYPE_")
+
+
+def onnx_signature(path: Path) -> tuple[dict[str, TensorSig], dict[str, TensorSig], list[str]]:
+    """(inputs, outputs, external data files) of an ONNX model, read without loading its weights."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise RepositoryError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise RepositoryError(f"{path} is not a readable ONNX model: {exc}") from exc
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+
+    def sig(value: Any) -> TensorSig:
+        tt = value.type.tensor_type
+        dtype = _ONNX_TO_TRITON.get(tt.elem_type)
+        if dtype is None:
+            raise RepositoryError(
+                f"{path}: tensor {value.name!r} has unsupported ONNX element type {tt.elem_type}"
+            )
+        if not tt.HasField("shape"):
+            raise RepositoryError(f"{path}: tensor {value.name!r} has no static rank")
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim
+        )
+        return TensorSig(value.name, dtype, shape)
+
+    inputs = {v.name: sig(v) for v in graph.input if v.name not in initializers}
+    outputs = {v.name: sig(v) for v in graph.output}
+    external: list[str] = []
+    for tensor in graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in external:
+                    external.append(entry.value)
+    return inputs, outputs, external
+
+
+# --------------------------------------------------------------------------------------------------
+# Config building helpers
+
+
+def _io(kind: type, name: str, dtype: str, dims: Iterable[int], **kw: Any) -> Any:
+    return kind(name=name, data_type=mc.DataType.Value(dtype), dims=list(dims), **kw)
+
+
+def _set_params(cfg: mc.ModelConfig, params: Mapping[str, str]) -> None:
+    for key, value in params.items():
+        cfg.parameters[key].string_value = str(value)
+
+
+def _batched(sig: TensorSig, where: str) -> tuple[int, ...]:
+    """Dims of ``sig`` without its (dynamic) batch dimension."""
+    if not sig.shape:
+        raise RepositoryError(f"{where}: tensor {sig.name!r} is a scalar; it needs a batch dimension")
+    if sig.shape[0] not in (-1,):
+        raise RepositoryError(
+            f"{where}: tensor {sig.name!r} has a fixed batch dimension {sig.shape[0]}; "
+            "export it with a dynamic batch axis (dynamic_axes / dynamic_shapes)"
+        )
+    return sig.shape[1:]
+
+
+def _dynamic_batching(cfg: mc.ModelConfig, max_batch_size: int, delay_us: int) -> None:
+    db = cfg.dynamic_batching
+    prefs = [b for b in (2, 4, 8, 16, 32) if b <= max_batch_size]
+    db.preferred_batch_size.extend(prefs)
+    db.max_queue_delay_microseconds = delay_us
+
+
+def _instances(cfg: mc.ModelConfig, count: int, gpu: bool) -> None:
+    group = cfg.instance_group.add()
+    group.count = count
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+
+
+@dataclass(frozen=True)
+class _Trunk:
+    video: TensorSig
+    feats: dict[str, TensorSig]
+
+
+@dataclass(frozen=True)
+class _Head:
+    task: TaskSpec
+    features: TensorSig
+    reprs: dict[str, TensorSig]  # aux task -> input signature (input name repr_<aux>)
+    output: TensorSig
+    repr: TensorSig
+
+
+def _read_trunk(graph: TaskGraph, path: Path) -> _Trunk:
+    inputs, outputs, _ = onnx_signature(path)
+    where = f"trunk {path.name}"
+    if "video" not in inputs:
+        raise RepositoryError(f"{where}: needs an input named 'video' (has {sorted(inputs)})")
+    extra = sorted(set(inputs) - {"video"})
+    if extra:
+        raise RepositoryError(f"{where}: unexpected inputs {extra}; the trunk takes only 'video'")
+    video = inputs["video"]
+    if video.dtype != "TYPE_UINT8" or len(video.shape) != 5 or video.shape[-1] not in (3, -1):
+        raise RepositoryError(f"{where}: input 'video' must be uint8 [B,T,S,S,3], got {video}")
+    _batched(video, where)
+    pre = graph.preprocess
+    t, h, w = video.shape[1:4]
+    for what, got, want in (("frames", t, pre.num_frames), ("height", h, pre.size), ("width", w, pre.size)):
+        if got not in (-1, want):
+            raise RepositoryError(
+                f"{where}: input 'video' has {got} {what} but the task graph's preprocess says {want}"
+            )
+    # Concrete dims from the preprocess spec where the ONNX file leaves them dynamic.
+    video = TensorSig("video", video.dtype, (-1, pre.num_frames, pre.size, pre.size, 3))
+    feats = {}
+    for name in graph.names:
+        out = outputs.get(f"feat_{name}")
+        if out is None:
+            raise RepositoryError(
+                f"{where}: no output 'feat_{name}' for task {name!r} (has {sorted(outputs)})"
+            )
+        if out.dtype != "TYPE_FP32" or len(out.shape) != 3:
+            raise RepositoryError(f"{where}: output 'feat_{name}' must be float32 [B,N,D], got {out}")
+        _batched(out, where)
+        feats[name] = out
+    return _Trunk(video, feats)
+
+
+def _read_head(task: TaskSpec, path: Path) -> _Head:
+    inputs, outputs, _ = onnx_signature(path)
+    where = f"head {task.name!r} ({path.name})"
+    want_inputs = ["features", *(f"repr_{a}" for a in task.auxiliaries)]
+    if sorted(inputs) != sorted(want_inputs):
+        raise RepositoryError(f"{where}: inputs must be {want_inputs}, got {sorted(inputs)}")
+    for name in ("output", "repr"):
+        if name not in outputs:
+            raise RepositoryError(f"{where}: no output {name!r} (has {sorted(outputs)})")
+    for sig in [*inputs.values(), outputs["output"], outputs["repr"]]:
+        if sig.dtype != "TYPE_FP32":
+            raise RepositoryError(f"{where}: tensor {sig.name!r} must be float32, got {_short(sig.dtype)}")
+        _batched(sig, where)
+    for sig in [inputs["features"], *(inputs[n] for n in want_inputs[1:]), outputs["repr"]]:
+        if len(sig.shape) != 3:
+            raise RepositoryError(f"{where}: tensor {sig.name!r} must be [B,N,D], got {list(sig.shape)}")
+    out = outputs["output"]
+    rank = 3 if task.temporal else 2
+    layout = "[B,T',out_dim]" if task.temporal else "[B,out_dim]"
+    if len(out.shape) != rank:
+        raise RepositoryError(f"{where}: kind {task.kind} needs output {layout}, got {list(out.shape)}")
+    if out.shape[-1] not in (-1, task.out_dim):
+        raise RepositoryError(
+            f"{where}: output has {out.shape[-1]} values per item but kind {task.kind} "
+            f"with this task's labels/dim needs {task.out_dim}"
+        )
+    reprs = {a: inputs[f"repr_{a}"] for a in task.auxiliaries}
+    return _Head(task, inputs["features"], reprs, out, outputs["repr"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The writer
+
+
+def write_repository(
+    out: Path,
+    graph: TaskGraph,
+    trunk_onnx: Path,
+    head_onnx: Mapping[str, Path],
+    *,
+    flavour: Literal["cpu", "native"] = "cpu",
+    max_batch_size: int = 8,
+    trunk_plan: Path | None = None,
+    cpu_threads: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
+    decode_instances: int = 2,
+    queue_delay_us: int = 2000,
+) -> Path:
+    """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
+
+    ``trunk_onnx`` / ``head_onnx`` follow the vmtl ONNX contract (see the module docstring). ``flavour``
+    ``cpu`` hosts ONNX Runtime in python-backend models (backbone intra-op threads = ``cpu_threads``, or
+    all cores available at load time when None); ``native`` uses Triton's ``onnxruntime_onnx`` platform,
+    or ``tensorrt_plan`` for the backbone when ``trunk_plan`` is given. ``max_video_bytes`` caps
+    ``video_decode``'s payload (0: no cap). The repository is staged in a temporary directory, validated,
+    then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
+    directory without one is refused.
+    """
+    out = Path(out)
+    if flavour not in ("cpu", "native"):
+        raise RepositoryError(f"flavour must be 'cpu' or 'native', not {flavour!r}")
+    if max_batch_size < 1:
+        raise RepositoryError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if cpu_threads is not None and cpu_threads < 1:
+        raise RepositoryError(f"cpu_threads must be >= 1 (or None for all cores), got {cpu_threads}")
+    if trunk_plan is not None and flavour != "native":
+        raise RepositoryError("trunk_plan (a TensorRT engine) needs flavour='native'")
+    clash = sorted(RESERVED_NAMES.intersection(graph.names))
+    if clash:
+        raise RepositoryError(f"task names {clash} clash with ensemble tensor names {sorted(RESERVED_NAMES)}")
+    missing = [n for n in graph.names if n not in head_onnx]
+    extra = sorted(set(head_onnx) - set(graph.names))
+    if missing or extra:
+        raise RepositoryError(
+            f"head_onnx must have one file per task: missing {missing}, not in the graph {extra}"
+        )
+    try:
+        json.dumps(dict(metadata or {}))
+    except (TypeError, ValueError) as exc:
+        raise RepositoryError(f"metadata must be JSON-serialisable: {exc}") from exc
+    if decode_instances < 1 or queue_delay_us < 0:
+        raise RepositoryError("decode_instances must be >= 1 and queue_delay_us >= 0")
+    _check_target(out)
+
+    trunk_onnx = Path(trunk_onnx)
+    head_onnx = {k: Path(v) for k, v in head_onnx.items()}
+    trunk = _read_trunk(graph, trunk_onnx)
+    heads = {n: _read_head(graph.task(n), head_onnx[n]) for n in graph.names}
+    if trunk_plan is not None and not Path(trunk_plan).is_file():
+        raise RepositoryError(f"TensorRT plan not found: {trunk_plan}")
+
+    graph_json = json.dumps(graph.to_dict(), separators=(",", ":"))
+    pre_json = json.dumps(asdict(graph.preprocess), separators=(",", ":"))
+    shared = {PARAM_GRAPH: graph_json, PARAM_PREPROCESS: pre_json}
+    configs: dict[str, mc.ModelConfig] = {}
+    native = flavour == "native"
+
+    # backbone
+    cfg = mc.ModelConfig(name=BACKBONE, max_batch_size=max_batch_size)
+    if not native:
+        cfg.backend = "python"
+        _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(cpu_threads or 0)})
+    elif trunk_plan is not None:
+        cfg.platform = "tensorrt_plan"
+    else:
+        cfg.platform = "onnxruntime_onnx"
+    cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", trunk.video.shape[1:]))
+    for name in graph.names:
+        sig = trunk.feats[name]
+        cfg.output.append(_io(mc.ModelOutput, f"feat_{name}", sig.dtype, sig.shape[1:]))
+    _dynamic_batching(cfg, max_batch_size, queue_delay_us)
+    _instances(cfg, 1, native)
+    configs[BACKBONE] = cfg
+
+    # heads
+    for name in graph.names:
+        head = heads[name]
+        cfg = mc.ModelConfig(name=head_model(name), max_batch_size=max_batch_size)
+        if native:
+            cfg.platform = "onnxruntime_onnx"
+            _set_params(cfg, {"intra_op_thread_count": "1", "inter_op_thread_count": "1"})
+        else:
+            cfg.backend = "python"
+            _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": "1"})
+        cfg.input.append(_io(mc.ModelInput, "features", "TYPE_FP32", head.features.shape[1:]))
+        for aux, sig in head.reprs.items():
+            cfg.input.append(_io(mc.ModelInput, f"repr_{aux}", "TYPE_FP32", sig.shape[1:]))
+        labelled = head.task.kind in ("classify", "tag")
+        cfg.output.append(
+            _io(
+                mc.ModelOutput,
+                "output",
+                "TYPE_FP32",
+                head.output.shape[1:],
+                label_filename="labels.txt" if labelled else "",
+            )
+        )
+        cfg.output.append(_io(mc.ModelOutput, "repr", "TYPE_FP32", head.repr.shape[1:]))
+        _dynamic_batching(cfg, max_batch_size, queue_delay_us)
+        _instances(cfg, 1, native)
+        configs[head_model(name)] = cfg
+
+    # video_decode (python backend in both flavours)
+    pre = graph.preprocess
+    cfg = mc.ModelConfig(name=VIDEO_DECODE, backend="python", max_batch_size=max_batch_size)
+    cfg.input.append(_io(mc.ModelInput, "video_bytes", "TYPE_STRING", [1]))
+    cfg.input.append(_io(mc.ModelInput, "window", "TYPE_FP32", [2], optional=True))
+    t, s = pre.num_frames, pre.size
+    cfg.output.append(_io(mc.ModelOutput, "video", "TYPE_UINT8", [t, s, s, 3]))
+    cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [t]))
+    cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
+    cfg.output.append(_io(mc.ModelOutput, "window", "TYPE_FP32", [2]))
+    _set_params(cfg, {**shared, "max_video_bytes": str(max_video_bytes)})
+    _instances(cfg, decode_instances, False)
+    configs[VIDEO_DECODE] = cfg
+
+    # ensembles
+    configs[CLIP_ENSEMBLE] = _ensemble(CLIP_ENSEMBLE, graph, heads, max_batch_size, shared, video=False)
+    configs[VIDEO_ENSEMBLE] = _ensemble(VIDEO_ENSEMBLE, graph, heads, max_batch_size, shared, video=True)
+
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "format_version": 1,
+        "vmtl_version": vmtl.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "flavour": flavour,
+        "max_batch_size": max_batch_size,
+        "graph": graph.to_dict(),
+        "models": {
+            "backbone": BACKBONE,
+            "video_decode": VIDEO_DECODE,
+            "heads": {n: head_model(n) for n in graph.names},
+            "clip_ensemble": CLIP_ENSEMBLE,
+            "video_ensemble": VIDEO_ENSEMBLE,
+        },
+        "entries": sorted([*configs, MANIFEST]),
+        "metadata": dict(metadata or {}),
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; the repository may be mounted into a container
+        for name, cfg in configs.items():
+            _write_config(stage / name, cfg)
+        if trunk_plan is None:
+            _copy_onnx(trunk_onnx, stage / BACKBONE / "1", "model.onnx")
+        else:  # the ONNX file only served to read the I/O signature
+            shutil.copy2(trunk_plan, stage / BACKBONE / "1" / "model.plan")
+        for name in graph.names:
+            _copy_onnx(head_onnx[name], stage / head_model(name) / "1", "model.onnx")
+        if not native:
+            for model in [BACKBONE, *(head_model(n) for n in graph.names)]:
+                _copy_source(_ORT_HOST, stage / model / "1")
+        _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
+        for task in graph.tasks:
+            if task.kind in ("classify", "tag"):
+                text = "\n".join(task.labels) + "\n"
+                (stage / head_model(task.name) / "labels.txt").write_text(text)
+                for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE):
+                    (stage / ens / f"labels_{task.name}.txt").write_text(text)
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        validate_repository(stage)
+        _install(stage, out, manifest["entries"])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out
+
+
+def _ensemble(
+    name: str,
+    graph: TaskGraph,
+    heads: Mapping[str, _Head],
+    max_batch_size: int,
+    params: Mapping[str, str],
+    *,
+    video: bool,
+) -> mc.ModelConfig:
+    """vmtl_clip / vmtl_video: (decode ->) backbone once -> heads in stage order."""
+    pre = graph.preprocess
+    clip_dims = [pre.num_frames, pre.size, pre.size, 3]
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    steps = cfg.ensemble_scheduling.step
+    if video:
+        cfg.input.append(_io(mc.ModelInput, "video_bytes", "TYPE_STRING", [1]))
+        cfg.input.append(_io(mc.ModelInput, "window", "TYPE_FP32", [2], optional=True))
+        step = steps.add(model_name=VIDEO_DECODE, model_version=-1)
+        step.input_map["video_bytes"] = "video_bytes"
+        step.input_map["window"] = "window"
+        step.output_map["video"] = _VIDEO_TENSOR
+        step.output_map["timestamps"] = "timestamps"
+        step.output_map["crop"] = "crop"
+        step.output_map["window"] = WINDOW_OUTPUT
+        clip_tensor = _VIDEO_TENSOR
+    else:
+        cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", clip_dims))
+        clip_tensor = "video"
+    step = steps.add(model_name=BACKBONE, model_version=-1)
+    step.input_map["video"] = clip_tensor
+    for task in graph.names:
+        step.output_map[f"feat_{task}"] = _feat(task)
+    for stage in graph.stages():
+        for task in stage:
+            head = heads[task]
+            step = steps.add(model_name=head_model(task), model_version=-1)
+            step.input_map["features"] = _feat(task)
+            for aux in head.task.auxiliaries:
+                step.input_map[f"repr_{aux}"] = _repr(aux)
+            step.output_map["output"] = task
+            if graph.dependents(task):
+                step.output_map["repr"] = _repr(task)
+    for task in graph.names:
+        head = heads[task]
+        labelled = head.task.kind in ("classify", "tag")
+        cfg.output.append(
+            _io(
+                mc.ModelOutput,
+                task,
+                "TYPE_FP32",
+                head.output.shape[1:],
+                label_filename=f"labels_{task}.txt" if labelled else "",
+            )
+        )
+    if video:
+        cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [pre.num_frames]))
+        cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
+        cfg.output.append(_io(mc.ModelOutput, WINDOW_OUTPUT, "TYPE_FP32", [2]))
+    _set_params(cfg, params)
+    return cfg
+
+
+def _write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    text = text_format.MessageToString(cfg)
+    # Round trip: what reaches Triton is exactly what its protobuf parser accepts.
+    text_format.Parse(text, mc.ModelConfig())
+    (model_dir / "config.pbtxt").write_text(text)
+    if cfg.platform == "ensemble":
+        (model_dir / "1" / ".keep").write_text("")  # Triton needs a version directory, even empty
+
+
+def _copy_onnx(src: Path, version_dir: Path, filename: str) -> None:
+    version_dir.mkdir(parents=True, exist_ok=True)
+    _, _, external = onnx_signature(src)
+    shutil.copy2(src, version_dir / filename)
+    for rel in external:
+        source = (src.parent / rel).resolve()
+        if not source.is_file():
+            raise RepositoryError(f"{src}: external data file {rel!r} not found next to it")
+        target = version_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def _copy_source(filename: str, version_dir: Path) -> None:
+    src = _MODEL_SOURCES / filename
+    if not src.is_file():
+        raise RepositoryError(f"python-backend model source missing from the vmtl install: {src}")
+    shutil.copy2(src, version_dir / "model.py")
+
+
+# --------------------------------------------------------------------------------------------------
+# Installing the staged repository
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RepositoryError(f"{out} exists and is not a directory")
+    if not out.is_dir() or (out / MANIFEST).is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not p.name.startswith(_TOLERATED))
+    if foreign:
+        shown = ", ".join(foreign[:8]) + (", ..." if len(foreign) > 8 else "")
+        raise RepositoryError(
+            f"refusing to write into {out}: it is not empty ({shown}) and not a vmtl model repository "
+            f"(no {MANIFEST}); choose an empty or new directory"
+        )
+
+
+def _install(stage: Path, out: Path, entries: list[str]) -> None:
+    """Move the staged entries into ``out``; replace only what vmtl wrote there before."""
+    _check_target(out)
+    if not out.exists():
+        os.rename(stage, out)
+        return
+    old: list[str] = []
+    if (out / MANIFEST).is_file():
+        try:
+            old = list(read_manifest(out).get("entries", []))
+        except RepositoryError:
+            old = []
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        # The manifest moves last, so an interrupted install still lists every entry it owns.
+        ordered = [e for e in entries if e != MANIFEST] + [MANIFEST]
+        for name in sorted(set(old) | set(entries)):
+            if name != MANIFEST and (out / name).exists() and "/" not in name and name not in ("", ".", ".."):
+                os.rename(out / name, trash / name)
+        for name in ordered:
+            if name == MANIFEST and (out / MANIFEST).exists():
+                os.replace(stage / name, out / name)
+            else:
+                os.rename(stage / name, out / name)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and validating
+
+
+def read_manifest(repo: Path) -> dict[str, Any]:
+    """The ``vmtl.json`` of a repository."""
+    path = Path(repo) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise RepositoryError(f"{repo} is not a vmtl model repository: no {MANIFEST}") from exc
+    except json.JSONDecodeError as exc:
+        raise RepositoryError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise RepositoryError(f"{path} is not a vmtl repository manifest")
+    return data
+
+
+def load_configs(repo: Path) -> dict[str, mc.ModelConfig]:
+    """Parse every ``<model>/config.pbtxt`` of a repository into ``ModelConfig`` (model name -> config)."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise RepositoryError(f"model repository {repo} does not exist")
+    configs: dict[str, mc.ModelConfig] = {}
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        path = model_dir / "config.pbtxt"
+        if not path.is_file():
+            raise RepositoryError(f"model {model_dir.name!r}: no config.pbtxt in {model_dir}")
+        cfg = mc.ModelConfig()
+        try:
+            text_format.Parse(path.read_text(), cfg)
+        except text_format.ParseError as exc:
+            raise RepositoryError(f"model {model_dir.name!r}: config.pbtxt does not parse: {exc}") from exc
+        if cfg.name and cfg.name != model_dir.name:
+            raise RepositoryError(
+                f"model {model_dir.name!r}: config.pbtxt names the model {cfg.name!r}; "
+                "Triton needs it to match the directory name"
+            )
+        configs[model_dir.name] = cfg
+    return configs
+
+
+def _full_shape(dims: Iterable[int], max_batch_size: int) -> tuple[int, ...]:
+    return ((-1,) if max_batch_size > 0 else ()) + tuple(dims)
+
+
+def _compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
+
+
+def _dtype_name(value: int) -> str:
+    return _short(mc.DataType.Name(value))
+
+
+def _model_files(name: str, cfg: mc.ModelConfig) -> list[str]:
+    """Files each version directory of a (non-ensemble) model must hold."""
+    backend = cfg.backend or {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}.get(
+        cfg.platform, ""
+    )
+    default = {"python": "model.py", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}.get(backend)
+    if default is None:
+        raise RepositoryError(
+            f"model {name!r}: unsupported platform/backend {cfg.platform or cfg.backend or '(none)'!r}"
+        )
+    files = [cfg.default_model_filename or default]
+    if backend == "python" and "onnx_file" in cfg.parameters:
+        files.append(cfg.parameters["onnx_file"].string_value)
+    return files
+
+
+def validate_repository(path: Path) -> None:
+    """Re-parse every config.pbtxt of a repository and check its models and the ensembles' wiring.
+
+    Raises :class:`RepositoryError` naming the model and the problem: a config that does not parse, a
+    missing model/labels file, an ensemble step naming an unknown model, a step input that no ensemble
+    input or step output produces, a tensor produced twice, a shape or dtype mismatch between producer
+    and consumer, an ensemble ``max_batch_size`` above a member's, an ensemble output nothing produces.
+    """
+    repo = Path(path)
+    configs = load_configs(repo)
+    if not configs:
+        raise RepositoryError(f"model repository {repo} holds no models")
+    for name, cfg in configs.items():
+        model_dir = repo / name
+        where = f"model {name!r}"
+        if cfg.max_batch_size < 0:
+            raise RepositoryError(f"{where}: max_batch_size must be >= 0, got {cfg.max_batch_size}")
+        for kind, items in (("input", cfg.input), ("output", cfg.output)):
+            seen: set[str] = set()
+            for item in items:
+                if item.name in seen:
+                    raise RepositoryError(f"{where}: duplicate {kind} {item.name!r}")
+                seen.add(item.name)
+                if item.data_type == mc.TYPE_INVALID:
+                    raise RepositoryError(f"{where}: {kind} {item.name!r} has no data_type")
+                if any(d == 0 or d < -1 for d in item.dims):
+                    raise RepositoryError(f"{where}: {kind} {item.name!r} has invalid dims {list(item.dims)}")
+        for out in cfg.output:
+            if out.label_filename and not (model_dir / out.label_filename).is_file():
+                raise RepositoryError(
+                    f"{where}: missing labels file {out.label_filename!r} for output {out.name!r}"
+                )
+        versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        if not versions:
+            raise RepositoryError(f"{where}: no numeric version directory (e.g. {model_dir / '1'})")
+        if cfg.platform == "ensemble":
+            continue
+        for version in versions:
+            for filename in _model_files(name, cfg):
+                if not (version / filename).is_file():
+                    raise RepositoryError(f"{where}: missing model file {version.name}/{filename}")
+    for name, cfg in configs.items():
+        if cfg.platform == "ensemble":
+            _validate_ensemble(name, cfg, configs)
+
+
+def _validate_ensemble(name: str, cfg: mc.ModelConfig, configs: Mapping[str, mc.ModelConfig]) -> None:
+    where = f"ensemble {name!r}"
+    steps = list(cfg.ensemble_scheduling.step)
+    if not steps:
+        raise RepositoryError(f"{where}: ensemble_scheduling has no steps")
+    # tensor -> (producer description, dtype, full shape)
+    produced: dict[str, tuple[str, int, tuple[int, ...]]] = {}
+    for inp in cfg.input:
+        produced[inp.name] = (
+            f"ensemble input {inp.name!r}",
+            inp.data_type,
+            _full_shape(inp.dims, cfg.max_batch_size),
+        )
+    for i, step in enumerate(steps):
+        member = configs.get(step.model_name)
+        label = f"{where}: step {i} ({step.model_name})"
+        if member is None:
+            raise RepositoryError(f"{label}: names a model that does not exist in the repository")
+        if member.max_batch_size < cfg.max_batch_size:
+            raise RepositoryError(
+                f"{label}: ensemble max_batch_size {cfg.max_batch_size} is above the member's "
+                f"max_batch_size {member.max_batch_size}"
+            )
+        outputs = {o.name: o for o in member.output}
+        for key, tensor in step.output_map.items():
+            out = outputs.get(key)
+            if out is None:
+                raise RepositoryError(
+                    f"{label}: output_map key {key!r} is not an output of {step.model_name!r}"
+                )
+            if tensor in produced:
+                hint = (
+                    "; Triton would pass the request's input on instead of this step's output"
+                    if produced[tensor][0].startswith("ensemble input")
+                    else ""
+                )
+                raise RepositoryError(
+                    f"{label}: tensor {tensor!r} is produced twice (also by {produced[tensor][0]}){hint}"
+                )
+            produced[tensor] = (
+                f"{step.model_name!r} output {key!r}",
+                out.data_type,
+                _full_shape(out.dims, member.max_batch_size),
+            )
+    ready = {inp.name for inp in cfg.input}
+    pending = list(range(len(steps)))
+    while pending:  # every step must become runnable from ensemble inputs and earlier outputs
+        progressed = False
+        for i in list(pending):
+            step = steps[i]
+            if all(t in ready for t in step.input_map.values()):
+                ready.update(step.output_map.values())
+                pending.remove(i)
+                progressed = True
+        if not progressed:
+            break
+    for i, step in enumerate(steps):
+        member = configs[step.model_name]
+        label = f"{where}: step {i} ({step.model_name})"
+        inputs = {x.name: x for x in member.input}
+        for key, tensor in step.input_map.items():
+            inp = inputs.get(key)
+            if inp is None:
+                raise RepositoryError(
+                    f"{label}: input_map key {key!r} is not an input of {step.model_name!r}"
+                )
+            if tensor not in produced:
+                raise RepositoryError(
+                    f"{label}: input {key!r} reads tensor {tensor!r} that nobody produces "
+                    "(no ensemble input or step output has that name)"
+                )
+            source, dtype, shape = produced[tensor]
+            want = _full_shape(inp.dims, member.max_batch_size)
+            if dtype != inp.data_type:
+                raise RepositoryError(
+                    f"{label}: dtype mismatch on tensor {tensor!r}: {source} is {_dtype_name(dtype)} but input "
+                    f"{key!r} expects {_dtype_name(inp.data_type)}"
+                )
+            if not _compatible(shape, want):
+                raise RepositoryError(
+                    f"{label}: shape mismatch on tensor {tensor!r}: {source} has shape {list(shape)} but "
+                    f"input {key!r} expects {list(want)}"
+                )
+        unmapped = [x.name for x in member.input if x.name not in step.input_map and not x.optional]
+        if unmapped:
+            raise RepositoryError(f"{label}: required inputs {unmapped} are not in its input_map")
+        if i in pending:
+            raise RepositoryError(f"{label}: its inputs can never all be ready (a cycle between steps)")
+    input_names = {x.name for x in cfg.input}
+    for out in cfg.output:
+        if out.name in input_names:
+            raise RepositoryError(
+                f"{where}: output {out.name!r} has the name of an ensemble input; Triton would answer with "
+                "the request's input (or nothing when it is optional) instead of the step's output"
+            )
+        if out.name not in produced:
+            raise RepositoryError(f"{where}: output {out.name!r} is not produced by any step")
+        source, dtype, shape = produced[out.name]
+        want = _full_shape(out.dims, cfg.max_batch_size)
+        if dtype != out.data_type:
+            raise RepositoryError(
+                f"{where}: dtype mismatch on output {out.name!r}: {source} is {_dtype_name(dtype)} but the "
+                f"ensemble declares {_dtype_name(out.data_type)}"
+            )
+        if not _compatible(shape, want):
+            raise RepositoryError(
+                f"{where}: shape mismatch on output {out.name!r}: {source} has shape {list(shape)} but the "
+                f"ensemble declares {list(want)}"
+            )

@@ -1,0 +1,205 @@
+"""Triton python-backend model hosting one ONNX Runtime CPU session (vmtl ``cpu`` repository flavour).
+
+Copied by ``vmtl.export.repository.write_repository`` to ``<model>/1/model.py`` next to ``model.onnx``.
+Config parameters (all optional):
+
+- ``onnx_file``: file name in the version directory (default ``model.onnx``)
+- ``intra_op_threads``: ORT intra-op threads; ``0`` = all cores available to the process (default 1)
+- ``inter_op_threads``: ORT inter-op threads (default 1)
+- ``allow_spinning``: ``1`` lets ORT's pool threads spin between runs (default ``0``: they sleep, so the
+  backbone and the heads don't starve each other on a small CPU)
+
+``execute`` concatenates every request it receives (each may carry its own batch) along axis 0, runs ORT
+once, and splits the outputs back. A request whose tensors have the wrong dtype or shape gets its own
+``TritonError`` (naming the tensor, what was expected and what came); the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class _BadRequest(Exception):
+    """A request that cannot be run; the message is sent back to its client."""
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _shape_str(shape: Any) -> str:
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
+
+
+def _version_dir(args: dict[str, str]) -> Path:
+    repo = Path(args["model_repository"])
+    version = str(args["model_version"])
+    # Triton passes the model's directory; tolerate a path that already ends in the version.
+    return repo if repo.name == version and not (repo / version).is_dir() else repo / version
+
+
+class TritonPythonModel:
+    """ONNX Runtime session; dynamic batches are run as one ORT call."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config.get("name") or args.get("model_name", "model")
+        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        path = _version_dir(args) / (params.get("onnx_file") or "model.onnx")
+        if not path.is_file():
+            raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
+        threads = int(params.get("intra_op_threads") or 1)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads if threads > 0 else _cores()
+        opts.inter_op_num_threads = int(params.get("inter_op_threads") or 1)
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        spin = "1" if params.get("allow_spinning", "0") == "1" else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.threads = opts.intra_op_num_threads
+
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.inputs = [
+            (
+                i["name"],
+                np.dtype(pb_utils.triton_string_to_numpy(i["data_type"])),
+                tuple(int(d) for d in i["dims"]),
+                bool(i.get("optional", False)),
+            )
+            for i in config["input"]
+        ]
+        self.outputs = {
+            o["name"]: np.dtype(pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]
+        }
+        have_in = {x.name for x in self.session.get_inputs()}
+        have_out = {x.name for x in self.session.get_outputs()}
+        missing = [n for n, *_ in self.inputs if n not in have_in] + [
+            n for n in self.outputs if n not in have_out
+        ]
+        if missing:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config tensors {missing} are not in {path.name} "
+                f"(inputs {sorted(have_in)}, outputs {sorted(have_out)})"
+            )
+
+    # ------------------------------------------------------------------------------------------
+    def _read(self, request: Any) -> tuple[dict[str, np.ndarray], int]:
+        """Validated input arrays of one request and its batch size."""
+        feeds: dict[str, np.ndarray] = {}
+        batch = -1
+        for name, dtype, dims, optional in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                if optional:
+                    continue
+                raise _BadRequest(f"{self.name}: missing input tensor '{name}'")
+            array = tensor.as_numpy()
+            want = ((-1,) if self.max_batch_size > 0 else ()) + dims
+            want_s = f"{dtype.name} [{','.join('B' if d == -1 and j == 0 and self.max_batch_size > 0 else str(d) for j, d in enumerate(want))}]"
+            got_s = f"{array.dtype.name} {_shape_str(array.shape)}"
+            if array.dtype != dtype:
+                raise _BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong dtype)")
+            if array.ndim != len(want) or any(
+                w not in (-1, g) for w, g in zip(want, array.shape, strict=True)
+            ):
+                raise _BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong shape)")
+            if self.max_batch_size > 0:
+                if array.shape[0] < 1:
+                    raise _BadRequest(f"{self.name}: input '{name}' has an empty batch")
+                if batch not in (-1, array.shape[0]):
+                    raise _BadRequest(
+                        f"{self.name}: input '{name}' has batch size {array.shape[0]} but other inputs have {batch}"
+                    )
+                batch = array.shape[0]
+            feeds[name] = array
+        return feeds, max(batch, 1)
+
+    def _wanted(self, request: Any) -> list[str]:
+        names = [n for n in request.requested_output_names() if n in self.outputs]
+        return names or list(self.outputs)
+
+    def _respond(self, outputs: dict[str, np.ndarray], wanted: list[str]) -> Any:
+        tensors = [
+            pb_utils.Tensor(n, np.ascontiguousarray(outputs[n].astype(self.outputs[n], copy=False)))
+            for n in wanted
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def _error(self, message: str) -> Any:
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+    def _run(
+        self, members: list[tuple[int, dict[str, np.ndarray], int, list[str]]], responses: list[Any]
+    ) -> None:
+        """One ORT call for requests whose inputs share their non-batch shapes."""
+        names = sorted({n for *_, wanted in members for n in wanted})
+        if len(members) == 1:
+            feeds = members[0][1]
+        else:
+            feeds = {k: np.concatenate([m[1][k] for m in members], axis=0) for k in members[0][1]}
+        try:
+            results = dict(zip(names, self.session.run(names, feeds), strict=True))
+        except Exception as exc:
+            if len(members) > 1:
+                for member in members:
+                    self._run([member], responses)
+                return
+            responses[members[0][0]] = self._error(f"{self.name}: ONNX Runtime failed: {exc}")
+            return
+        offset = 0
+        for index, _, batch, wanted in members:
+            part = (
+                results if len(members) == 1 else {n: v[offset : offset + batch] for n, v in results.items()}
+            )
+            offset += batch
+            try:
+                responses[index] = self._respond(part, wanted)
+            except Exception as exc:
+                responses[index] = self._error(f"{self.name}: cannot build the response: {exc}")
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], int, list[str]]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                feeds, batch = self._read(request)
+                wanted = self._wanted(request)
+            except _BadRequest as exc:
+                responses[index] = self._error(str(exc))
+                continue
+            except Exception as exc:
+                responses[index] = self._error(f"{self.name}: bad request: {exc}")
+                continue
+            if self.max_batch_size > 0:
+                key: tuple = tuple((k, v.shape[1:]) for k, v in sorted(feeds.items()))
+            else:
+                key = (index,)  # no batch axis: every request runs alone
+            groups.setdefault(key, []).append((index, feeds, batch, wanted))
+        for members in groups.values():
+            # Keep each ORT call within max_batch_size (Triton's dynamic batcher already does).
+            chunk: list[tuple[int, dict[str, np.ndarray], int, list[str]]] = []
+            size = 0
+            for member in members:
+                if chunk and self.max_batch_size > 0 and size + member[2] > self.max_batch_size:
+                    self._run(chunk, responses)
+                    chunk, size = [], 0
+                chunk.append(member)
+                size += member[2]
+            if chunk:
+                self._run(chunk, responses)
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None
