@@ -1,1 +1,32 @@
-"""vmtl.client."""
+"""vmtl.client: the gRPC client of a vmtl Triton server (``VmtlClient``) and ``vmtl analyze``.
+
+No torch here: numpy, PyAV (vmtl.video) and tritonclient only.
+"""
+
+from vmtl.client.client import (
+    DEFAULT_URL,
+    ClientError,
+    InferenceError,
+    InputError,
+    ServerContractError,
+    ServerUnavailableError,
+    UnknownTaskError,
+    VideoResult,
+    VmtlClient,
+    WindowResult,
+    analyze,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "ClientError",
+    "InferenceError",
+    "InputError",
+    "ServerContractError",
+    "ServerUnavailableError",
+    "UnknownTaskError",
+    "VideoResult",
+    "VmtlClient",
+    "WindowResult",
+    "analyze",
+]
