@@ -1,0 +1,302 @@
+"""The training loop: stage 0 (trunk warm-up, only without a pretrained trunk), stage 1 (VMT-Adapters +
+heads on heterogeneous batches: each batch from one task's dataset, that head's loss only), stage 2 (DLMs
+only, on the primary tasks' losses). DDP under torchrun (gloo on CPU): every rank draws the same task
+each step and its own clips; gradients are averaged across ranks.
+
+A checkpoint is a directory::
+
+    model.safetensors   weights (+ model config and task graph in its metadata)
+    task_graph.yaml     the task graph (labels inline, preprocessing)
+    model_config.json   the resolved ModelConfig
+    config.yaml         the training config as run
+    metrics.json        held-out metrics after each stage
+    trainer_state.json  where training stands (resume point)
+    optimizer.pt        loss state (embed prototypes), plus the optimizer while a stage is unfinished
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from vmtl.models.losses import TaskLoss, build_loss
+from vmtl.models.multitask import MultiTaskModel
+from vmtl.training.clips import ClipSet, load_clipset
+from vmtl.training.config import TrainConfig, save_config
+from vmtl.training.evaluate import chance_level, primary, task_metrics
+from vmtl.training.metrics import format_table
+
+STATE_FILE = "trainer_state.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """gloo process group when launched by torchrun (WORLD_SIZE > 1), else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(cfg: TrainConfig, num_tokens: int, split: str, progress: bool) -> dict[str, ClipSet]:
+    return {
+        t.name: load_clipset(cfg.data_root, t, split, cfg.graph.preprocess, num_tokens, progress=progress)
+        for t in cfg.graph.tasks
+    }
+
+
+def task_probabilities(sizes: dict[str, int], temperature: float) -> dict[str, float]:
+    """p_t ∝ n_t ** temperature (1: proportional to dataset size, 0: uniform)."""
+    w = {t: float(n) ** temperature for t, n in sizes.items()}
+    total = sum(w.values())
+    return {t: v / total for t, v in w.items()}
+
+
+def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def build_losses(cfg: TrainConfig, train: dict[str, ClipSet]) -> dict[str, TaskLoss]:
+    losses = {}
+    for t in cfg.graph.tasks:
+        kw: dict[str, Any] = {}
+        if t.kind == "embed":
+            kw = {"embed_loss": cfg.train.embed_loss, "num_identities": int(train[t.name].targets.max()) + 1}
+        losses[t.name] = build_loss(t, **kw)
+    return losses
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, clips: ClipSet, task: str, batch_size: int) -> np.ndarray:
+    """Raw outputs of `task` for every clip, in order."""
+    model.eval()
+    outs = []
+    for i in range(0, len(clips), batch_size):
+        video = torch.from_numpy(clips.frames[i : i + batch_size])
+        outs.append(model(video, [task])[task].float().numpy())
+    return np.concatenate(outs)
+
+
+def evaluate(
+    model: MultiTaskModel, val: dict[str, ClipSet], batch_size: int = 32
+) -> dict[str, dict[str, float]]:
+    """Held-out metrics of every task (with its chance level, for reading the table)."""
+    out = {}
+    for t in model.graph.tasks:
+        m = task_metrics(t, predict(model, val[t.name], t.name, batch_size), val[t.name])
+        m["chance"] = chance_level(t, val[t.name])
+        out[t.name] = m
+    return out
+
+
+def _batch(clips: ClipSet, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(clips.frames[idx]), torch.from_numpy(np.ascontiguousarray(clips.targets[idx]))
+
+
+def _allreduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
+class Trainer:
+    """Runs the stages of one config into one checkpoint directory (resumable)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: Path,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.cfg, self.out, self.progress = cfg, Path(out_dir), progress
+        self.dist = init_distributed()
+        self.log = log if self.dist.main else (lambda _msg: None)
+        threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // self.dist.world)
+        torch.set_num_threads(threads)
+        seed_everything(cfg.seed)
+        self.state: dict[str, Any] = {"stage": None, "step": 0, "completed": [], "metrics": {}}
+        if resume:
+            self.model = self._resume()
+        else:
+            if (self.out / STATE_FILE).exists():
+                raise FileExistsError(
+                    f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out"
+                )
+            self.model = MultiTaskModel(cfg.graph, cfg.model)
+        tokens = self.model.temporal_tokens
+        show = progress and self.dist.main
+        self.train_sets = load_splits(cfg, tokens, "train", show)
+        self.val_sets = load_splits(cfg, tokens, "val", show)
+        self.losses = build_losses(cfg, self.train_sets)
+        if resume and (self.out / "optimizer.pt").exists():
+            bundle = torch.load(self.out / "optimizer.pt", weights_only=False)
+            for n, sd in bundle.get("losses", {}).items():
+                self.losses[n].load_state_dict(sd)
+            self._optimizer_state = bundle.get("optimizer")
+        else:
+            self._optimizer_state = None
+
+    # -- stages ----------------------------------------------------------------------------------------------
+    def stages(self) -> list[int]:
+        s = []
+        if not self.model.pretrained and self.cfg.train.stage0.steps > 0:
+            s.append(0)
+        if self.cfg.train.stage1.steps > 0:
+            s.append(1)
+        if self.model.has_dlms() and self.cfg.train.stage2.steps > 0:
+            s.append(2)
+        return s
+
+    def run(self) -> Path:
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+            self.log(self.model.summary(flops=False))
+        for stage in self.stages():
+            if stage in self.state["completed"]:
+                continue
+            self._run_stage(stage)
+            self.state["completed"].append(stage)
+            self.state["stage"], self.state["step"] = None, 0
+            metrics = evaluate(self.model, self.val_sets, self.cfg.train.eval_batch_size)
+            self.state["metrics"][f"stage{stage}"] = metrics
+            self.log(f"held-out metrics after stage {stage}:\n{format_table(metrics)}")
+            self._save()
+        if self.dist.world > 1:
+            dist.barrier()
+        return self.out
+
+    def _run_stage(self, stage: int) -> None:
+        sc = self.cfg.train.stage(stage)
+        self.model.set_stage(stage)
+        tasks = [t.name for t in self.cfg.graph.tasks if stage != 2 or (t.auxiliaries and self.cfg.model.dlm)]
+        params = self.model.trainable_parameters()
+        if stage != 2:  # the embed head's identity prototypes train with the heads
+            params += [p for n in tasks for p in self.losses[n].parameters()]
+        opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+        start = self.state["step"] if self.state["stage"] == stage else 0
+        if start and self._optimizer_state is not None:
+            opt.load_state_dict(self._optimizer_state)
+        probs = task_probabilities({n: len(self.train_sets[n]) for n in tasks}, self.cfg.train.temperature)
+        names, weights = list(probs), list(probs.values())
+        # Same task sequence on every rank (seeded by stage), own clips per rank.
+        task_rng = np.random.default_rng([self.cfg.seed, stage])
+        clip_rng = np.random.default_rng([self.cfg.seed, stage, self.dist.rank, 1])
+        for _ in range(start):  # replay the draws so a resumed run continues the same sequence
+            task_rng.choice(len(names), p=weights)
+        self.model.train()
+        bar = tqdm(
+            range(start, sc.steps),
+            desc=f"stage {stage}",
+            disable=not (self.progress and self.dist.main),
+            initial=start,
+            total=sc.steps,
+            unit="step",
+        )
+        running: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for step in bar:
+            name = names[int(task_rng.choice(len(names), p=weights))]
+            data = self.train_sets[name]
+            idx = clip_rng.choice(len(data), size=min(sc.batch_size, len(data)), replace=False)
+            video, target = _batch(data, idx)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, sc.steps, sc.lr, sc.warmup)
+            out = self.model(video, [name])[name]
+            loss = self.losses[name](out, target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage {stage} step {step}: task {name!r} loss is {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.dist.world > 1:
+                _allreduce_grads(params, self.dist.world)
+            torch.nn.utils.clip_grad_norm_(params, sc.grad_clip)
+            opt.step()
+            running[name] = 0.9 * running.get(name, loss.item()) + 0.1 * loss.item()
+            bar.set_postfix({k[:8]: f"{v:.3f}" for k, v in running.items()}, refresh=False)
+            self.state["stage"], self.state["step"] = stage, step + 1
+            if (
+                self.cfg.train.save_every
+                and (step + 1) % self.cfg.train.save_every == 0
+                and step + 1 < sc.steps
+            ):
+                self._save(opt=opt)
+        self.log(f"stage {stage}: {sc.steps - start} steps in {time.perf_counter() - t0:.0f} s")
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _save(self, opt: torch.optim.Optimizer | None = None) -> None:
+        if not self.dist.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.model.save_checkpoint(self.out / WEIGHTS_FILE)
+        self.cfg.graph.save(self.out / "task_graph.yaml")
+        (self.out / "model_config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
+        (self.out / "metrics.json").write_text(json.dumps(self.state["metrics"], indent=2))
+        # Mid-stage: optimizer + loss state (embed prototypes); between stages: the loss state alone.
+        bundle: dict[str, Any] = {"losses": {n: lo.state_dict() for n, lo in self.losses.items()}}
+        if opt is not None:
+            bundle["optimizer"] = opt.state_dict()
+        torch.save(bundle, self.out / "optimizer.pt")
+        (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+
+    def _resume(self) -> MultiTaskModel:
+        state_file = self.out / STATE_FILE
+        if not state_file.is_file():
+            raise FileNotFoundError(f"nothing to resume: {state_file} does not exist")
+        self.state = json.loads(state_file.read_text())
+        model = MultiTaskModel.load_checkpoint(self.out / WEIGHTS_FILE, graph=self.cfg.graph)
+        self.log(
+            f"resuming {self.out}: completed stages {self.state['completed']}, "
+            f"stage {self.state['stage']} at step {self.state['step']}"
+        )
+        return model
+
+
+def summarise(metrics: dict[str, dict[str, float]], model: MultiTaskModel) -> str:
+    """`task  metric value (chance c)` lines for the final report."""
+    lines = []
+    for t in model.graph.tasks:
+        m = metrics.get(t.name, {})
+        if not m:
+            continue
+        name, value = primary(t, m)
+        lines.append(f"{t.name:<10} {name:<9} {value:.3f}  (chance {m.get('chance', float('nan')):.3f})")
+    return "\n".join(lines)
