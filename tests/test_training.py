@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from vmtl.cli import main
+from vmtl.models.backbone import CheckpointError
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.tasks import Preprocess, TaskGraph
 from vmtl.training import trainer as trainer_mod
@@ -197,3 +198,23 @@ def test_eval_cli_prints_a_table(tmp_path: Path, data: Path, capsys: pytest.Capt
     assert "object" in out and "top1" in out and "MAE" in out
     assert main(["eval", str(tmp_path / "nope"), "--data", str(data)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_init_from_shares_a_warmed_up_trunk(tmp_path: Path, data: Path) -> None:
+    cfg = load_config(_config(tmp_path, data, stage1={"steps": 1}, stage2={"steps": 0}))
+    first = Trainer(cfg, tmp_path / "a", progress=False, log=lambda _m: None)
+    first.run()
+    cfg2 = load_config(_config(tmp_path, data))
+    cfg2.model = cfg2.model.replace(adapter="none", dlm=False)
+    second = Trainer(cfg2, tmp_path / "b", init_from=tmp_path / "a", progress=False, log=lambda _m: None)
+    assert second.stages() == [1]  # pretrained trunk: no stage 0; no DLMs: no stage 2
+    for a, b in zip(
+        first.model.trunk.backbone_parameters(), second.model.trunk.backbone_parameters(), strict=True
+    ):
+        assert torch.equal(a, b)
+    other = load_config(_config(tmp_path, data))
+    other.model = other.model.replace(hidden_size=64, intermediate_size=128)
+    with pytest.raises(CheckpointError, match="has shape"):
+        Trainer(other, tmp_path / "c", init_from=tmp_path / "a", progress=False)
+    with pytest.raises(CheckpointError, match="no vmtl checkpoint"):
+        Trainer(cfg2, tmp_path / "d", init_from=tmp_path / "nowhere", progress=False)

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps-scale", type=float, default=1.0, help="multiply every stage's steps (quick runs)"
     )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"vmtl train: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        cfg.train.threads = args.threads
     if args.backbone is not None:
         cfg.model = cfg.model.replace(checkpoint=str(args.backbone), backbone="hf")
     if args.steps_scale != 1.0:
@@ -49,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from vmtl.training.trainer import Trainer, summarise
 
     try:
-        trainer = Trainer(cfg, out, resume=args.resume, progress=not args.no_progress)
+        trainer = Trainer(
+            cfg, out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress
+        )
         trainer.run()
     except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"vmtl train: {exc}", file=sys.stderr)

@@ -143,6 +143,7 @@ class Trainer:
         out_dir: Path,
         *,
         resume: bool = False,
+        init_from: Path | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
     ) -> None:
@@ -161,6 +162,8 @@ class Trainer:
                     f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out"
                 )
             self.model = MultiTaskModel(cfg.graph, cfg.model)
+            if init_from is not None:
+                load_trunk(self.model, Path(init_from))
         tokens = self.model.temporal_tokens
         show = progress and self.dist.main
         self.train_sets = load_splits(cfg, tokens, "train", show)
@@ -288,6 +291,34 @@ class Trainer:
             f"stage {self.state['stage']} at step {self.state['step']}"
         )
         return model
+
+
+def load_trunk(model: MultiTaskModel, ckpt: Path) -> None:
+    """Start `model`'s frozen trunk from another vmtl checkpoint's trunk (which then counts as pretrained,
+    so stage 0 is skipped). Adapters, heads and DLMs keep their fresh initialisation."""
+    from safetensors.torch import load_file
+
+    from vmtl.models.backbone import CheckpointError
+
+    weights = ckpt / WEIGHTS_FILE if ckpt.is_dir() else ckpt
+    if not weights.is_file():
+        raise CheckpointError(f"--init-from: no vmtl checkpoint at {weights}")
+    state = load_file(str(weights))
+    ids = {id(p) for p in model.trunk.backbone_parameters()}
+    names = [f"trunk.{n}" for n, p in model.trunk.named_parameters() if id(p) in ids]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise CheckpointError(
+            f"--init-from {weights}: its trunk does not match this config (missing {missing[:3]})"
+        )
+    own = model.state_dict()
+    for n in names:
+        if state[n].shape != own[n].shape:
+            raise CheckpointError(
+                f"--init-from {weights}: {n} has shape {list(state[n].shape)}, this config needs {list(own[n].shape)}"
+            )
+    model.load_state_dict({n: state[n] for n in names}, strict=False)
+    model.pretrained = True
 
 
 def summarise(metrics: dict[str, dict[str, float]], model: MultiTaskModel) -> str:
