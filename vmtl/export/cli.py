@@ -1,0 +1,150 @@
+"""`vmtl export`: a trained checkpoint -> ONNX (+ int8 / TensorRT) -> Triton model repository.
+
+Exit status: 0 written; 1 refused (parity check, accuracy gate, --only-heads trunk mismatch, TensorRT
+build) with nothing written; 2 bad arguments (missing checkpoint, --int8 without --data, --trt without a
+GPU...). torch is imported only when the export runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+_EPILOG = """\
+examples:
+  vmtl export runs/demo --out model_repository/                    cpu flavour (Triton python backend + ORT)
+  vmtl export runs/demo --out model_repository/ --flavour both     OUT/cpu and OUT/native (vmtl serve OUT)
+  vmtl export runs/demo --out model_repository/ --int8 --data data/demo
+  vmtl export runs/demo-v2 --out model_repository/ --only-heads    new heads, same backbone file
+
+int8 accuracy gate (on --data's held-out 'val' split): refused when a task's primary metric drops by more
+than 0.01 absolute (top1, mAP, mAP@0.5, recall@1, mIoU) or its MAE grows by more than 1 % relative.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Export a trained checkpoint to ONNX (trunk once + one graph per head), check parity against "
+        "PyTorch, optimise for ONNX Runtime CPU, optionally quantise to int8 or build a TensorRT engine "
+        "behind an accuracy gate, and write the Triton model repository that `vmtl serve` runs."
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    parser.add_argument(
+        "checkpoint", metavar="CKPT", type=Path, help="checkpoint directory (or its .safetensors)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("model_repository"),
+        help="repository directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--flavour",
+        "--flavor",
+        choices=("cpu", "native", "both"),
+        default=None,
+        help="cpu: python-backend ONNX Runtime models (default; runs on this machine); native: "
+        "onnxruntime_onnx/tensorrt_plan for Triton's GPU container; both: OUT/cpu and OUT/native "
+        "(default with --trt: native; with --only-heads: the flavours found in OUT)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="data root of the checkpoint's tasks: parity runs on real held-out clips, and the int8 / "
+        "TensorRT accuracy gate evaluates on them (required by --int8 and --trt)",
+    )
+    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the cpu backbone")
+    parser.add_argument("--int8-heads", action="store_true", help="with --int8: quantise the heads too")
+    parser.add_argument(
+        "--trt", action="store_true", help="TensorRT fp16 engine for the native backbone (GPU)"
+    )
+    parser.add_argument(
+        "--only-heads",
+        action="store_true",
+        help="re-export only the heads into an existing repository whose backbone is this checkpoint's "
+        "(same trunk + adapters SHA-256); the backbone file is kept as it is",
+    )
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=None, metavar="N", help="Triton max_batch_size (default: 8)"
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cpu flavour: ONNX Runtime threads of the backbone (default: all cores at load time)",
+    )
+    parser.add_argument(
+        "--parity-tol",
+        type=float,
+        default=1e-4,
+        metavar="TOL",
+        help="largest max-abs difference to PyTorch accepted (fp32; default: %(default)g)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the random parity clips (without --data)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.checkpoint.expanduser().exists():
+        return _fail(f"checkpoint {args.checkpoint} does not exist (train one with `vmtl train`)", 2)
+    if args.int8 and args.data is None:
+        return _fail(
+            "--int8 needs --data DIR: the accuracy gate compares every task's metric on held-out data "
+            "before shipping int8",
+            2,
+        )
+    if args.trt:
+        from vmtl.export.tensorrt import tensorrt_unavailable
+
+        reason = tensorrt_unavailable()
+        if reason:
+            return _fail(reason, 2)
+
+    from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
+    from vmtl.export.repository import RepositoryError
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        report = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            flavour=args.flavour,
+            int8=args.int8,
+            int8_heads=args.int8_heads,
+            trt=args.trt,
+            only_heads=args.only_heads,
+            data_root=args.data,
+            parity_tol=args.parity_tol,
+            opset=args.opset,
+            max_batch_size=args.max_batch_size,
+            cpu_threads=args.cpu_threads,
+            seed=args.seed,
+            log=None if args.quiet else log,
+        )
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except (ExportError, RepositoryError) as exc:
+        return _fail(str(exc), 1)
+    print(report.summary())
+    if args.json is not None:
+        args.json.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"vmtl export: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,887 @@
+"""`vmtl export`: a trained checkpoint -> ONNX (+ int8 / TensorRT) -> Triton model repository.
+
+Steps of :func:`export_checkpoint`:
+
+1. ONNX export (opset 18, TorchScript exporter) of the trunk (uint8 ``video`` [B,T,S,S,3] in, normalised
+   inside, dynamic batch, static T/S) and of one graph per head (DLMs on).
+2. Parity: PyTorch and ONNX Runtime run the same clips (real decoded clips of ``data_root``'s held-out split
+   when given, else seeded random uint8 clips) at batch 1 and 2; every head is fed the trunk's *PyTorch*
+   features and its auxiliaries' PyTorch representations. Each shipped file is checked in a fresh session
+   with the optimiser off (the file is self-contained) and as the server loads it (``ORT_ENABLE_ALL``);
+   the export fails (:class:`ParityError`) past ``parity_tol`` max-abs, naming the model and output.
+3. ``cpu`` flavour: ORT's EXTENDED graph optimisation is applied once, offline, and the optimised file is
+   what ships (it needs the same ONNX Runtime version, recorded in ``vmtl.json``). ``native`` ships the
+   plain export: Triton's onnxruntime backend optimises at load with its own (older) ONNX Runtime.
+4. ``int8`` (cpu flavour): dynamic quantisation of the trunk (and the heads with ``int8_heads``) behind
+   the accuracy gate of :mod:`vmtl.export.quantize`; a refusal writes nothing.
+5. ``trt`` (native flavour, GPU): fp16 TensorRT engine of the trunk behind the same gate
+   (:mod:`vmtl.export.tensorrt`).
+6. :func:`vmtl.export.repository.write_repository` writes each flavour (``both``: ``OUT/cpu`` and
+   ``OUT/native``, which ``vmtl serve OUT`` understands) with the parity errors, trunk fingerprint and gate
+   results in ``vmtl.json``'s metadata, and a ``parity.json`` beside each model.
+
+``only_heads``: when the checkpoint's trunk (VideoMAE + VMT-Adapters + per-task extraction/norms and the
+trunk layout) has the SHA-256 recorded by the full export, only the heads are exported and the repository
+is rewritten around the existing backbone file (same bytes, same mtime). Adding or removing a task
+changes the trunk (each task has its own adapter scale/shift and feature output), so it needs a full export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vmtl.export.quantize import (
+    ExportError,
+    GateRefused,
+    GateResult,
+    Int8Refused,
+    OrtPipeline,
+    compare_metrics,
+    evaluate_pipeline,
+    load_gate_data,
+    optimize_model,
+    ort_session,
+    quantize_model,
+)
+from vmtl.export.repository import (
+    BACKBONE,
+    MANIFEST,
+    RepositoryError,
+    head_model,
+    load_configs,
+    read_manifest,
+    write_repository,
+)
+from vmtl.models.multitask import HeadExport, MultiTaskModel, TrunkExport, export_onnx
+from vmtl.tasks import TaskGraph
+
+__all__ = [
+    "FLAVOURS",
+    "ExportError",
+    "ExportReport",
+    "GateRefused",
+    "Int8Refused",
+    "ModelReport",
+    "ParityError",
+    "UsageError",
+    "export_checkpoint",
+    "resolve_checkpoint",
+    "trunk_fingerprint",
+]
+
+FLAVOURS = ("cpu", "native", "both")
+PARITY_FILE = "parity.json"
+WEIGHTS_FILE = "model.safetensors"  # vmtl.training.trainer.WEIGHTS_FILE (not imported: it pulls in training)
+#: Sessions each shipped file is checked in: a fresh one with the optimiser off, and the one the server uses.
+PARITY_SESSIONS = {"optimiser off": "off", "as served (ORT_ENABLE_ALL)": "all"}
+_SIDECARS = (PARITY_FILE, "tensorrt.json")
+Log = Callable[[str], None]
+
+
+class UsageError(ExportError):
+    """Bad arguments (missing checkpoint, --int8 without --data, --trt without a GPU...): exit status 2."""
+
+
+class ParityError(ExportError):
+    """An exported graph does not reproduce PyTorch within the tolerance."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass
+class ModelReport:
+    """One model file of one repository flavour."""
+
+    name: str  # backbone / head_<task>
+    flavour: str
+    file: str  # relative to the repository
+    bytes: int
+    precision: str  # fp32 / int8 / fp16 (TensorRT)
+    parity: dict[str, Any] | None  # max-abs vs PyTorch per batch (fp32 files)
+    reused: bool = False  # --only-heads: kept from the existing repository
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_checkpoint` wrote and measured."""
+
+    checkpoint: Path
+    out: Path
+    repositories: dict[str, Path]
+    tasks: list[str]
+    models: list[ModelReport]
+    trunk_sha256: str
+    parity_tolerance: float
+    parity_inputs: str
+    only_heads: bool = False
+    int8: GateResult | None = None
+    tensorrt: dict[str, Any] | None = None
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_parity_error(self) -> float:
+        errs = [m.parity["max_abs"] for m in self.models if m.parity and not m.reused]
+        return max(errs, default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checkpoint"], d["out"] = str(self.checkpoint), str(self.out)
+        d["repositories"] = {k: str(v) for k, v in self.repositories.items()}
+        d["int8"] = self.int8.to_dict() if self.int8 else None
+        d["max_parity_error"] = self.max_parity_error
+        return d
+
+    def summary(self) -> str:
+        """A human-readable table: models, sizes, precision, parity errors, gate, time."""
+        flav = ", ".join(f"{k} -> {v}" for k, v in self.repositories.items())
+        lines = [
+            f"vmtl export: {self.checkpoint} ({len(self.tasks)} tasks) -> {flav}"
+            + ("  [--only-heads]" if self.only_heads else ""),
+            f"{'model':<18} {'flavour':<7} {'precision':<9} {'size':>9}  parity max-abs b1 / b2",
+        ]
+        for m in self.models:
+            if m.reused:
+                parity = "kept (backbone unchanged)"
+            elif m.parity:
+                parity = f"{m.parity['batch1']:.1e} / {m.parity['batch2']:.1e}"
+            else:
+                parity = "- (gated, see below)"
+            lines.append(f"{m.name:<18} {m.flavour:<7} {m.precision:<9} {_size(m.bytes):>9}  {parity}")
+        lines.append(
+            f"parity: worst {self.max_parity_error:.2e} (tolerance {self.parity_tolerance:g}) on "
+            f"{self.parity_inputs}"
+        )
+        if self.int8 is not None:
+            lines.append(
+                f"int8 accuracy gate ({self.int8.split}, {self.int8.clips} clips): "
+                + ("passed" if self.int8.passed else "REFUSED")
+            )
+            lines.append(self.int8.table())
+        if self.tensorrt:
+            lines.append(
+                f"TensorRT {self.tensorrt.get('tensorrt_version')} on {self.tensorrt.get('gpu_name')}: "
+                f"{self.tensorrt.get('precision')}; accuracy gate "
+                + ("passed" if (self.tensorrt.get("gate") or {}).get("passed") else "not run")
+            )
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in self.steps.items())
+        lines.append(f"trunk sha256 {self.trunk_sha256[:16]}...; total {self.seconds:.1f} s ({steps})")
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+class _Progress:
+    def __init__(self, log: Log | None) -> None:
+        self.log = log or (lambda _m: None)
+        self.t0 = time.perf_counter()
+        self.steps: dict[str, float] = {}
+
+    def say(self, message: str) -> None:
+        self.log(f"[{time.perf_counter() - self.t0:6.1f}s] {message}")
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.steps[name] = self.steps.get(name, 0.0) + time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint, fingerprint, clips
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The weights file of a checkpoint directory (``model.safetensors``), or the file itself."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise UsageError(f"{path} is not a vmtl checkpoint directory: no {WEIGHTS_FILE} in it")
+        return weights
+    if path.is_file():
+        return path
+    raise UsageError(f"checkpoint {path} does not exist (train one with `vmtl train`)")
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def trunk_fingerprint(model: MultiTaskModel) -> dict[str, Any]:
+    """SHA-256 of everything the trunk ONNX depends on, overall and per part.
+
+    Parts: ``backbone`` (VideoMAE weights), ``adapters`` (shared VMT-Adapter weights), ``task_specific``
+    (per-task extraction + LayerNorms), ``layout`` (tasks, grids, frames, size, normalisation and the
+    trunk's model-config entries; head/DLM settings excluded).
+    """
+    trunk = model.trunk
+    parts = {k: hashlib.sha256() for k in ("backbone", "adapters", "task_specific", "layout")}
+    state = trunk.state_dict()
+    for name in sorted(state):
+        t = state[name]
+        if ".adapter.extract." in name or name.startswith("task_norms."):
+            part = "task_specific"
+        elif ".adapter." in name:
+            part = "adapters"
+        else:
+            part = "backbone"
+        h = parts[part]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    for name, buf in sorted(trunk.named_buffers()):
+        if name not in state:  # non-persistent: normalisation constants, pooling matrices
+            parts["layout"].update(f"{name}|{tuple(buf.shape)}|".encode())
+            parts["layout"].update(_tensor_bytes(buf))
+    skip = ("head_", "dlm", "track_readout", "embed_normalize", "checkpoint", "backbone")
+    layout = {
+        "tasks": list(model.graph.names),
+        "grids": dict(trunk.grids),
+        "config": {k: v for k, v in model.cfg.to_dict().items() if not k.startswith(skip)},
+    }
+    parts["layout"].update(json.dumps(layout, sort_keys=True, default=str).encode())
+    digests = {k: h.hexdigest() for k, h in parts.items()}
+    overall = hashlib.sha256("".join(digests[k] for k in sorted(digests)).encode()).hexdigest()
+    return {"sha256": overall, "parts": digests, "tasks": list(model.graph.names)}
+
+
+def _parity_clips(model: MultiTaskModel, data_root: Path | None, seed: int) -> tuple[np.ndarray, str]:
+    """Two uint8 clips [2,T,S,S,3]: held-out clips of the data when given, else seeded random ones."""
+    t, s = model.trunk.num_frames, model.trunk.image_size
+    if data_root is not None:
+        from vmtl.training.clips import load_clipset
+
+        frames = []
+        for task in model.graph.tasks:
+            try:
+                clips = load_clipset(
+                    data_root, task, "val", model.graph.preprocess, model.temporal_tokens, progress=False
+                )
+            except (FileNotFoundError, ValueError) as exc:
+                raise UsageError(f"--data {data_root}: {exc}") from exc
+            frames.extend(clips.frames[: 2 - len(frames)])
+            if len(frames) == 2:
+                return np.stack(frames), f"2 held-out clips of {data_root}"
+        raise UsageError(f"--data {data_root}: fewer than 2 held-out clips")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (2, t, s, s, 3), dtype=np.uint8), f"2 random uint8 clips (seed {seed})"
+
+
+@dataclass
+class _Reference:
+    """PyTorch inputs/outputs of every model at each parity batch size."""
+
+    trunk: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+    heads: dict[str, dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]
+
+
+@torch.no_grad()
+def _torch_reference(
+    graph: TaskGraph, trunk: TrunkExport, heads: Mapping[str, HeadExport], clips: np.ndarray
+) -> _Reference:
+    ref = _Reference({}, {n: {} for n in graph.names})
+    for b in (1, 2):
+        video = torch.from_numpy(np.ascontiguousarray(clips[:b]))
+        feats = dict(zip(trunk.output_names, trunk(video), strict=True))
+        ref.trunk[b] = ({"video": video.numpy()}, {k: v.numpy() for k, v in feats.items()})
+        reprs: dict[str, torch.Tensor] = {}
+        for stage in graph.stages():
+            for name in stage:
+                head = heads[name]
+                ins = (feats[f"feat_{name}"], *(reprs[a] for a in head.aux_names))
+                out, reprs[name] = head(*ins)
+                ref.heads[name][b] = (
+                    {k: v.numpy() for k, v in zip(head.input_names, ins, strict=True)},
+                    {"output": out.numpy(), "repr": reprs[name].numpy()},
+                )
+    return ref
+
+
+def _max_abs(want: np.ndarray, got: np.ndarray) -> float:
+    if want.shape != got.shape:
+        return float("inf")
+    diff = np.abs(want.astype(np.float64) - got.astype(np.float64))
+    return float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))) if diff.size else 0.0
+
+
+def _check_parity(
+    path: Path,
+    model: str,
+    cases: Mapping[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+    tol: float,
+    where: str,
+) -> dict[str, Any]:
+    """Max-abs error of ``path`` vs PyTorch in each of PARITY_SESSIONS; raise ParityError past ``tol``."""
+    per_batch: dict[int, float] = {}
+    per_output: dict[str, float] = {}
+    for session_name, level in PARITY_SESSIONS.items():
+        try:
+            sess = ort_session(path, optimization=level)
+        except Exception as exc:
+            raise ParityError(
+                f"{model} ({where}): {path.name} does not load in ONNX Runtime ({session_name}): {exc}"
+            ) from exc
+        for b, (feed, want) in cases.items():
+            names = list(want)
+            got = dict(zip(names, sess.run(names, feed), strict=True))
+            for name in names:
+                err = _max_abs(want[name], got[name])
+                per_batch[b] = max(per_batch.get(b, 0.0), err)
+                per_output[name] = max(per_output.get(name, 0.0), err)
+                if not err <= tol:
+                    raise ParityError(
+                        f"parity check failed for {model} ({where}, session {session_name}): output {name!r} "
+                        f"differs from PyTorch by max-abs {err:.3g} at batch {b} (tolerance {tol:g}). The "
+                        "exported graph does not reproduce the checkpoint; nothing was written."
+                    )
+    return {
+        "max_abs": max(per_batch.values(), default=0.0),
+        "batch1": per_batch.get(1, 0.0),
+        "batch2": per_batch.get(2, 0.0),
+        "outputs": per_output,
+        "tolerance": tol,
+        "sessions": list(PARITY_SESSIONS),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets
+
+
+def _is_repo(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def _targets(out: Path, flavour: str | None, only_heads: bool) -> dict[str, Path]:
+    """Repository directory per flavour. ``both`` -> OUT/cpu + OUT/native; a single flavour goes to OUT,
+    or to OUT/<flavour> when OUT holds the flavours (a former ``both`` export)."""
+    if flavour is not None and flavour not in FLAVOURS:
+        raise UsageError(f"--flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}")
+    if only_heads:
+        found: dict[str, Path] = {}
+        if _is_repo(out):
+            found[str(read_manifest(out).get("flavour", "cpu"))] = out
+        else:
+            found.update({f: out / f for f in ("cpu", "native") if _is_repo(out / f)})
+        if not found:
+            raise UsageError(
+                f"--only-heads updates an existing repository, but {out} holds none (no {MANIFEST}); "
+                "run a full export first"
+            )
+        if flavour in (None, "both"):
+            return found
+        if flavour not in found:
+            raise UsageError(f"--only-heads: {out} has no {flavour} repository (it has {', '.join(found)})")
+        return {flavour: found[flavour]}
+    flavour = flavour or "cpu"
+    if flavour == "both":
+        if _is_repo(out):
+            raise UsageError(
+                f"{out} is a single-flavour repository; --flavour both writes {out}/cpu and {out}/native, "
+                "choose another --out (or remove it)"
+            )
+        targets = {"cpu": out / "cpu", "native": out / "native"}
+    elif not _is_repo(out) and _is_repo(out / flavour):
+        targets = {flavour: out / flavour}
+    else:
+        targets = {flavour: out}
+    for path in targets.values():
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} exists and is not a directory")
+        if path.is_dir() and not _is_repo(path):
+            foreign = [p.name for p in path.iterdir() if not p.name.startswith(("README", "readme", "."))]
+            if foreign:
+                raise UsageError(
+                    f"refusing to write into {path}: it is not empty ({', '.join(sorted(foreign)[:5])}) and "
+                    f"not a vmtl model repository (no {MANIFEST}); choose an empty or new directory"
+                )
+    return targets
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------------
+# The export
+
+
+def export_checkpoint(
+    ckpt_dir: str | Path,
+    out_repo: str | Path,
+    *,
+    flavour: str | None = None,
+    int8: bool = False,
+    int8_heads: bool = False,
+    trt: bool = False,
+    only_heads: bool = False,
+    data_root: str | Path | None = None,
+    parity_tol: float = 1e-4,
+    opset: int = 18,
+    max_batch_size: int | None = None,
+    cpu_threads: int | None = None,
+    max_drop: float = 0.01,
+    max_mae_increase: float = 0.01,
+    seed: int = 0,
+    log: Log | None = None,
+) -> ExportReport:
+    """Export a checkpoint (directory or ``.safetensors``) into the model repository ``out_repo``.
+
+    ``flavour`` cpu (default) | native | both (``out_repo/cpu`` + ``out_repo/native``); with
+    ``only_heads`` the default is every flavour found in ``out_repo``. ``int8`` quantises the cpu
+    flavour's trunk (and heads with ``int8_heads``) behind the accuracy gate (``data_root`` required);
+    ``trt`` builds the native flavour's trunk as a TensorRT fp16 engine (GPU, ``data_root`` required).
+    ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's). ``log`` receives
+    progress lines. Raises :class:`UsageError` for bad arguments, :class:`ParityError`,
+    :class:`GateRefused` (``Int8Refused``), :class:`~vmtl.export.tensorrt.TensorRTError` or
+    :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
+    """
+    progress = _Progress(log)
+    weights = resolve_checkpoint(ckpt_dir)
+    out = Path(out_repo).expanduser()
+    data = Path(data_root).expanduser() if data_root is not None else None
+    if flavour is None and trt and not only_heads:
+        flavour = "native"
+    targets = _targets(out, flavour, only_heads)
+    if only_heads and (int8 or trt):
+        raise UsageError(
+            "--only-heads keeps the existing backbone (and its precision); --int8 / --trt apply to a full export"
+        )
+    if int8_heads and not int8:
+        raise UsageError("--int8-heads needs --int8")
+    if int8 and "cpu" not in targets:
+        raise UsageError(
+            "--int8 (ONNX Runtime dynamic quantisation) is for the cpu flavour: use --flavour cpu or both "
+            "(the native flavour stays fp32; --trt gives it a fp16 TensorRT engine)"
+        )
+    if trt and "native" not in targets:
+        raise UsageError("--trt builds the native flavour's backbone: use --flavour native or both")
+    if (int8 or trt) and data is None:
+        raise UsageError(
+            f"{'--int8' if int8 else '--trt'} needs --data DIR: its accuracy gate compares every task's metric "
+            "on held-out data before shipping the lower precision"
+        )
+    if data is not None and not data.is_dir():
+        raise UsageError(f"--data {data} is not a directory")
+    if trt:
+        from vmtl.export.tensorrt import tensorrt_unavailable
+
+        reason = tensorrt_unavailable()
+        if reason:
+            raise UsageError(reason)
+    if parity_tol <= 0:
+        raise UsageError(f"the parity tolerance must be > 0, got {parity_tol}")
+
+    with progress.step("load"):
+        try:
+            model = MultiTaskModel.load_checkpoint(weights)
+        except Exception as exc:
+            raise UsageError(f"cannot load checkpoint {weights}: {exc}") from exc
+        graph = model.graph
+        fingerprint = trunk_fingerprint(model)
+        trunk_mod, head_mods = model.export_modules()
+    progress.say(f"loaded {weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
+
+    existing: dict[str, dict[str, Any]] = {}
+    if only_heads:
+        existing = {f: _check_only_heads(p, fingerprint) for f, p in targets.items()}
+        progress.say(f"--only-heads: trunk sha256 {fingerprint['sha256'][:16]}... matches the repository")
+    if max_batch_size is None:
+        max_batch_size = int(next(iter(existing.values()))["max_batch_size"]) if existing else 8
+
+    with progress.step("parity inputs"):
+        clips, clips_desc = _parity_clips(model, data, seed)
+        reference = _torch_reference(graph, trunk_mod, head_mods, clips)
+
+    with tempfile.TemporaryDirectory(prefix="vmtl-export-") as tmp:
+        work = Path(tmp)
+        raw: dict[str, Path] = {}
+        # Only-heads needs the trunk ONNX only for the signature of a TensorRT backbone.
+        need_trunk = not only_heads or any(
+            (targets[f] / BACKBONE / "1" / "model.plan").is_file() for f in targets
+        )
+        with progress.step("onnx export"):
+            if need_trunk:
+                raw[BACKBONE] = export_onnx(trunk_mod, work / "backbone.onnx", opset=opset)
+                progress.say(f"exported {BACKBONE} ({_size(raw[BACKBONE].stat().st_size)})")
+            for name in graph.names:
+                path = export_onnx(head_mods[name], work / f"{head_model(name)}.onnx", opset=opset)
+                raw[head_model(name)] = path
+            progress.say(f"exported {len(graph.names)} heads")
+
+        files: dict[str, dict[str, Path]] = {}  # flavour -> model -> file shipped
+        parity: dict[str, dict[str, dict[str, Any]]] = {}  # flavour -> model -> parity record (fp32 files)
+        # parity.json of the models that ship in a lower precision (checked by an accuracy gate instead)
+        sidecars: dict[str, dict[str, dict[str, Any]]] = {fl: {} for fl in targets}
+        for fl in targets:
+            files[fl], parity[fl] = {}, {}
+            (work / fl).mkdir()
+            for name, path in raw.items():
+                if name == BACKBONE and only_heads:
+                    continue
+                if fl == "cpu":
+                    with progress.step("optimise"):
+                        path = optimize_model(path, work / fl / f"{name}.onnx")
+                cases = reference.trunk if name == BACKBONE else reference.heads[name.removeprefix("head_")]
+                with progress.step("parity"):
+                    parity[fl][name] = _check_parity(path, name, cases, parity_tol, f"{fl} flavour")
+                files[fl][name] = path
+            worst = max((p["max_abs"] for p in parity[fl].values()), default=0.0)
+            what = "optimised (ORT EXTENDED, offline) " if fl == "cpu" else ""
+            progress.say(f"{fl}: {what}models match PyTorch, worst max-abs {worst:.2e} (tol {parity_tol:g})")
+
+        precision = {fl: dict.fromkeys(files[fl], "fp32") for fl in files}
+        gate: GateResult | None = None
+        trt_info: dict[str, Any] | None = None
+        plan: Path | None = None
+        if int8 or trt:
+            assert data is not None
+            with progress.step("accuracy gate"):
+                gate_data = load_gate_data(data, graph, model.temporal_tokens)
+                n_clips = sum(len(c) for c in gate_data.values())
+                fp32_files = files["cpu"] if "cpu" in files else files["native"]
+                fp32 = evaluate_pipeline(
+                    OrtPipeline(graph, fp32_files[BACKBONE], _heads(fp32_files, graph)), graph, gate_data
+                )
+            if int8:
+                with progress.step("int8"):
+                    q: dict[str, Path] = {}
+                    (work / "int8").mkdir()
+                    for name in [BACKBONE, *(head_model(n) for n in graph.names if int8_heads)]:
+                        q[name] = quantize_model(raw[name], work / "int8" / f"{name}.onnx")
+                    cand = {**files["cpu"], **q}
+                    pipe = OrtPipeline(graph, cand[BACKBONE], _heads(cand, graph))
+                    metrics = evaluate_pipeline(pipe, graph, gate_data)
+                    gate = compare_metrics(
+                        graph,
+                        fp32,
+                        metrics,
+                        name="int8",
+                        max_drop=max_drop,
+                        max_mae_increase=max_mae_increase,
+                        clips=n_clips,
+                    )
+                    gate.details = {
+                        "quantized": sorted(q),
+                        "settings": "quantize_dynamic: MatMul/Gemm weights QInt8 per-channel, activations "
+                        "QUInt8 at run time; then ORT EXTENDED optimisation",
+                        "feature_max_abs_vs_fp32": _feature_error(pipe, files["cpu"][BACKBONE], clips),
+                        "bytes": {n: p.stat().st_size for n, p in q.items()},
+                        "fp32_metrics": fp32,
+                        "int8_metrics": metrics,
+                    }
+                verdict = "passed" if gate.passed else f"REFUSED ({len(gate.failures)} task(s))"
+                progress.say(f"int8 accuracy gate on {n_clips} held-out clips: {verdict}")
+                if not gate.passed:
+                    raise Int8Refused(gate)
+                files["cpu"].update(q)
+                precision["cpu"].update(dict.fromkeys(q, "int8"))
+                for name in q:
+                    sidecars["cpu"][name] = {
+                        "precision": "int8",
+                        "checked_by": "the int8 accuracy gate (vmtl.json metadata.int8)",
+                        "fp32_export_parity": parity["cpu"].pop(name),
+                    }
+            if trt:
+                from vmtl.export.tensorrt import TrtTrunk, build_engine
+
+                with progress.step("tensorrt"):
+                    (work / "trt").mkdir()
+                    plan = work / "trt" / "model.plan"
+                    trt_info = build_engine(raw[BACKBONE], plan, max_batch_size=max_batch_size)
+                    pipe = OrtPipeline(graph, TrtTrunk(plan), _heads(files["native"], graph))
+                    metrics = evaluate_pipeline(pipe, graph, gate_data)
+                    trt_gate = compare_metrics(
+                        graph,
+                        fp32,
+                        metrics,
+                        name="trt-fp16",
+                        max_drop=max_drop,
+                        max_mae_increase=max_mae_increase,
+                        clips=n_clips,
+                    )
+                    trt_info["gate"] = trt_gate.to_dict()
+                    trt_info["feature_max_abs_vs_torch"] = max(
+                        _max_abs(reference.trunk[2][1][k], v) for k, v in pipe.features(clips).items()
+                    )
+                progress.say(f"TensorRT fp16 accuracy gate on {n_clips} held-out clips:\n{trt_gate.table()}")
+                if not trt_gate.passed:
+                    raise GateRefused(trt_gate, "the TensorRT fp16 engine")
+                precision["native"][BACKBONE] = "fp16-trt"
+                sidecars["native"][BACKBONE] = {
+                    "precision": "fp16 (TensorRT)",
+                    "checked_by": "the TensorRT fp16 accuracy gate (backbone/tensorrt.json)",
+                    "fp32_export_parity": parity["native"].pop(BACKBONE),
+                }
+
+        # ---- write
+        report_models: list[ModelReport] = []
+        with progress.step("write"):
+            for fl, target in targets.items():
+                meta = _metadata(
+                    fl,
+                    weights,
+                    fingerprint,
+                    opset,
+                    parity,
+                    precision,
+                    clips_desc,
+                    parity_tol,
+                    gate,
+                    trt_info,
+                    both=len(targets) == 2 and not only_heads,
+                    previous=existing.get(fl),
+                )
+                kept: dict[str, bytes] = {}
+                if only_heads:
+                    trunk_file, trunk_plan, kept, threads = _existing_backbone(target, raw.get(BACKBONE))
+                else:
+                    trunk_file = files[fl][BACKBONE] if not (fl == "native" and plan) else raw[BACKBONE]
+                    trunk_plan = plan if fl == "native" else None
+                    threads = cpu_threads
+                heads = {n: files[fl][head_model(n)] for n in graph.names}
+                write_repository(
+                    target,
+                    graph,
+                    trunk_file,
+                    heads,
+                    flavour=fl,
+                    max_batch_size=max_batch_size,  # type: ignore[arg-type]
+                    trunk_plan=trunk_plan,
+                    cpu_threads=threads if fl == "cpu" else None,
+                    metadata=meta,
+                )
+                for name, rec in {**parity[fl], **sidecars[fl]}.items():
+                    _write_json(target / name / PARITY_FILE, {"model": name, "inputs": clips_desc, **rec})
+                for rel, blob in kept.items():
+                    (target / rel).write_bytes(blob)
+                if fl == "native" and trt_info and not only_heads:
+                    from vmtl.export.tensorrt import write_engine_info
+
+                    write_engine_info(target / BACKBONE, {**trt_info, "built": _now()})
+                report_models += _model_reports(target, fl, graph, precision[fl], parity[fl], only_heads)
+                progress.say(f"wrote the {fl} repository {target}")
+
+    progress.steps["total"] = time.perf_counter() - progress.t0
+    total = progress.steps.pop("total")
+    return ExportReport(
+        checkpoint=weights.parent if weights.name == WEIGHTS_FILE else weights,
+        out=out,
+        repositories=dict(targets),
+        tasks=list(graph.names),
+        models=report_models,
+        trunk_sha256=fingerprint["sha256"],
+        parity_tolerance=parity_tol,
+        parity_inputs=clips_desc,
+        only_heads=only_heads,
+        int8=gate,
+        tensorrt=trt_info,
+        seconds=total,
+        steps=progress.steps,
+    )
+
+
+def _heads(files: Mapping[str, Path], graph: TaskGraph) -> dict[str, Path]:
+    return {n: files[head_model(n)] for n in graph.names}
+
+
+def _feature_error(pipe: OrtPipeline, fp32_trunk: Path, clips: np.ndarray) -> float:
+    """Max-abs difference between the candidate trunk's features and the fp32 trunk's on the parity clips."""
+    sess = ort_session(fp32_trunk)
+    names = [o.name for o in sess.get_outputs()]
+    want = dict(zip(names, sess.run(names, {"video": clips}), strict=True))
+    got = pipe.features(clips)
+    return max(_max_abs(want[k], got[k]) for k in names)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _metadata(
+    flavour: str,
+    weights: Path,
+    fingerprint: dict[str, Any],
+    opset: int,
+    parity: Mapping[str, Mapping[str, Any]],
+    precision: Mapping[str, Mapping[str, str]],
+    clips_desc: str,
+    tol: float,
+    gate: GateResult | None,
+    trt_info: dict[str, Any] | None,
+    *,
+    both: bool,
+    previous: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    versions = _versions()
+    summary = {n: {k: r[k] for k in ("max_abs", "batch1", "batch2")} for n, r in parity[flavour].items()}
+    meta: dict[str, Any] = dict((previous or {}).get("metadata") or {})
+    backbone_meta = {k: meta[k] for k in ("int8", "tensorrt", "optimization") if k in meta}
+    old_parity = dict(meta.get("parity") or {})
+    meta.update(
+        {
+            "exporter": "vmtl export",
+            "checkpoint": str(weights.parent if weights.name == WEIGHTS_FILE else weights),
+            "exported": _now(),
+            "tasks": fingerprint["tasks"],
+            "trunk_sha256": fingerprint["sha256"],
+            "trunk_parts_sha256": fingerprint["parts"],
+            "opset": opset,
+            "precision": dict(precision[flavour]),
+            "parity": summary,
+            "parity_tolerance": tol,
+            "parity_inputs": clips_desc,
+            "versions": versions,
+        }
+    )
+    if previous is not None:  # --only-heads: the backbone's records stay those of the full export
+        meta.update(backbone_meta)
+        meta["parity"] = {**{k: v for k, v in old_parity.items() if k == BACKBONE}, **summary}
+        meta["precision"] = {
+            **dict((previous.get("metadata") or {}).get("precision") or {}),
+            **dict(precision[flavour]),
+        }
+        meta["heads_only_export"] = True
+    else:
+        meta["heads_only_export"] = False
+        meta["backbone_checkpoint"] = meta["checkpoint"]
+        meta["optimization"] = (
+            {
+                "level": "extended (offline)",
+                "onnxruntime": versions["onnxruntime"],
+                "note": "optimised files need this ONNX Runtime version (or newer)",
+            }
+            if flavour == "cpu"
+            else {"level": "none (Triton's onnxruntime backend optimises at load)"}
+        )
+        meta["int8"] = gate.to_dict() if (gate is not None and flavour == "cpu") else None
+        meta["tensorrt"] = trt_info if flavour == "native" else None
+    if both:
+        meta["flavours"] = {"cpu": "../cpu", "native": "../native"}
+    return meta
+
+
+def _check_only_heads(repo: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The existing manifest, after checking that its trunk is this checkpoint's."""
+    manifest = read_manifest(repo)
+    meta = manifest.get("metadata") or {}
+    stored = meta.get("trunk_sha256")
+    if not stored:
+        raise ExportError(
+            f"--only-heads: {repo}/{MANIFEST} records no trunk_sha256 (not written by a full `vmtl export`); "
+            "run a full export"
+        )
+    if stored == fingerprint["sha256"]:
+        return manifest
+    old_parts = meta.get("trunk_parts_sha256") or {}
+    differ = [k for k, v in fingerprint["parts"].items() if old_parts.get(k) not in (None, v)]
+    old_tasks = list(meta.get("tasks") or [])
+    new_tasks = fingerprint["tasks"]
+    detail = []
+    added = [t for t in new_tasks if t not in old_tasks]
+    removed = [t for t in old_tasks if t not in new_tasks]
+    if added or removed:
+        detail.append(
+            f"tasks added {added} / removed {removed} (each task has its own trunk output and adapter "
+            "scale/shift, so the trunk changes)"
+        )
+    names = {
+        "backbone": "VideoMAE weights",
+        "adapters": "VMT-Adapter weights",
+        "task_specific": "per-task adapter extraction / LayerNorms",
+        "layout": "trunk layout/config",
+    }
+    if differ:
+        detail.append("differing: " + ", ".join(names.get(k, k) for k in differ))
+    raise ExportError(
+        f"--only-heads refused: this checkpoint's trunk (sha256 {fingerprint['sha256'][:16]}...) is not the one "
+        f"in {repo} (sha256 {str(stored)[:16]}...)"
+        + (f"; {'; '.join(detail)}" if detail else "")
+        + ". Run a full export (without --only-heads) to replace the backbone."
+    )
+
+
+def _existing_backbone(
+    repo: Path, fresh_trunk_onnx: Path | None
+) -> tuple[Path, Path | None, dict[str, bytes], int | None]:
+    """(trunk ONNX for the writer, TensorRT plan, sidecar files to restore, cpu threads) of a repository."""
+    version = repo / BACKBONE / "1"
+    plan = version / "model.plan"
+    kept = {
+        f"{BACKBONE}/{name}": (repo / BACKBONE / name).read_bytes()
+        for name in _SIDECARS
+        if (repo / BACKBONE / name).is_file()
+    }
+    threads: int | None = None
+    try:
+        cfg = load_configs(repo).get(BACKBONE)
+    except RepositoryError:
+        cfg = None
+    if cfg is not None and "intra_op_threads" in cfg.parameters:
+        value = int(cfg.parameters["intra_op_threads"].string_value or 0)
+        threads = value or None
+    if plan.is_file():
+        if fresh_trunk_onnx is None:  # pragma: no cover - export_checkpoint exports it for TensorRT
+            raise ExportError(f"{repo}: a TensorRT backbone needs the trunk ONNX for its signature")
+        return fresh_trunk_onnx, plan, kept, threads
+    onnx_file = version / "model.onnx"
+    if not onnx_file.is_file():
+        raise ExportError(f"--only-heads: {repo} has no backbone model file ({onnx_file})")
+    return onnx_file, None, kept, threads
+
+
+def _model_reports(
+    repo: Path,
+    flavour: str,
+    graph: TaskGraph,
+    precision: Mapping[str, str],
+    parity: Mapping[str, Mapping[str, Any]],
+    only_heads: bool,
+) -> list[ModelReport]:
+    rows = []
+    for name in [BACKBONE, *(head_model(n) for n in graph.names)]:
+        version = repo / name / "1"
+        path = version / "model.plan" if (version / "model.plan").is_file() else version / "model.onnx"
+        reused = only_heads and name == BACKBONE
+        prec = precision.get(name, "kept" if reused else "fp32")
+        if reused:
+            prec = str((read_manifest(repo).get("metadata") or {}).get("precision", {}).get(BACKBONE, "fp32"))
+        rows.append(
+            ModelReport(
+                name=name,
+                flavour=flavour,
+                file=str(path.relative_to(repo)),
+                bytes=path.stat().st_size if path.is_file() else 0,
+                precision=prec,
+                parity=dict(parity[name]) if name in parity else None,
+                reused=reused,
+            )
+        )
+    return rows

@@ -1,0 +1,383 @@
+"""The ONNX Runtime side of `vmtl export` (torch-free): sessions, offline graph optimisation, the ORT
+inference pipeline (trunk once, heads in stage order), int8 dynamic quantisation and its accuracy gate.
+
+Accuracy gate (int8 here, TensorRT fp16 in :mod:`vmtl.export.tensorrt`): every task's primary metric is
+computed on the held-out split (``val``) of ``--data`` twice, through the fp32 models and through the
+candidate models, with the same ORT pipeline and :func:`vmtl.training.evaluate.task_metrics`. The candidate
+is refused when, for any task,
+
+* a rate metric (top1, mAP, mAP@0.5, recall@1, mIoU; higher is better) drops by more than ``max_drop``
+  (default 0.01 absolute, one point), or
+* MAE (regress; lower is better) increases by more than ``max_mae_increase`` of the fp32 MAE (default
+  0.01, i.e. 1 % relative: MAE has the task's units, so an absolute threshold would mean nothing), or
+* the candidate's metric is not finite (overflow, NaN outputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vmtl.tasks import TaskGraph
+
+__all__ = [
+    "ExportError",
+    "GateRefused",
+    "GateResult",
+    "Int8Refused",
+    "OrtPipeline",
+    "TaskGate",
+    "compare_metrics",
+    "evaluate_pipeline",
+    "load_gate_data",
+    "optimize_model",
+    "ort_session",
+    "quantize_model",
+    "trunk_latency",
+]
+
+#: Offline optimisation level: EXTENDED fuses (LayerNorm, GELU, MatMul+scale, int8 MatMul...) but, unlike
+#: ALL, adds no layout transforms tied to this CPU's instruction set, so the saved file stays portable
+#: across x86 CPUs (for the same ONNX Runtime version).
+OPTIMIZATION_LEVEL = "extended"
+GATE_SPLIT = "val"
+
+TrunkRunner = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class ExportError(RuntimeError):
+    """`vmtl export` cannot proceed; the message says what failed and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sessions and offline optimisation
+
+
+def _level(name: str) -> Any:
+    import onnxruntime as ort
+
+    levels = {
+        "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if name not in levels:
+        raise ValueError(f"optimisation level must be one of {sorted(levels)}, not {name!r}")
+    return levels[name]
+
+
+def ort_session(
+    path: str | Path,
+    *,
+    optimization: str = "all",
+    threads: int | None = None,
+    save_to: str | Path | None = None,
+) -> Any:
+    """A CPU ``InferenceSession``; ``optimization`` off|basic|extended|all; ``save_to`` writes the optimised
+    graph (ORT's offline optimisation)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _level(optimization)
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if save_to is not None:
+        opts.optimized_model_filepath = str(save_to)
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def optimize_model(src: str | Path, dst: str | Path, *, level: str = OPTIMIZATION_LEVEL) -> Path:
+    """Run ORT's graph optimisations once and save the result to ``dst`` (served without re-optimising)."""
+    dst = Path(dst)
+    ort_session(src, optimization=level, save_to=dst)
+    if not dst.is_file():
+        raise ExportError(f"ONNX Runtime did not write the optimised model {dst}")
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------
+# Quantisation
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """quantize_dynamic logs a 'run pre-processing' warning on the root logger; keep the console clean."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def quantize_model(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    per_channel: bool = True,
+    weight_type: str = "qint8",
+    op_types: Sequence[str] = ("MatMul", "Gemm"),
+    optimize: bool = True,
+) -> Path:
+    """Dynamic int8 quantisation of ``src``'s MatMul/Gemm weights (activations quantised at run time, uint8),
+    then the same offline optimisation as fp32 (fuses DynamicQuantizeMatMul / MatMulIntegerToFloat).
+
+    Per-channel QInt8 weights are the default: on the tiny demo trunk they give the smallest feature error
+    of the settings tried (see benchmarks/RESULTS.md, "Export (int8)").
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    types = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
+    if weight_type not in types:
+        raise ValueError(f"weight_type must be qint8 or quint8, not {weight_type!r}")
+    dst = Path(dst)
+    raw = dst.with_name(dst.stem + ".q.onnx") if optimize else dst
+    with _quiet_quantizer():
+        quantize_dynamic(
+            str(src),
+            str(raw),
+            op_types_to_quantize=list(op_types),
+            per_channel=per_channel,
+            weight_type=types[weight_type],
+        )
+    if optimize:
+        optimize_model(raw, dst)
+        raw.unlink(missing_ok=True)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------------
+# The ORT pipeline
+
+
+class OrtPipeline:
+    """Trunk once, then the needed heads in stage order, every model an ORT session (or a trunk callable)."""
+
+    def __init__(
+        self,
+        graph: TaskGraph,
+        trunk: str | Path | TrunkRunner,
+        heads: Mapping[str, str | Path],
+        *,
+        optimization: str = "all",
+        threads: int | None = None,
+    ) -> None:
+        self.graph = graph
+        if callable(trunk):
+            self._trunk: TrunkRunner = trunk
+        else:
+            sess = ort_session(trunk, optimization=optimization, threads=threads)
+            names = [o.name for o in sess.get_outputs()]
+            self._trunk = lambda video: dict(zip(names, sess.run(names, {"video": video}), strict=True))
+        self._heads = {
+            n: ort_session(p, optimization=optimization, threads=threads) for n, p in heads.items()
+        }
+
+    def features(self, video: np.ndarray) -> dict[str, np.ndarray]:
+        """``feat_<task>`` arrays of a uint8 clip batch."""
+        return self._trunk(np.ascontiguousarray(video, dtype=np.uint8))
+
+    def run(self, video: np.ndarray, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Raw head outputs {task: [B, ...]} of ``tasks`` (default all) for a uint8 batch [B,T,S,S,3]."""
+        feats = self.features(video)
+        wanted = self.graph.closure(tasks or self.graph.names)
+        outs: dict[str, np.ndarray] = {}
+        reprs: dict[str, np.ndarray] = {}
+        for name in wanted:
+            task = self.graph.task(name)
+            feed = {"features": feats[f"feat_{name}"]}
+            feed.update({f"repr_{a}": reprs[a] for a in task.auxiliaries})
+            outs[name], reprs[name] = self._heads[name].run(["output", "repr"], feed)
+        return {n: outs[n] for n in (tasks or self.graph.names)}
+
+
+def load_gate_data(data_root: str | Path, graph: TaskGraph, num_tokens: int, split: str = GATE_SPLIT) -> dict:
+    """{task: ClipSet} of the held-out ``split`` for every task (decoded once, cached beside the data)."""
+    from vmtl.training.clips import load_clipset
+
+    out = {}
+    for task in graph.tasks:
+        try:
+            out[task.name] = load_clipset(
+                data_root, task, split, graph.preprocess, num_tokens, progress=False
+            )
+        except (FileNotFoundError, ValueError) as exc:
+            raise ExportError(
+                f"accuracy gate: cannot load the held-out data of task {task.name!r}: {exc}"
+            ) from exc
+    return out
+
+
+def evaluate_pipeline(
+    pipeline: OrtPipeline, graph: TaskGraph, clipsets: Mapping[str, Any], *, batch_size: int = 8
+) -> dict[str, dict[str, float]]:
+    """Every task's metrics (``task_metrics``) through ``pipeline`` on its own held-out clips."""
+    from vmtl.training.evaluate import task_metrics
+
+    metrics = {}
+    for task in graph.tasks:
+        clips = clipsets[task.name]
+        outs = [
+            pipeline.run(clips.frames[i : i + batch_size], [task.name])[task.name]
+            for i in range(0, len(clips), batch_size)
+        ]
+        metrics[task.name] = task_metrics(task, np.concatenate(outs), clips)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# The accuracy gate
+
+
+@dataclass
+class TaskGate:
+    """One task's primary metric, reference vs candidate, and the verdict."""
+
+    task: str
+    metric: str
+    reference: float
+    candidate: float
+    change: float  # candidate - reference (MAE: relative change)
+    limit: str
+    ok: bool
+
+    def describe(self) -> str:
+        if not math.isfinite(self.candidate):
+            how = "is not finite"
+        elif self.metric == "MAE":
+            how = f"{self.change:+.2%} relative"
+        else:
+            how = f"{self.change:+.4f} ({self.change * 100:+.2f} points)"
+        return f"{self.task}: {self.metric} {self.reference:.4f} -> {self.candidate:.4f} ({how}; limit {self.limit})"
+
+
+@dataclass
+class GateResult:
+    """The accuracy gate of one candidate (int8 or TensorRT fp16) against fp32."""
+
+    candidate: str
+    split: str
+    clips: int
+    tasks: list[TaskGate]
+    max_drop: float
+    max_mae_increase: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(t.ok for t in self.tasks)
+
+    @property
+    def failures(self) -> list[TaskGate]:
+        return [t for t in self.tasks if not t.ok]
+
+    def table(self) -> str:
+        lines = [f"{'task':<12} {'metric':<9} {'fp32':>9} {self.candidate:>9} {'change':>12}  verdict"]
+        for t in self.tasks:
+            change = (
+                "n/a"
+                if not math.isfinite(t.change)
+                else (f"{t.change:+.2%}" if t.metric == "MAE" else f"{t.change * 100:+.2f} pt")
+            )
+            verdict = "ok" if t.ok else f"FAIL (limit {t.limit})"
+            lines.append(
+                f"{t.task:<12} {t.metric:<9} {t.reference:>9.4f} {t.candidate:>9.4f} {change:>12}  {verdict}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return _finite(d)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class GateRefused(ExportError):
+    """The accuracy gate refused a quantised (or fp16) candidate; ``gate`` holds the numbers."""
+
+    def __init__(self, gate: GateResult, what: str = "int8 quantisation") -> None:
+        self.gate = gate
+        lines = "\n  ".join(t.describe() for t in gate.failures)
+        super().__init__(
+            f"{what} refused by the accuracy gate on the held-out '{gate.split}' split ({gate.clips} clips); "
+            f"{len(gate.failures)} of {len(gate.tasks)} task(s) lose too much accuracy:\n  {lines}\n"
+            "Nothing was written (an existing repository is left as it was). Export without it to ship fp32."
+        )
+
+
+#: The int8 refusal (same class; the name reads better where only int8 is meant).
+Int8Refused = GateRefused
+
+
+def compare_metrics(
+    graph: TaskGraph,
+    reference: Mapping[str, Mapping[str, float]],
+    candidate: Mapping[str, Mapping[str, float]],
+    *,
+    name: str = "int8",
+    max_drop: float = 0.01,
+    max_mae_increase: float = 0.01,
+    split: str = GATE_SPLIT,
+    clips: int = 0,
+) -> GateResult:
+    """Compare every task's primary metric (rules in the module docstring)."""
+    from vmtl.training.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
+
+    rows = []
+    for task in graph.tasks:
+        metric = PRIMARY_METRIC[task.kind]
+        ref = float(reference[task.name][metric])
+        cand = float(candidate[task.name][metric])
+        if metric in LOWER_IS_BETTER:
+            change = (cand - ref) / max(abs(ref), 1e-12)
+            ok = math.isfinite(cand) and change <= max_mae_increase + 1e-9
+            limit = f"+{max_mae_increase:.0%} relative"
+        else:
+            change = cand - ref
+            ok = math.isfinite(cand) and -change <= max_drop + 1e-9
+            limit = f"-{max_drop:g}"
+        rows.append(
+            TaskGate(task.name, metric, ref, cand, change if math.isfinite(cand) else math.nan, limit, ok)
+        )
+    return GateResult(name, split, clips, rows, max_drop, max_mae_increase)
+
+
+# --------------------------------------------------------------------------------------------------
+# Latency (benchmarks)
+
+
+def trunk_latency(
+    path: str | Path, video: np.ndarray, *, repeats: int = 20, warmup: int = 3, threads: int | None = None
+) -> dict[str, float]:
+    """Median / p90 wall seconds of one trunk run on ``video`` (a uint8 batch)."""
+    sess = ort_session(path, optimization="all", threads=threads)
+    feed = {"video": np.ascontiguousarray(video, dtype=np.uint8)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return {"median_s": float(np.median(times)), "p90_s": float(np.percentile(times, 90)), "repeats": repeats}
