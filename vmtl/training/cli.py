@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--backbone", type=Path, help="local Hugging Face VideoMAE directory to start the trunk from"
     )
     parser.add_argument(
+        "--init-from", type=Path, help="start the trunk from another vmtl checkpoint's trunk (skips stage 0)"
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue the checkpoint in --out where it stopped"
     )
     parser.add_argument(
