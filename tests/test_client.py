@@ -333,11 +333,6 @@ def test_bad_inputs_give_clear_errors_and_the_server_carries_on(
     assert set(raw) == {"a"} and raw["a"].shape == (1, 3)
 
 
-@pytest.mark.xfail(
-    reason="vmtl.video opens a *.txt path with ffmpeg's tty demuxer (ANSI art) and decodes it as a video; "
-    "from bytes (the server's path) it is refused",
-    strict=False,
-)
 def test_text_file_is_refused_in_clip_mode_too(served: Served, tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("this is a text file, not a video\n" * 20)

@@ -106,6 +106,7 @@ def test_labels_file_resolves_against_data_root_and_is_inlined(tmp_path) -> None
         ("[{name: a, kind: regress, dim: 2, scale: [1, 2, 3]}]", r"scale needs 1 or 2 values"),
         ("[{name: a, kind: tag, labels: abc}]", r"`labels` must be a list"),
         ("[]", r"no tasks"),
+        ("[{name: crop, kind: embed}]", r"task 'crop': the name is reserved"),
     ],
 )
 def test_validation_errors_name_the_problem(tasks: str, message: str) -> None:

@@ -529,3 +529,11 @@ def test_video_module_imports_neither_torch_nor_onnxruntime() -> None:
 def test_decoder_uses_threads(clips: dict[str, Path]) -> None:
     with video._Reader(clips["main"]) as reader:
         assert str(reader.stream.thread_type).upper().endswith("AUTO")
+
+
+def test_text_file_by_path_is_not_a_video(tmp_path: Path) -> None:
+    """ffmpeg's tty demuxer would render a .txt file as ANSI-art frames."""
+    text = tmp_path / "notes.txt"
+    text.write_text("this is a text file, not a video\n" * 20)
+    with pytest.raises(VideoError, match=r"notes\.txt: a text file \(tty demuxer\)"):
+        read_clip(text, 4, 32)

@@ -30,6 +30,22 @@ LABELLED_KINDS: frozenset[str] = frozenset({"classify", "tag", "localize"})
 TEMPORAL_KINDS: frozenset[str] = frozenset({"localize", "track"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _DENSE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+# Names a task cannot take: ensemble tensor names and the keys of the client's JSON records.
+RESERVED_NAMES: frozenset[str] = frozenset(
+    {
+        "video",
+        "video_bytes",
+        "timestamps",
+        "crop",
+        "window",
+        "clip_window",
+        "path",
+        "windows",
+        "error",
+        "start",
+        "end",
+    }
+)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -178,6 +194,10 @@ class TaskGraph:
                 )
             if t.name in seen:
                 raise TaskGraphError(f"{where}: duplicate task name")
+            if t.name in RESERVED_NAMES:
+                raise TaskGraphError(
+                    f"{where}: the name is reserved (one of {', '.join(sorted(RESERVED_NAMES))})"
+                )
             seen.add(t.name)
             if t.kind not in KINDS:
                 raise TaskGraphError(f"{where}: unknown kind {t.kind!r}; choose one of {', '.join(KINDS)}")

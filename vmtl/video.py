@@ -236,10 +236,16 @@ def _open(source: Source, name: str) -> Any:
         raise VideoError(f"{name}: not a readable media file ({cause})") from e
 
 
+# ffmpeg renders text files (ANSI art, subtitles) as "video" by path extension; they are not videos.
+_TEXT_FORMATS = frozenset({"tty", "ass", "srt", "webvtt", "subviewer", "microdvd"})
+
+
 def _video_stream(container: Any, name: str) -> Any:
     fmt = container.format.name
     if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
         raise VideoError(f"{name}: a still image ({fmt.removesuffix('_pipe')}), not a video")
+    if fmt in _TEXT_FORMATS:
+        raise VideoError(f"{name}: a text file ({fmt} demuxer), not a video")
     for stream in container.streams.video:
         if not stream.disposition & av.stream.Disposition.attached_pic:
             stream.thread_type = "AUTO"

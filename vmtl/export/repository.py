@@ -64,7 +64,7 @@ MANIFEST_FORMAT = "vmtl-model-repository"
 PARAM_GRAPH = "vmtl_task_graph"
 PARAM_PREPROCESS = "vmtl_preprocess"
 #: Ensemble tensor names a task may not take (its output tensor is named after the task).
-RESERVED_NAMES = frozenset({"video", "video_bytes", "timestamps", "crop", "window", "clip_window"})
+
 #: Files a directory may hold and still be written into although it is no vmtl repository yet.
 _TOLERATED = ("README", "readme", ".")
 _MODEL_SOURCES = Path(__file__).resolve().parents[1] / "server" / "models"
@@ -330,9 +330,6 @@ def write_repository(
         raise RepositoryError(f"cpu_threads must be >= 1 (or None for all cores), got {cpu_threads}")
     if trunk_plan is not None and flavour != "native":
         raise RepositoryError("trunk_plan (a TensorRT engine) needs flavour='native'")
-    clash = sorted(RESERVED_NAMES.intersection(graph.names))
-    if clash:
-        raise RepositoryError(f"task names {clash} clash with ensemble tensor names {sorted(RESERVED_NAMES)}")
     missing = [n for n in graph.names if n not in head_onnx]
     extra = sorted(set(head_onnx) - set(graph.names))
     if missing or extra:
