@@ -398,7 +398,9 @@ def write_repository(
             )
         )
         cfg.output.append(_io(mc.ModelOutput, "repr", "TYPE_FP32", head.repr.shape[1:]))
-        _dynamic_batching(cfg, max_batch_size, queue_delay_us)
+        # No waiting at the heads: the backbone's batch reaches them all at once, so whatever queued is
+        # batched anyway, and a lone request would only pay the delay once per ensemble step.
+        _dynamic_batching(cfg, max_batch_size, 0)
         _instances(cfg, 1, native)
         configs[head_model(name)] = cfg
 
