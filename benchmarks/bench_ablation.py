@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 from vmtl.training.config import load_config
 from vmtl.training.evaluate import primary
 from vmtl.training.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Ablation: single-task vs VMT-Adapter multi-task vs + DLM"
@@ -109,15 +113,7 @@ def main() -> None:
             f"`python benchmarks/bench_ablation.py --trunk {args.trunk} --update-results`"
             f" ({single['seconds'] + multi['seconds']:.0f} s)\n\n{table}\n"
         )
-        results = ROOT / "benchmarks" / "RESULTS.md"
-        old = results.read_text() if results.exists() else "# Benchmark results\n"
-        if SECTION in old:
-            head, _, rest = old.partition(SECTION)
-            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-            old = head.rstrip() + "\n\n" + text + tail
-        else:
-            old = old.rstrip() + "\n\n" + text
-        results.write_text(old)
+        update_section(SECTION, text)
 
 
 if __name__ == "__main__":

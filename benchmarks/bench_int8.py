@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +33,10 @@ from vmtl.export.quantize import GateRefused, load_gate_data, ort_session, quant
 from vmtl.export.repository import BACKBONE
 from vmtl.models.multitask import MultiTaskModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import update_section
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Export (int8)"
 DEMO = ROOT / ".cache" / "demo"  # `vmtl demo`'s workdir
 SETTINGS = [(True, "qint8"), (False, "qint8"), (True, "quint8"), (False, "quint8")]
@@ -227,16 +230,7 @@ def main() -> int:
 
 
 def update_results(section: str) -> None:
-    """Replace (or append) only the '## Export (int8)' section of RESULTS.md."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + section
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        rest = old[end + 1 :] if end >= 0 else ""
-        new = old[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(new)
+    update_section(SECTION, section)
 
 
 if __name__ == "__main__":

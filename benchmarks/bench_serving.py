@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import update_section
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_serving"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -532,16 +535,7 @@ def _rel(path: Path) -> str:
 
 
 def update_results(section: str) -> None:
-    """Replace (or append) only the '## Serving latency' section of RESULTS.md."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + section
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        rest = old[end + 1 :] if end >= 0 else ""
-        new = old[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(new)
+    update_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ from av.video.reformatter import VideoReformatter
 
 from vmtl.video import _square, probe, read_clip
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import update_section
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_video"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -301,16 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def update_results(section: str) -> None:
-    """Replace (or append) only the '## Video decoding' section of RESULTS.md."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + section
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        rest = old[end + 1 :] if end >= 0 else ""
-        new = old[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(new)
+    update_section(SECTION, section)
 
 
 if __name__ == "__main__":
