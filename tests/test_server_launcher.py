@@ -366,6 +366,31 @@ def test_model_failing_at_initialize_makes_wait_ready_fail(tmp_path: Path) -> No
     assert not _processes_mentioning(server.shm_prefix)
 
 
+VENV_ONLY = """
+import onnxruntime  # installed in the virtualenv only, not in the system's Python
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return []
+"""
+
+
+def test_stubs_use_this_interpreter_even_when_its_venv_is_not_on_path(tmp_path: Path) -> None:
+    """`make test` runs .venv/bin/python without activating the venv: the stubs must still find its packages."""
+    repo = tmp_path / "repo"
+    _python_model(repo, "venv_only", VENV_ONLY, ["OUTPUT0"])
+    bare = {**os.environ, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    server = TritonServer(
+        repo, http_port=0, grpc_port=0, metrics_port=0, log_file=tmp_path / "server.log", env=bare
+    )
+    server.start()
+    try:
+        server.wait_ready(60)
+    finally:
+        server.stop()
+
+
 def test_stop_leaves_no_tritonserver_or_stub_behind(tmp_path: Path) -> None:
     server = TritonServer(
         small_repository(tmp_path / "repo"),

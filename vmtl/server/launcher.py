@@ -209,8 +209,11 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
       RPATH is relative to its place in the wheel and breaks once copied to the backend directory), plus
       this interpreter's own shared ``libpython`` directory when it has one, so the stub embeds the very
       Python that installed the site-packages (otherwise it falls back to the system's libpython).
-    - ``PYTHONPATH``: this interpreter's site-packages (numpy<2 etc.: the stub's embedded Python knows
-      nothing of the virtualenv) and the vmtl source root, so python-backend models can ``import vmtl``.
+    - ``PATH``: this interpreter's directory first. The stub's embedded Python ignores ``PYTHONPATH`` and
+      takes its prefix (and so its site-packages: numpy<2, onnxruntime, av, vmtl) from the first
+      ``python3`` on ``PATH``; without this, a virtualenv that is not activated (``make test`` runs
+      ``.venv/bin/python``) leaves the stubs on the system's Python, where those packages are missing.
+    - ``PYTHONPATH``: this interpreter's site-packages and the vmtl source root, for Pythons that honour it.
 
     Thread settings (OMP_NUM_THREADS...) are left to the caller.
     """
@@ -221,6 +224,7 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
         if libdir and any(Path(libdir).glob(f"libpython{_python_version()}*.so*")):
             lib_paths.append(libdir)
     env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH"), *lib_paths)
+    env["PATH"] = _prepend(env.get("PATH"), str(Path(sys.executable).parent))
     env["PYTHONPATH"] = _prepend(env.get("PYTHONPATH"), str(_vmtl_source_root()), *_site_packages())
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
