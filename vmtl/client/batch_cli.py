@@ -1,0 +1,219 @@
+"""`vmtl batch INPUT --out FILE.jsonl`: offline batch inference over many videos (local, triton or ray).
+
+Exit status: 0 when every input has a record in the output (error records included), 1 when the run
+stopped part-way (lost server, model failure; run again to resume), 2 for bad arguments or setup
+problems (missing repository, unreachable server, empty input, unknown task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from vmtl.client.batch import (
+    BatchError,
+    BatchInterrupted,
+    collect_inputs,
+    format_metrics,
+    make_engine,
+    require_pyarrow,
+    resolve_labels,
+    run_batch,
+)
+from vmtl.client.engines import ENGINES
+
+_DESCRIPTION = """\
+Run every task (or --tasks) of a vmtl model repository over many videos and write one JSON line per
+video to --out. Three engines give the same results:
+
+  local   ONNX Runtime in this process on the repository's ONNX graphs: videos are decoded in
+          --concurrency threads with the repository's preprocessing, the trunk runs once per batch of
+          --batch-size clips, then only the heads the asked tasks need, in stage order.
+  triton  a running vmtl Triton server (`vmtl serve REPO`) at --url, --concurrency videos in flight.
+  ray     Ray Data: read_binary_files -> decode -> map_batches over a pool of --concurrency actors
+          holding ONNX Runtime sessions (Ray fuses the decode into them); for more videos than one
+          machine handles (--ray-address of a cluster, else a local instance with --ray-cpus).
+          Needs `pip install 'vmtl[ray]'`.
+
+INPUT is a directory (searched recursively for video files), a glob pattern (quote it), a video file,
+or an MMAction2 annotation list (`path label ...` lines, paths relative to the list; a .json file is an
+ActivityNet-style localize/track annotation file). An annotation list with labels also prints the
+metrics of the task it labels (named by --labels-task, or inferred: the task named like the list's
+folder, or the only task whose kind fits the labels).
+
+Output lines:  {"path": ..., "ok": true, "tasks": {task: result}, "windows": [...], "elapsed_s": s}
+               {"path": ..., "ok": false, "error": "why"}          (a video that cannot be decoded)
+"windows" (each {"start", "end", task: result}) only with --window; "tasks" then combines the windows.
+
+Resumable: each record is appended and flushed as soon as it is ready; running the same command again
+skips every video already in --out (ok or error; --retry-errors re-runs the errors). A killed run
+loses nothing and writes nothing twice (a torn last line is cut off on resume).
+"""
+
+_EPILOG = """\
+examples:
+  vmtl batch videos/ --repo model_repository --out results.jsonl
+  vmtl batch 'clips/**/*.mp4' --engine triton --url localhost:8001 --out results.jsonl --concurrency 8
+  vmtl batch data/synth/motion/val.txt --repo model_repository --out val.jsonl     # + metrics table
+  vmtl batch long/ --repo model_repository --out long.jsonl --window 4 --stride 2 --tasks segments
+  vmtl batch videos/ --engine ray --repo model_repository --out results.jsonl --parquet results.parquet
+
+exit status: 0 every input has a record in --out (error records included); 1 the run stopped part-way
+(lost server, model failure: run again to resume); 2 bad arguments or setup (missing repository,
+unreachable server, empty input, unknown task, ambiguous labels).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = _DESCRIPTION
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "input", metavar="INPUT", help="directory, glob pattern, video file or annotation list"
+    )
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="local", help="where inference runs (default: local)"
+    )
+    parser.add_argument(
+        "--repo",
+        metavar="MODEL_REPOSITORY",
+        default=None,
+        help="model repository written by `vmtl export` (needed by local and ray; with triton, checked "
+        "against the server's task graph)",
+    )
+    parser.add_argument("--out", required=True, metavar="FILE.jsonl", help="results, one JSON line per video")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("VMTL_URL", "localhost:8001"),
+        help="triton: the server's gRPC endpoint HOST:PORT (default: $VMTL_URL or %(default)s)",
+    )
+    parser.add_argument(
+        "--tasks", default=None, metavar="A,B", help="comma-separated task names (default: all)"
+    )
+    parser.add_argument(
+        "--window", type=float, default=None, metavar="S", help="sliding windows of S seconds"
+    )
+    parser.add_argument(
+        "--stride", type=float, default=None, metavar="S", help="seconds between windows (default: --window)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local: decode threads (default: cores); triton: videos in flight (default 8); "
+        "ray: ONNX Runtime actors (default: half the cluster's CPUs)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local, ray: clips per trunk run (default: the repository's max_batch_size)",
+    )
+    parser.add_argument(
+        "--parquet", default=None, metavar="FILE", help="also write the results as Parquet (needs pyarrow)"
+    )
+    parser.add_argument(
+        "--labels-task",
+        default=None,
+        metavar="TASK",
+        help="the task an annotation list INPUT labels (default: inferred); `none`: no metrics",
+    )
+    parser.add_argument(
+        "--retry-errors", action="store_true", help="re-run videos whose record in --out is an error"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("bytes", "clip"),
+        default="bytes",
+        help="triton: send encoded files (server decodes, default) or decode here and send clips",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="triton: per-request timeout (default 300 s)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="ray: cluster to join (default: start a local instance)",
+    )
+    parser.add_argument(
+        "--ray-cpus", type=int, default=None, metavar="N", help="ray: CPUs of a local instance (default: all)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--batch-size", args.batch_size),
+        ("--ray-cpus", args.ray_cpus),
+    ):
+        if value is not None and value < 1:
+            return _fail(f"{flag} must be >= 1, got {value}")
+    if args.timeout <= 0:
+        return _fail(f"--timeout must be > 0, got {args.timeout}")
+    try:
+        if args.parquet is not None:
+            require_pyarrow()
+        inputs = collect_inputs(args.input)
+        engine = make_engine(
+            args.engine,
+            repo=args.repo,
+            url=args.url,
+            tasks=args.tasks,
+            window=args.window,
+            stride=args.stride,
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            mode=args.mode,
+            timeout=args.timeout,
+            ray_address=args.ray_address,
+            ray_cpus=args.ray_cpus,
+        )
+    except BatchError as exc:
+        return _fail(str(exc))
+    try:
+        try:
+            labels = resolve_labels(inputs, engine.graph, engine.tasks, args.labels_task)
+        except BatchError as exc:
+            return _fail(str(exc))
+        try:
+            summary = run_batch(
+                engine,
+                inputs,
+                args.out,
+                labels=labels,
+                retry_errors=args.retry_errors,
+                progress=not args.quiet,
+                parquet=args.parquet,
+            )
+        except BatchInterrupted as exc:
+            print(f"vmtl batch: error: {exc}", file=sys.stderr)
+            return 1
+        except BatchError as exc:
+            return _fail(str(exc))
+    finally:
+        engine.close()
+    if summary.torn_bytes:
+        print(
+            f"vmtl batch: cut a torn last line ({summary.torn_bytes} bytes) left by an interrupted run",
+            file=sys.stderr,
+        )
+    print(f"{inputs.source}: {summary.total} video(s). {summary.describe()}")
+    if args.parquet is not None:
+        print(f"parquet: {args.parquet}")
+    if summary.labels is not None:
+        print(format_metrics(summary.labels, summary.metrics, summary.evaluated, summary.left_out))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"vmtl batch: error: {message}", file=sys.stderr)
+    return 2
