@@ -242,39 +242,19 @@ class OrtRunner:
     """
 
     def __init__(self, model: LocalModel, tasks: Sequence[str], *, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:  # pragma: no cover - a dependency of vmtl
-            raise BatchError(f"the local engine needs onnxruntime ({exc})") from exc
+        from vmtl.export.quantize import OrtPipeline  # the export gate's runner: one trunk-then-heads loop
+
         self.graph = model.graph
         self.tasks = list(tasks)
-        self.needed = self.graph.closure(self.tasks)
+        needed = self.graph.closure(self.tasks)
         pre = self.graph.preprocess
         self.clip_shape = (pre.num_frames, pre.size, pre.size, 3)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
         try:
-            self.trunk = ort.InferenceSession(str(model.trunk), opts, providers=providers)
-            self.heads = {
-                n: ort.InferenceSession(str(model.heads[n]), opts, providers=providers) for n in self.needed
-            }
+            self.pipeline = OrtPipeline(
+                self.graph, model.trunk, {n: model.heads[n] for n in needed}, threads=threads
+            )
         except Exception as exc:
             raise BatchError(f"{model.path}: ONNX Runtime cannot load the model: {exc}") from exc
-        have = {o.name for o in self.trunk.get_outputs()}
-        self.feats = [f"feat_{n}" for n in self.needed]
-        missing = [f for f in self.feats if f not in have]
-        if missing:
-            raise BatchError(f"{model.trunk}: the trunk has no outputs {missing} (has {sorted(have)})")
-        # a head's repr is only fetched when a needed task uses it as an auxiliary
-        self.fetch = {
-            n: ["output", "repr"]
-            if any(n in self.graph.task(m).auxiliaries for m in self.needed)
-            else ["output"]
-            for n in self.needed
-        }
 
     def run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs ``{task: [B,...]}`` of the asked tasks for uint8 clips ``[B,T,S,S,3]``."""
@@ -282,17 +262,7 @@ class OrtRunner:
             raise ValueError(
                 f"clips must be uint8 [B,{','.join(map(str, self.clip_shape))}], got {frames.dtype} {list(frames.shape)}"
             )
-        feats = dict(zip(self.feats, self.trunk.run(self.feats, {"video": frames}), strict=True))
-        outputs: dict[str, np.ndarray] = {}
-        reprs: dict[str, np.ndarray] = {}
-        for name in self.needed:
-            feeds = {"features": feats[f"feat_{name}"]}
-            feeds.update({f"repr_{a}": reprs[a] for a in self.graph.task(name).auxiliaries})
-            got = self.heads[name].run(self.fetch[name], feeds)
-            outputs[name] = got[0]
-            if len(got) > 1:
-                reprs[name] = got[1]
-        return {n: outputs[n] for n in self.tasks}
+        return self.pipeline.run(frames, self.tasks)
 
     def run_batched(self, frames: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         """:meth:`run` in chunks of at most ``batch_size`` clips, concatenated. A failure of ONNX Runtime
