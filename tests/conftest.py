@@ -65,24 +65,18 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint directory (model.safetensors, task_graph.yaml, config.yaml...) of configs/demo.yaml's
-    seven tasks, shrunk: tiny trunk, 4 frames x 32 px, stages 0/1/2 of 2/3/2 steps. Treat it as read-only."""
+    seven tasks, shrunk as `vmtl demo --quick` shrinks it (tiny trunk, 4 frames x 32 px, a few steps). Treat it as read-only."""
     import yaml
 
+    from vmtl.demo import quick_spec
     from vmtl.training.config import load_config
     from vmtl.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("tiny-checkpoint")
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    spec = quick_spec(
+        yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    )
     spec["data_root"] = str(tiny_data)
-    spec["preprocess"] = {"num_frames": 4, "size": 32}
-    spec["model"].update({"backbone": "tiny", "adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2})
-    spec["train"] = {
-        "stage0": {"steps": 2, "batch_size": 4, "warmup": 1},
-        "stage1": {"steps": 3, "batch_size": 4, "warmup": 1},
-        "stage2": {"steps": 2, "batch_size": 4, "warmup": 1},
-        "eval_batch_size": 8,
-        "save_every": 0,
-    }
     cfg_path = root / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(spec))
     out = root / "checkpoint"

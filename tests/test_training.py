@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from vmtl.cli import main
+from vmtl.demo import quick_spec
 from vmtl.models.backbone import CheckpointError
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.tasks import Preprocess, TaskGraph
@@ -26,10 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(tmp: Path, data: Path, **train: object) -> Path:
-    spec = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    spec = quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
     spec["data_root"] = str(data)
-    spec["preprocess"] = {"num_frames": 4, "size": 32}
-    spec["model"].update({"backbone": "tiny", "adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2})
     spec["train"] = {
         "stage0": {"steps": 2, "batch_size": 4, "warmup": 1},
         "stage1": {"steps": 3, "batch_size": 4, "warmup": 1},

@@ -48,6 +48,19 @@ QUICK_TRAIN = {
     "eval_batch_size": 8,
     "save_every": 0,
 }
+
+
+def quick_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A training config spec shrunk for --quick (and the tests): tiny clips, model and schedule."""
+    return {
+        **spec,
+        "name": f"{spec.get('name', 'demo')}-quick",
+        "preprocess": {**(spec.get("preprocess") or {}), **QUICK_PREPROCESS},
+        "model": {**(spec.get("model") or {}), **QUICK_MODEL},
+        "train": {**(spec.get("train") or {}), **QUICK_TRAIN},
+    }
+
+
 SAMPLE_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4")
 
 
@@ -250,10 +263,7 @@ class Demo:
         if not isinstance(spec, dict):
             raise DemoError(f"{self.config_src}: not a YAML mapping")
         if self.quick:
-            spec["name"] = f"{spec.get('name', 'demo')}-quick"
-            spec["preprocess"] = {**(spec.get("preprocess") or {}), **QUICK_PREPROCESS}
-            spec["model"] = {**(spec.get("model") or {}), **QUICK_MODEL}
-            spec["train"] = {**(spec.get("train") or {}), **QUICK_TRAIN}
+            spec = quick_spec(spec)
         spec["data_root"] = str(self.data_dir.resolve())
         path = self.workdir / "config.yaml"
         header = (

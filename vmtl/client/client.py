@@ -118,6 +118,14 @@ class InferenceError(ClientError):
         self.status = status
 
 
+class ServerBusyError(InferenceError):
+    """Triton refused the request at once because a model's queue was full (``max_queue_size``)."""
+
+
+#: Triton's message (status UNAVAILABLE) when a dynamic batcher's queue is at ``max_queue_size``.
+QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+
+
 # --------------------------------------------------------------------------------------------------
 # Results
 
@@ -344,6 +352,10 @@ class VmtlClient:
                 self.max_video_bytes = int(decode_cfg.parameters["max_video_bytes"].string_value or 0)
             except ValueError:
                 self.max_video_bytes = 0
+        self.max_queue_size = 0  # the backbone's, for ServerBusyError's message (0: unbounded/unknown)
+        backbone_cfg = self._model_config("backbone")
+        if backbone_cfg is not None and backbone_cfg.HasField("dynamic_batching"):
+            self.max_queue_size = int(backbone_cfg.dynamic_batching.default_queue_policy.max_queue_size)
         if expect is not None:
             _check_expectation(self.preprocess, expect, self.url)
         try:
@@ -711,6 +723,12 @@ class VmtlClient:
     def _server_error(self, exc: InferenceServerException, name: str) -> ClientError:
         message = exc.message() or str(exc)
         status = str(exc.status() or "")
+        if QUEUE_FULL_MESSAGE in message:  # also UNAVAILABLE, but the server is there and answering
+            limit = f"max_queue_size {self.max_queue_size}" if self.max_queue_size else "max_queue_size"
+            return ServerBusyError(
+                f"{name}: server busy: its queue is full ({limit}); retry later or lower concurrency",
+                status,
+            )
         if _unavailable(exc):
             return ServerUnavailableError(
                 f"{name}: lost the Triton server at {self.url} ({_first_line(message)}); {SERVE_HINT}"

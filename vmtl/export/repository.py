@@ -71,6 +71,7 @@ _MODEL_SOURCES = Path(__file__).resolve().parents[1] / "server" / "models"
 _ORT_HOST = "ort_model.py"
 _DECODE_HOST = "video_decode.py"
 DEFAULT_MAX_VIDEO_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_QUEUE_SIZE = 64  # requests waiting at the backbone / a head before Triton refuses more
 # Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
 _VIDEO_TENSOR = "_video"
 #: vmtl_video's output carrying the (start, end) seconds actually sampled. Not "window": Triton 2.51 treats
@@ -199,11 +200,13 @@ def _batched(sig: TensorSig, where: str) -> tuple[int, ...]:
     return sig.shape[1:]
 
 
-def _dynamic_batching(cfg: mc.ModelConfig, max_batch_size: int, delay_us: int) -> None:
+def _dynamic_batching(cfg: mc.ModelConfig, max_batch_size: int, delay_us: int, max_queue: int = 0) -> None:
     db = cfg.dynamic_batching
     prefs = [b for b in (2, 4, 8, 16, 32) if b <= max_batch_size]
     db.preferred_batch_size.extend(prefs)
     db.max_queue_delay_microseconds = delay_us
+    if max_queue > 0:  # beyond this many waiting requests Triton rejects new ones (UNAVAILABLE)
+        db.default_queue_policy.max_queue_size = max_queue
 
 
 def _instances(cfg: mc.ModelConfig, count: int, gpu: bool) -> None:
@@ -310,6 +313,7 @@ def write_repository(
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
     decode_instances: int = 2,
     queue_delay_us: int = 2000,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -317,7 +321,8 @@ def write_repository(
     ``cpu`` hosts ONNX Runtime in python-backend models (backbone intra-op threads = ``cpu_threads``, or
     all cores available at load time when None); ``native`` uses Triton's ``onnxruntime_onnx`` platform,
     or ``tensorrt_plan`` for the backbone when ``trunk_plan`` is given. ``max_video_bytes`` caps
-    ``video_decode``'s payload (0: no cap). The repository is staged in a temporary directory, validated,
+    ``video_decode``'s payload (0: no cap). ``max_queue_size`` bounds the requests waiting at the
+    backbone and each head (0: unbounded); past it Triton refuses new ones at once. The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
     """
@@ -342,6 +347,8 @@ def write_repository(
         raise RepositoryError(f"metadata must be JSON-serialisable: {exc}") from exc
     if decode_instances < 1 or queue_delay_us < 0:
         raise RepositoryError("decode_instances must be >= 1 and queue_delay_us >= 0")
+    if max_queue_size < 0:
+        raise RepositoryError(f"max_queue_size must be >= 0 (0: unbounded), got {max_queue_size}")
     _check_target(out)
 
     trunk_onnx = Path(trunk_onnx)
@@ -370,7 +377,7 @@ def write_repository(
     for name in graph.names:
         sig = trunk.feats[name]
         cfg.output.append(_io(mc.ModelOutput, f"feat_{name}", sig.dtype, sig.shape[1:]))
-    _dynamic_batching(cfg, max_batch_size, queue_delay_us)
+    _dynamic_batching(cfg, max_batch_size, queue_delay_us, max_queue_size)
     _instances(cfg, 1, native)
     configs[BACKBONE] = cfg
 
@@ -400,7 +407,7 @@ def write_repository(
         cfg.output.append(_io(mc.ModelOutput, "repr", "TYPE_FP32", head.repr.shape[1:]))
         # No waiting at the heads: the backbone's batch reaches them all at once, so whatever queued is
         # batched anyway, and a lone request would only pay the delay once per ensemble step.
-        _dynamic_batching(cfg, max_batch_size, 0)
+        _dynamic_batching(cfg, max_batch_size, 0, max_queue_size)
         _instances(cfg, 1, native)
         configs[head_model(name)] = cfg
 
