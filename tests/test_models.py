@@ -80,8 +80,14 @@ def test_shapes_every_kind(graph: TaskGraph) -> None:
     with torch.no_grad():
         res = m.run(video())
     shapes = {n: tuple(o.shape) for n, o in res.outputs.items()}
-    assert shapes == {"act": (2, 3), "attr": (2, 2), "loc": (2, tp, 3), "ident": (2, 16), "count": (2, 2),
-                      "box": (2, tp, 4)}
+    assert shapes == {
+        "act": (2, 3),
+        "attr": (2, 2),
+        "loc": (2, tp, 3),
+        "ident": (2, 16),
+        "count": (2, 2),
+        "box": (2, tp, 4),
+    }
     for n in graph.names:
         assert tuple(res.features[n].shape) == (2, *m.feature_shape(n))
         assert tuple(res.reprs[n].shape) == (2, *m.repr_shape(n))
@@ -92,7 +98,11 @@ def test_shapes_every_kind(graph: TaskGraph) -> None:
     assert bool(((box >= 0) & (box <= 1)).all())
     assert torch.allclose(res.outputs["ident"].norm(dim=-1), torch.ones(2), atol=1e-5)
     # Outputs feed tasks.py's post-processing unchanged.
-    assert postprocess(graph.task("act"), res.outputs["act"][0].numpy()).top[0].label in ("run", "walk", "jump")
+    assert postprocess(graph.task("act"), res.outputs["act"][0].numpy()).top[0].label in (
+        "run",
+        "walk",
+        "jump",
+    )
     # forward returns only what was asked, and runs the auxiliaries it needs (DLMs on by default).
     assert m.required_tasks(["loc"]) == ["act", "attr", "loc"]
     with torch.no_grad():
@@ -114,8 +124,10 @@ def test_uint8_input_required(graph: TaskGraph) -> None:
 def test_pool_matrix_is_average() -> None:
     w = pool_matrix(4, 2)
     x = torch.arange(16.0).reshape(4, 4)
-    assert torch.allclose(w @ x.reshape(-1), torch.tensor([x[:2, :2].mean(), x[:2, 2:].mean(),
-                                                          x[2:, :2].mean(), x[2:, 2:].mean()]))
+    assert torch.allclose(
+        w @ x.reshape(-1),
+        torch.tensor([x[:2, :2].mean(), x[:2, 2:].mean(), x[2:, :2].mean(), x[2:, 2:].mean()]),
+    )
     assert torch.allclose(pool_matrix(14, 4).sum(1), torch.ones(16))  # uneven bins still average
 
 
@@ -129,7 +141,9 @@ def test_stage1_step_keeps_trunk_frozen(graph: TaskGraph) -> None:
     assert m.required_tasks(["attr"]) == ["attr"]  # DLMs off: no auxiliary heads needed
     before = {k: v.detach().clone() for k, v in m.state_dict().items()}
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-2)
-    loss = build_loss(graph.task("attr"))(m(video(), ["attr"])["attr"], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    loss = build_loss(graph.task("attr"))(
+        m(video(), ["attr"])["attr"], torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    )
     loss.backward()
     opt.step()
     for p in m.trunk.backbone_parameters():
@@ -218,8 +232,9 @@ def test_dlm_on_off(graph: TaskGraph) -> None:
     with torch.no_grad():
         h = plain.heads["attr"]
         assert torch.equal(h(feats, [r1])[0], h(feats, [r2])[0])
-    assert plain.export_spec()["heads"]["loc"]["inputs"] == [{"name": "features", "dtype": "float32",
-                                                              "shape": [8, 128]}]
+    assert plain.export_spec()["heads"]["loc"]["inputs"] == [
+        {"name": "features", "dtype": "float32", "shape": [8, 128]}
+    ]
 
 
 def test_dlm_switches(graph: TaskGraph) -> None:
@@ -246,17 +261,24 @@ def test_parameter_report_by_hand(graph: TaskGraph) -> None:
     m = make(graph)
     rep = m.parameter_report()
     d, r, n_layers, n_tasks, n_taps = 128, 32, 3, len(graph.names), 2
-    hf = sum(p.numel() for n, p in m.trunk.named_parameters() if ".adapter." not in n and "task_norms" not in n)
+    hf = sum(
+        p.numel() for n, p in m.trunk.named_parameters() if ".adapter." not in n and "task_norms" not in n
+    )
     assert rep["trunk"] == hf
     assert rep["adapters"] == n_layers * (d * r + r + r * d + d)
     assert rep["task_specific"] == n_taps * n_tasks * 2 * r + n_tasks * 2 * d
     assert rep["heads_total"] == sum(rep["heads"].values())
     for name, h in m.heads.items():
-        assert rep["heads"][name] == sum(p.numel() for n, p in h.named_parameters() if not n.startswith("dlms."))
+        assert rep["heads"][name] == sum(
+            p.numel() for n, p in h.named_parameters() if not n.startswith("dlms.")
+        )
     assert set(rep["dlms"]) == {"attr", "loc", "box"}
     assert rep["dlms"]["loc"] == 2 * rep["dlms"]["attr"]
     assert rep["total"] == sum(p.numel() for p in m.parameters())
-    assert rep["total"] == rep["trunk"] + rep["adapters"] + rep["task_specific"] + rep["heads_total"] + rep["dlms_total"]
+    assert (
+        rep["total"]
+        == rep["trunk"] + rep["adapters"] + rep["task_specific"] + rep["heads_total"] + rep["dlms_total"]
+    )
     assert math.isclose(rep["adapter_share"], (rep["adapters"] + rep["task_specific"]) / rep["trunk"])
     lite = make(graph, adapter="lite").parameter_report()
     assert lite["adapters"] == n_layers * (d * r + r + d + 1)
@@ -267,40 +289,70 @@ def test_flops_heads_under_trunk(graph: TaskGraph) -> None:
     assert f["trunk"] > 0 and all(v > 0 for v in f["heads"].values())
     assert 0 < f["trunk_adapters"] < f["trunk"]
     assert f["heads_total"] < f["trunk"]
-    assert set(f["dlms"]) == {"attr", "loc", "box"} and all(0 < f["dlms"][n] < f["heads"][n] for n in f["dlms"])
+    assert set(f["dlms"]) == {"attr", "loc", "box"} and all(
+        0 < f["dlms"][n] < f["heads"][n] for n in f["dlms"]
+    )
 
 
 # -- HF checkpoints ---------------------------------------------------------------------------------------
 
 
-def _write_hf(path: Path, *, cls: str = "VideoMAEModel", frames: int = T, size: int = S, mean_pooling: bool = True,
-              mean: tuple[float, ...] = (0.5, 0.4, 0.3), std: tuple[float, ...] = (0.2, 0.25, 0.3)) -> torch.nn.Module:
+def _write_hf(
+    path: Path,
+    *,
+    cls: str = "VideoMAEModel",
+    frames: int = T,
+    size: int = S,
+    mean_pooling: bool = True,
+    mean: tuple[float, ...] = (0.5, 0.4, 0.3),
+    std: tuple[float, ...] = (0.2, 0.25, 0.3),
+) -> torch.nn.Module:
     import transformers
 
     cfg = transformers.VideoMAEConfig(
-        image_size=size, patch_size=8, num_frames=frames, tubelet_size=2, hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=128, use_mean_pooling=mean_pooling, num_labels=3,
+        image_size=size,
+        patch_size=8,
+        num_frames=frames,
+        tubelet_size=2,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        use_mean_pooling=mean_pooling,
+        num_labels=3,
     )
     torch.manual_seed(3)
     model = getattr(transformers, cls)(cfg).eval()
     model.save_pretrained(str(path))
-    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": list(mean), "image_std": list(std)}))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": list(mean), "image_std": list(std)})
+    )
     return model
 
 
-@pytest.mark.parametrize(("cls", "mean_pooling"), [("VideoMAEModel", True), ("VideoMAEModel", False),
-                                                    ("VideoMAEForVideoClassification", True),
-                                                    ("VideoMAEForPreTraining", True)])
+@pytest.mark.parametrize(
+    ("cls", "mean_pooling"),
+    [
+        ("VideoMAEModel", True),
+        ("VideoMAEModel", False),
+        ("VideoMAEForVideoClassification", True),
+        ("VideoMAEForPreTraining", True),
+    ],
+)
 def test_hf_checkpoint_identity(graph: TaskGraph, tmp_path: Path, cls: str, mean_pooling: bool) -> None:
     hf = _write_hf(tmp_path, cls=cls, mean_pooling=mean_pooling)
     hf_model = getattr(hf, "videomae", hf)
-    with pytest.warns(UserWarning, match="the trunk uses the checkpoint's"):  # mean/std differ from the graph's
+    with pytest.warns(
+        UserWarning, match="the trunk uses the checkpoint's"
+    ):  # mean/std differ from the graph's
         m = MultiTaskModel(graph, ModelConfig(checkpoint=str(tmp_path)))
     assert m.cfg.backbone == "hf" and m.cfg.hidden_size == 64 and m.cfg.num_layers == 2 and m.pretrained
     assert m.cfg.mean == (0.5, 0.4, 0.3) and m.cfg.final_norm == (not mean_pooling)
     v = video()
     pixels = v.permute(0, 1, 4, 2, 3).float() / 255.0
-    pixels = (pixels - torch.tensor(m.cfg.mean).view(1, 1, 3, 1, 1)) / torch.tensor(m.cfg.std).view(1, 1, 3, 1, 1)
+    pixels = (pixels - torch.tensor(m.cfg.mean).view(1, 1, 3, 1, 1)) / torch.tensor(m.cfg.std).view(
+        1, 1, 3, 1, 1
+    )
     with torch.no_grad():
         ref = hf_model(pixels, output_hidden_states=True)
         ours = m.trunk.last_hidden_state(v)
@@ -309,7 +361,9 @@ def test_hf_checkpoint_identity(graph: TaskGraph, tmp_path: Path, cls: str, mean
     # Task features: per-task LN of the mean of the tapped blocks (here both blocks), pooled 4x4 -> 2x2.
     taps = (ref.hidden_states[1] + ref.hidden_states[2]) / 2
     norm = m.trunk.task_norms["act"]
-    expect = m.trunk.pool("act", torch.nn.functional.layer_norm(taps, (64,), norm.weight, norm.bias, norm.eps))
+    expect = m.trunk.pool(
+        "act", torch.nn.functional.layer_norm(taps, (64,), norm.weight, norm.bias, norm.eps)
+    )
     assert torch.allclose(feats["act"], expect, atol=1e-5)
     if cls == "VideoMAEForVideoClassification":  # task norms start from the checkpoint's fc_norm
         assert torch.equal(norm.weight, hf.fc_norm.weight)
@@ -339,7 +393,9 @@ def test_bad_checkpoints(graph: TaskGraph, tmp_path: Path) -> None:
         build(noweights)
     frames = tmp_path / "frames"
     _write_hf(frames, frames=8)
-    with pytest.raises(CheckpointError, match=r"num_frames=8, image_size=32.*num_frames=4, size=32.*num_frames: 8"):
+    with pytest.raises(
+        CheckpointError, match=r"num_frames=8, image_size=32.*num_frames=4, size=32.*num_frames: 8"
+    ):
         build(frames)
     corrupt = tmp_path / "corrupt"
     _write_hf(corrupt)
@@ -432,7 +488,9 @@ def test_onnx_parity_eager_lite_trunk(graph: TaskGraph, tmp_path: Path) -> None:
         for b in m.trunk.blocks:
             b.adapter.gate.fill_(1.0)  # type: ignore[union-attr]
     trunk, _ = m.export_modules()
-    sess = ort.InferenceSession(str(export_onnx(trunk, tmp_path / "trunk.onnx")), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(export_onnx(trunk, tmp_path / "trunk.onnx")), providers=["CPUExecutionProvider"]
+    )
     (v,) = trunk.example_inputs(batch=1, seed=2)
     with torch.no_grad():
         want = trunk(v)

@@ -57,13 +57,17 @@ class HFVideoMAE:
     path: Path
     mean: tuple[float, float, float] | None = None  # from preprocessor_config.json
     std: tuple[float, float, float] | None = None
-    head_norm: dict[str, Tensor] | None = None  # fc_norm of a classification checkpoint (initialises task norms)
+    head_norm: dict[str, Tensor] | None = (
+        None  # fc_norm of a classification checkpoint (initialises task norms)
+    )
 
 
 def _square(v: Any, what: str, path: Path) -> int:
     if isinstance(v, (list, tuple)):
         if len(set(v)) != 1:
-            raise CheckpointError(f"{path}/config.json: non-square {what} {list(v)}; vmtl needs square clips/patches")
+            raise CheckpointError(
+                f"{path}/config.json: non-square {what} {list(v)}; vmtl needs square clips/patches"
+            )
         v = v[0]
     return int(v)
 
@@ -80,7 +84,9 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for shard in sorted(set(index.get("weight_map", {}).values())):
             if not (path / shard).is_file():
-                raise CheckpointError(f"{path}: shard {shard} named in model.safetensors.index.json is missing")
+                raise CheckpointError(
+                    f"{path}: shard {shard} named in model.safetensors.index.json is missing"
+                )
             out.update(load_file(str(path / shard)))
         return out
     if (path / "pytorch_model.bin").is_file():
@@ -93,8 +99,10 @@ def _read_weights(path: Path) -> dict[str, Tensor]:
 
 
 # transformers saves (and the original VideoMAE checkpoints name) the q/v biases q_bias/v_bias.
-_RENAMES = ((re.compile(r"attention\.attention\.q_bias$"), "attention.attention.query.bias"),
-            (re.compile(r"attention\.attention\.v_bias$"), "attention.attention.value.bias"))
+_RENAMES = (
+    (re.compile(r"attention\.attention\.q_bias$"), "attention.attention.query.bias"),
+    (re.compile(r"attention\.attention\.v_bias$"), "attention.attention.value.bias"),
+)
 
 
 def _rename(key: str) -> str:
@@ -120,7 +128,10 @@ def _read_mean_std(path: Path) -> tuple[tuple[float, float, float] | None, tuple
 
 
 def load_hf_videomae(
-    path: str | Path, *, num_frames: int | None = None, image_size: int | None = None,
+    path: str | Path,
+    *,
+    num_frames: int | None = None,
+    image_size: int | None = None,
     attn_implementation: str = "sdpa",
 ) -> HFVideoMAE:
     """Load a local HF VideoMAE directory (VideoMAEModel, ...ForVideoClassification or ...ForPreTraining).
@@ -154,7 +165,9 @@ def load_hf_videomae(
         raise CheckpointError(f"{cfg_file}: num_channels is {config.num_channels}, vmtl decodes RGB (3)")
     ck_frames, ck_size = int(config.num_frames), _square(config.image_size, "image_size", path)
     _square(config.patch_size, "patch_size", path)
-    if (num_frames is not None and num_frames != ck_frames) or (image_size is not None and image_size != ck_size):
+    if (num_frames is not None and num_frames != ck_frames) or (
+        image_size is not None and image_size != ck_size
+    ):
         raise CheckpointError(
             f"{path}: the checkpoint expects clips of num_frames={ck_frames}, image_size={ck_size}, but the "
             f"task graph's preprocess gives num_frames={num_frames}, size={image_size}. Set preprocess "
@@ -168,8 +181,8 @@ def load_hf_videomae(
         raise CheckpointError(f"{path}: cannot read the weights: {exc}") from exc
     prefix = "videomae."
     if any(k.startswith(prefix) for k in state):
-        head_norm = {k[len("fc_norm."):]: v for k, v in state.items() if k.startswith("fc_norm.")} or None
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        head_norm = {k[len("fc_norm.") :]: v for k, v in state.items() if k.startswith("fc_norm.")} or None
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     else:
         head_norm = None
     config._attn_implementation = attn_implementation
@@ -192,10 +205,19 @@ def load_hf_videomae(
 
 def _videomae_config(cfg: ModelConfig) -> VideoMAEConfig:
     vc = VideoMAEConfig(
-        image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=3, num_frames=cfg.num_frames,
-        tubelet_size=cfg.tubelet_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, hidden_act=cfg.hidden_act,
-        layer_norm_eps=cfg.layer_norm_eps, qv_bias=cfg.qv_bias, use_mean_pooling=not cfg.final_norm,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_channels=3,
+        num_frames=cfg.num_frames,
+        tubelet_size=cfg.tubelet_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_act=cfg.hidden_act,
+        layer_norm_eps=cfg.layer_norm_eps,
+        qv_bias=cfg.qv_bias,
+        use_mean_pooling=not cfg.final_norm,
     )
     vc._attn_implementation = cfg.attn_implementation
     return vc
@@ -203,9 +225,13 @@ def _videomae_config(cfg: ModelConfig) -> VideoMAEConfig:
 
 def _check_geometry(cfg: ModelConfig) -> None:
     if cfg.num_frames % cfg.tubelet_size:  # type: ignore[operator]
-        raise ModelConfigError(f"num_frames {cfg.num_frames} is not a multiple of the tubelet size {cfg.tubelet_size}")
+        raise ModelConfigError(
+            f"num_frames {cfg.num_frames} is not a multiple of the tubelet size {cfg.tubelet_size}"
+        )
     if cfg.image_size % cfg.patch_size:  # type: ignore[operator]
-        raise ModelConfigError(f"clip size {cfg.image_size} is not a multiple of the patch size {cfg.patch_size}")
+        raise ModelConfigError(
+            f"clip size {cfg.image_size} is not a multiple of the patch size {cfg.patch_size}"
+        )
     if cfg.hidden_size % cfg.num_heads:  # type: ignore[operator]
         raise ModelConfigError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
 
@@ -223,24 +249,39 @@ def build_videomae(
     head_norm = None
     if cfg.checkpoint is not None and load_pretrained:
         hf = load_hf_videomae(
-            cfg.checkpoint, num_frames=preprocess.num_frames, image_size=preprocess.size,
+            cfg.checkpoint,
+            num_frames=preprocess.num_frames,
+            image_size=preprocess.size,
             attn_implementation=cfg.attn_implementation,
         )
         c = hf.config
-        differ = hf.mean is not None and (tuple(hf.mean), tuple(hf.std or ())) != (preprocess.mean, preprocess.std)
+        differ = hf.mean is not None and (tuple(hf.mean), tuple(hf.std or ())) != (
+            preprocess.mean,
+            preprocess.std,
+        )
         if differ and cfg.mean is None:
             warnings.warn(
                 f"{hf.path}: preprocessor mean/std {hf.mean}/{hf.std} differ from the task graph's "
-                f"{preprocess.mean}/{preprocess.std}; the trunk uses the checkpoint's", stacklevel=2,
+                f"{preprocess.mean}/{preprocess.std}; the trunk uses the checkpoint's",
+                stacklevel=2,
             )
         resolved = cfg.replace(
-            backbone="hf", checkpoint=str(hf.path), hidden_size=int(c.hidden_size), num_layers=int(c.num_hidden_layers),
-            num_heads=int(c.num_attention_heads), intermediate_size=int(c.intermediate_size),
-            patch_size=_square(c.patch_size, "patch_size", hf.path), tubelet_size=int(c.tubelet_size),
-            hidden_act=str(c.hidden_act), layer_norm_eps=float(c.layer_norm_eps), qv_bias=bool(c.qv_bias),
-            final_norm=not bool(c.use_mean_pooling), num_frames=int(c.num_frames),
+            backbone="hf",
+            checkpoint=str(hf.path),
+            hidden_size=int(c.hidden_size),
+            num_layers=int(c.num_hidden_layers),
+            num_heads=int(c.num_attention_heads),
+            intermediate_size=int(c.intermediate_size),
+            patch_size=_square(c.patch_size, "patch_size", hf.path),
+            tubelet_size=int(c.tubelet_size),
+            hidden_act=str(c.hidden_act),
+            layer_norm_eps=float(c.layer_norm_eps),
+            qv_bias=bool(c.qv_bias),
+            final_norm=not bool(c.use_mean_pooling),
+            num_frames=int(c.num_frames),
             image_size=_square(c.image_size, "image_size", hf.path),
-            mean=tuple(cfg.mean or hf.mean or preprocess.mean), std=tuple(cfg.std or hf.std or preprocess.std),
+            mean=tuple(cfg.mean or hf.mean or preprocess.mean),
+            std=tuple(cfg.std or hf.std or preprocess.std),
         )
         _check_geometry(resolved)
         return hf.model, resolved, hf.head_norm
@@ -258,8 +299,11 @@ def build_videomae(
     if resolved.patch_size is None:  # tiny: a finer patch for small clips
         resolved = resolved.replace(patch_size=8 if resolved.image_size <= 96 else 16)  # type: ignore[operator]
     resolved = resolved.replace(mean=tuple(cfg.mean or preprocess.mean), std=tuple(cfg.std or preprocess.std))
-    missing = [k for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "tubelet_size")
-               if getattr(resolved, k) is None]
+    missing = [
+        k
+        for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "tubelet_size")
+        if getattr(resolved, k) is None
+    ]
     if missing:
         raise ModelConfigError(f"backbone {cfg.backbone!r} without a checkpoint needs {missing} set")
     if (resolved.num_frames, resolved.image_size) != (preprocess.num_frames, preprocess.size):
@@ -273,6 +317,7 @@ def build_videomae(
 
 def pool_matrix(grid: int, cells: int) -> Tensor:
     """[cells^2, grid^2] averaging weights pooling a grid x grid patch map to cells x cells (adaptive bins)."""
+
     def bins(n: int, m: int) -> list[tuple[int, int]]:
         return [(math.floor(i * n / m), math.ceil((i + 1) * n / m)) for i in range(m)]
 
@@ -293,7 +338,10 @@ class VideoTrunk(nn.Module):
     """
 
     def __init__(
-        self, hf_model: VideoMAEModel, cfg: ModelConfig, tasks: Sequence[TaskSpec],
+        self,
+        hf_model: VideoMAEModel,
+        cfg: ModelConfig,
+        tasks: Sequence[TaskSpec],
         head_norm: Mapping[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -306,21 +354,35 @@ class VideoTrunk(nn.Module):
         layers = list(hf_model.encoder.layer)
         n = len(layers)
         self.tap_layers = self._indices(cfg.tap_layers, n, "tap_layers")
-        adapted = set(range(n)) if cfg.adapter_layers is None else set(self._indices(cfg.adapter_layers, n, "adapter_layers"))
+        adapted = (
+            set(range(n))
+            if cfg.adapter_layers is None
+            else set(self._indices(cfg.adapter_layers, n, "adapter_layers"))
+        )
         blocks = []
         for i, layer in enumerate(layers):
             adapter = None
             if cfg.adapter != "none" and i in adapted:
                 adapter = VMTAdapter(
-                    self.hidden_size, cfg.adapter_bottleneck, self.task_names if i in self.tap_layers else (),
-                    lite=cfg.adapter == "lite", scale=cfg.adapter_scale, act=cfg.adapter_act,
+                    self.hidden_size,
+                    cfg.adapter_bottleneck,
+                    self.task_names if i in self.tap_layers else (),
+                    lite=cfg.adapter == "lite",
+                    scale=cfg.adapter_scale,
+                    act=cfg.adapter_act,
                 )
             blocks.append(AdaptedLayer(layer, adapter))
         self.embeddings = hf_model.embeddings
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = hf_model.layernorm  # None unless the checkpoint has one (use_mean_pooling=False)
-        self.task_norms = nn.ModuleDict({t: nn.LayerNorm(self.hidden_size, eps=cfg.layer_norm_eps) for t in self.task_names})
-        init = dict(head_norm) if head_norm else (self.final_norm.state_dict() if self.final_norm is not None else None)
+        self.task_norms = nn.ModuleDict(
+            {t: nn.LayerNorm(self.hidden_size, eps=cfg.layer_norm_eps) for t in self.task_names}
+        )
+        init = (
+            dict(head_norm)
+            if head_norm
+            else (self.final_norm.state_dict() if self.final_norm is not None else None)
+        )
         if init:
             for norm in self.task_norms.values():
                 norm.load_state_dict(init)
@@ -358,8 +420,13 @@ class VideoTrunk(nn.Module):
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """Shared adapter weights (down/up projections, biases, Lite gates)."""
-        return [p for b in self.blocks if b.adapter is not None
-                for n, p in b.adapter.named_parameters() if not n.startswith("extract.")]
+        return [
+            p
+            for b in self.blocks
+            if b.adapter is not None
+            for n, p in b.adapter.named_parameters()
+            if not n.startswith("extract.")
+        ]
 
     def task_specific_parameters(self) -> list[nn.Parameter]:
         """Per-task knowledge extraction (gamma, beta) and per-task LayerNorms."""
@@ -405,8 +472,10 @@ class VideoTrunk(nn.Module):
             )
         want = (self.num_frames, self.image_size, self.image_size, 3)
         if video.dim() != 5 or tuple(video.shape[1:]) != want:
-            raise ValueError(f"the trunk expects video [B, {', '.join(map(str, want))}] (uint8, RGB last), "
-                             f"got {list(video.shape)}")
+            raise ValueError(
+                f"the trunk expects video [B, {', '.join(map(str, want))}] (uint8, RGB last), "
+                f"got {list(video.shape)}"
+            )
         x = video.permute(0, 1, 4, 2, 3).to(self.pixel_scale.dtype) * self.pixel_scale - self.pixel_shift
         return self.embeddings(x, None)
 

@@ -12,12 +12,30 @@ from typing import Any
 
 # Trunk presets. `patch_size=None` in `tiny` means: 8 for clips up to 96 px, else 16.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"hidden_size": 128, "num_layers": 3, "num_heads": 4, "intermediate_size": 512,
-             "patch_size": None, "tubelet_size": 2},
-    "small": {"hidden_size": 384, "num_layers": 12, "num_heads": 6, "intermediate_size": 1536,
-              "patch_size": 16, "tubelet_size": 2},
-    "base": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072,
-             "patch_size": 16, "tubelet_size": 2},
+    "tiny": {
+        "hidden_size": 128,
+        "num_layers": 3,
+        "num_heads": 4,
+        "intermediate_size": 512,
+        "patch_size": None,
+        "tubelet_size": 2,
+    },
+    "small": {
+        "hidden_size": 384,
+        "num_layers": 12,
+        "num_heads": 6,
+        "intermediate_size": 1536,
+        "patch_size": 16,
+        "tubelet_size": 2,
+    },
+    "base": {
+        "hidden_size": 768,
+        "num_layers": 12,
+        "num_heads": 12,
+        "intermediate_size": 3072,
+        "patch_size": 16,
+        "tubelet_size": 2,
+    },
 }
 ADAPTERS = ("vmt", "lite", "none")
 DLM_LAYERS = ("new", "trunk")
@@ -104,6 +122,7 @@ class ModelConfig:
     # -- checks ----------------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check the choices that do not need the task graph (value ranges, enum fields)."""
+
         def one_of(name: str, allowed: tuple[str, ...]) -> None:
             if getattr(self, name) not in allowed:
                 raise ModelConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -118,8 +137,17 @@ class ModelConfig:
         one_of("dlm_combine", DLM_COMBINE)
         one_of("track_readout", TRACK_READOUTS)
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ModelConfigError(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
-        for name in ("adapter_bottleneck", "head_queries", "head_layers", "head_heads", "dlm_prompts", "dlm_heads"):
+            raise ModelConfigError(
+                f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}"
+            )
+        for name in (
+            "adapter_bottleneck",
+            "head_queries",
+            "head_layers",
+            "head_heads",
+            "dlm_prompts",
+            "dlm_heads",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ModelConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.tap_layers:

@@ -26,8 +26,15 @@ class DoubleLayerMapper(nn.Module):
     """Maps an auxiliary representation [B, P, aux_dim] to `num_prompts` prompts [B, L, primary_dim]."""
 
     def __init__(
-        self, aux_dim: int, primary_dim: int, *, num_prompts: int = 8, heads: int = 4, mlp_ratio: float = 2.0,
-        bottleneck: int | None = None, frozen_block: nn.Module | None = None,
+        self,
+        aux_dim: int,
+        primary_dim: int,
+        *,
+        num_prompts: int = 8,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        bottleneck: int | None = None,
+        frozen_block: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.num_prompts = num_prompts
@@ -55,9 +62,13 @@ class DoubleLayerMapper(nn.Module):
 
     def forward(self, aux_repr: Tensor) -> Tensor:
         if aux_repr.dim() != 3 or aux_repr.shape[-1] != self.aux_dim:
-            raise ValueError(f"DLM expects an auxiliary representation [B, P, {self.aux_dim}], got {tuple(aux_repr.shape)}")
+            raise ValueError(
+                f"DLM expects an auxiliary representation [B, P, {self.aux_dim}], got {tuple(aux_repr.shape)}"
+            )
         p = self.prompts.expand(aux_repr.shape[0], -1, -1)
-        y = self.layer(torch.cat([p, aux_repr], dim=1))[:, : self.num_prompts]  # layer 1: knowledge extraction
+        y = self.layer(torch.cat([p, aux_repr], dim=1))[
+            :, : self.num_prompts
+        ]  # layer 1: knowledge extraction
         return self.fc2(self.act(self.fc1(self.norm(y))))  # layer 2: dimension alignment
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -35,8 +35,15 @@ class TaskHead(nn.Module):
     """The head of one task: `forward(features, aux_reprs) -> (output, repr)`."""
 
     def __init__(
-        self, task: TaskSpec, cfg: ModelConfig, *, feature_dim: int, temporal_tokens: int, grid: int,
-        aux_dims: Mapping[str, int] | None = None, frozen_block_factory: Callable[[], nn.Module] | None = None,
+        self,
+        task: TaskSpec,
+        cfg: ModelConfig,
+        *,
+        feature_dim: int,
+        temporal_tokens: int,
+        grid: int,
+        aux_dims: Mapping[str, int] | None = None,
+        frozen_block_factory: Callable[[], nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.task = task
@@ -51,11 +58,16 @@ class TaskHead(nn.Module):
         self.embed_normalize = cfg.embed_normalize and task.kind == "embed"
         self.track_readout = cfg.track_readout
 
-        self.in_proj: nn.Module = nn.Linear(feature_dim, self.dim) if self.dim != feature_dim else nn.Identity()
+        self.in_proj: nn.Module = (
+            nn.Linear(feature_dim, self.dim) if self.dim != feature_dim else nn.Identity()
+        )
         self.pos = nn.Parameter(torch.zeros(1, self.num_features, self.dim))
         self.queries = nn.Parameter(torch.zeros(1, self.num_queries, self.dim))
         self.blocks = nn.ModuleList(
-            [TransformerBlock(self.dim, cfg.head_heads, cfg.head_mlp_ratio, cfg.head_dropout) for _ in range(cfg.head_layers)]
+            [
+                TransformerBlock(self.dim, cfg.head_heads, cfg.head_mlp_ratio, cfg.head_dropout)
+                for _ in range(cfg.head_layers)
+            ]
         )
         self.norm = nn.LayerNorm(self.dim, eps=1e-6)
         if task.kind == "track" and cfg.track_readout == "concat":
@@ -78,8 +90,13 @@ class TaskHead(nn.Module):
         for a in self.aux_names:
             d = (aux_dims or {}).get(a, self.dim)
             self.dlms[a] = DoubleLayerMapper(
-                d, self.dim, num_prompts=cfg.dlm_prompts, heads=cfg.dlm_heads, mlp_ratio=cfg.dlm_mlp_ratio,
-                bottleneck=cfg.dlm_bottleneck, frozen_block=frozen_block_factory() if frozen_block_factory else None,
+                d,
+                self.dim,
+                num_prompts=cfg.dlm_prompts,
+                heads=cfg.dlm_heads,
+                mlp_ratio=cfg.dlm_mlp_ratio,
+                bottleneck=cfg.dlm_bottleneck,
+                frozen_block=frozen_block_factory() if frozen_block_factory else None,
             )
         self.dlm_enabled = True
 
@@ -99,7 +116,9 @@ class TaskHead(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("dlms.")]
 
     # -- forward -----------------------------------------------------------------------------------------
-    def prompts(self, aux_reprs: Sequence[Tensor] | None, batch: int, like: Tensor, use_dlm: bool) -> Tensor | None:
+    def prompts(
+        self, aux_reprs: Sequence[Tensor] | None, batch: int, like: Tensor, use_dlm: bool
+    ) -> Tensor | None:
         """The DLM prompt tokens [B, L', dim] (zeros when DLMs are off), or None without auxiliaries."""
         if not self.aux_names:
             return None
@@ -107,8 +126,10 @@ class TaskHead(nn.Module):
             return like.new_zeros(batch, self.num_prompt_tokens, self.dim)
         if aux_reprs is None or len(aux_reprs) != len(self.aux_names):
             n = 0 if aux_reprs is None else len(aux_reprs)
-            raise ValueError(f"head {self.task.name!r} needs {len(self.aux_names)} auxiliary representations "
-                             f"({', '.join(self.aux_names)}), got {n}")
+            raise ValueError(
+                f"head {self.task.name!r} needs {len(self.aux_names)} auxiliary representations "
+                f"({', '.join(self.aux_names)}), got {n}"
+            )
         ps = [self.dlms[a](r) for a, r in zip(self.aux_names, aux_reprs, strict=True)]
         if len(ps) == 1:
             return ps[0]
@@ -119,8 +140,10 @@ class TaskHead(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """features [B, N', D] (+ one [B, P, d] representation per auxiliary) -> (output, repr [B, P, dim])."""
         if features.dim() != 3 or tuple(features.shape[1:]) != (self.num_features, self.feature_dim):
-            raise ValueError(f"head {self.task.name!r} expects features [B, {self.num_features}, {self.feature_dim}], "
-                             f"got {list(features.shape)}")
+            raise ValueError(
+                f"head {self.task.name!r} expects features [B, {self.num_features}, {self.feature_dim}], "
+                f"got {list(features.shape)}"
+            )
         use = self.dlm_enabled if use_dlm is None else use_dlm
         batch = features.shape[0]
         x = self.in_proj(features) + self.pos
@@ -143,11 +166,14 @@ class TaskHead(nn.Module):
             return F.normalize(out, dim=-1) if self.embed_normalize else out
         cells = feats.reshape(-1, self.temporal_tokens, self.grid * self.grid, self.dim)
         if self.kind == "track" and self.track_readout == "concat":
-            return torch.sigmoid(self.out(cells.reshape(-1, self.temporal_tokens, self.grid * self.grid * self.dim)))
+            return torch.sigmoid(
+                self.out(cells.reshape(-1, self.temporal_tokens, self.grid * self.grid * self.dim))
+            )
         out = self.out(cells.mean(dim=2))
         return torch.sigmoid(out) if self.kind == "track" else out
 
     def extra_repr(self) -> str:
-        return (f"task={self.task.name}, kind={self.kind}, dim={self.dim}, tokens={self.num_queries}+"
-                f"{self.num_prompt_tokens}+{self.num_features}, aux={list(self.aux_names)}")
-
+        return (
+            f"task={self.task.name}, kind={self.kind}, dim={self.dim}, tokens={self.num_queries}+"
+            f"{self.num_prompt_tokens}+{self.num_features}, aux={list(self.aux_names)}"
+        )

@@ -38,8 +38,12 @@ def localize_loss(
 ) -> Tensor:
     """Per-temporal-token cross-entropy; logits [B, T', C+1], target [B, T'] (0 = background)."""
     if logits.shape[:2] != target.shape:
-        raise ValueError(f"localize: logits {list(logits.shape)} and targets {list(target.shape)} disagree on [B, T']")
-    return F.cross_entropy(logits.flatten(0, 1), target.long().flatten(), weight=class_weight, ignore_index=ignore_index)
+        raise ValueError(
+            f"localize: logits {list(logits.shape)} and targets {list(target.shape)} disagree on [B, T']"
+        )
+    return F.cross_entropy(
+        logits.flatten(0, 1), target.long().flatten(), weight=class_weight, ignore_index=ignore_index
+    )
 
 
 def normalize_regress_target(task: TaskSpec, value: Tensor) -> Tensor:
@@ -68,12 +72,19 @@ def generalized_box_iou(a: Tensor, b: Tensor, eps: float = 1e-7) -> Tensor:
     inter = (rb - lt).clamp(min=0).prod(-1)
     union = area_a + area_b - inter
     iou = inter / (union + eps)
-    hull = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    hull = (
+        (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
+    )
     return iou - (hull - union) / (hull + eps)
 
 
 def track_loss(
-    pred: Tensor, target: Tensor, mask: Tensor | None = None, *, l1_weight: float = 5.0, giou_weight: float = 2.0
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    *,
+    l1_weight: float = 5.0,
+    giou_weight: float = 2.0,
 ) -> Tensor:
     """L1 + (1 - GIoU) on normalised boxes [B, T', 4], averaged over valid tokens (DETR's weights)."""
     valid = torch.isfinite(target).all(-1)
@@ -123,8 +134,15 @@ class TaskLoss(nn.Module):
     """`loss(output, target, mask=None)` for one task; holds parameters only for the embed prototypes."""
 
     def __init__(
-        self, task: TaskSpec, *, num_identities: int | None = None, embed_loss: str = "normsoftmax",
-        label_smoothing: float = 0.0, l1_weight: float = 5.0, giou_weight: float = 2.0, temperature: float = 0.1,
+        self,
+        task: TaskSpec,
+        *,
+        num_identities: int | None = None,
+        embed_loss: str = "normsoftmax",
+        label_smoothing: float = 0.0,
+        l1_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        temperature: float = 0.1,
     ) -> None:
         super().__init__()
         self.task = task
@@ -140,8 +158,10 @@ class TaskLoss(nn.Module):
             if embed_loss == "normsoftmax":
                 n = num_identities or len(task.labels)
                 if not n:
-                    raise ValueError(f"task {task.name!r}: the normalised-softmax embed loss needs num_identities "
-                                     "(the number of identity labels in its training data)")
+                    raise ValueError(
+                        f"task {task.name!r}: the normalised-softmax embed loss needs num_identities "
+                        "(the number of identity labels in its training data)"
+                    )
                 self.norm_softmax = NormSoftmaxLoss(n, task.out_dim)
 
     def forward(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -166,8 +186,12 @@ def build_loss(task: TaskSpec, **kw: object) -> TaskLoss:
     return TaskLoss(task, **kw)  # type: ignore[arg-type]
 
 
-def token_targets(segments: Sequence[tuple[float, float, int]], bounds: Tensor | Sequence[Sequence[float]],
-                  *, min_overlap: float = 0.5) -> Tensor:
+def token_targets(
+    segments: Sequence[tuple[float, float, int]],
+    bounds: Tensor | Sequence[Sequence[float]],
+    *,
+    min_overlap: float = 0.5,
+) -> Tensor:
     """Per-temporal-token localize targets [T'] from segments (start s, end s, class index 0-based).
 
     `bounds` [T', 2] are the tokens' time spans (tasks.temporal_token_bounds). A token takes the class of
@@ -179,7 +203,9 @@ def token_targets(segments: Sequence[tuple[float, float, int]], bounds: Tensor |
     best = torch.zeros(b.shape[0], dtype=torch.float64)
     span = (b[:, 1] - b[:, 0]).clamp(min=1e-9)
     for start, end, cls in segments:
-        cover = (torch.minimum(b[:, 1], torch.tensor(end)) - torch.maximum(b[:, 0], torch.tensor(start))).clamp(min=0) / span
+        cover = (
+            torch.minimum(b[:, 1], torch.tensor(end)) - torch.maximum(b[:, 0], torch.tensor(start))
+        ).clamp(min=0) / span
         take = (cover >= min_overlap) & (cover > best)
         out[take] = int(cls) + 1
         best = torch.where(take, cover, best)

@@ -96,7 +96,9 @@ class HeadExport(nn.Module):
         return self.head(features, list(aux_reprs) if aux_reprs else None, use_dlm=True)
 
 
-def export_onnx(module: TrunkExport | HeadExport, path: str | Path, *, opset: int = 18, batch: int = 2) -> Path:
+def export_onnx(
+    module: TrunkExport | HeadExport, path: str | Path, *, opset: int = 18, batch: int = 2
+) -> Path:
     """Export a `TrunkExport`/`HeadExport` with the TorchScript exporter (dynamo=False), dynamic batch axis."""
     import onnx
 
@@ -106,8 +108,15 @@ def export_onnx(module: TrunkExport | HeadExport, path: str | Path, *, opset: in
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings
         torch.onnx.export(
-            module, inputs, str(path), input_names=module.input_names, output_names=module.output_names,
-            dynamic_axes=module.dynamic_axes, opset_version=opset, dynamo=False, do_constant_folding=True,
+            module,
+            inputs,
+            str(path),
+            input_names=module.input_names,
+            output_names=module.output_names,
+            dynamic_axes=module.dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
         )
         outputs = module(*inputs)
     # The tracer leaves non-batch output dims symbolic after reshapes; declare them (Triton/TensorRT read them).
@@ -130,7 +139,9 @@ class MultiTaskModel(nn.Module):
     and `load_pretrained`, the trunk is initialised from that local HF VideoMAE directory.
     """
 
-    def __init__(self, graph: TaskGraph, cfg: ModelConfig | None = None, *, load_pretrained: bool = True) -> None:
+    def __init__(
+        self, graph: TaskGraph, cfg: ModelConfig | None = None, *, load_pretrained: bool = True
+    ) -> None:
         super().__init__()
         cfg = copy.deepcopy(cfg) if cfg is not None else ModelConfig()
         hf, cfg, head_norm = build_videomae(cfg, graph.preprocess, load_pretrained=load_pretrained)
@@ -152,8 +163,12 @@ class MultiTaskModel(nn.Module):
             for name in stage:
                 task = graph.task(name)
                 heads[name] = TaskHead(
-                    task, cfg, feature_dim=width, temporal_tokens=self.trunk.temporal_tokens,
-                    grid=self.trunk.grid(name), aux_dims={a: heads[a].dim for a in task.auxiliaries},
+                    task,
+                    cfg,
+                    feature_dim=width,
+                    temporal_tokens=self.trunk.temporal_tokens,
+                    grid=self.trunk.grid(name),
+                    aux_dims={a: heads[a].dim for a in task.auxiliaries},
                     frozen_block_factory=factory,
                 )
         self.heads = nn.ModuleDict({n: heads[n] for n in graph.names})
@@ -245,7 +260,11 @@ class MultiTaskModel(nn.Module):
         if stage == 0:
             trainable += self.trunk.backbone_parameters()
         if stage in (0, 1):
-            trainable += self.trunk.adapter_parameters() + self.trunk.task_specific_parameters() + self.head_parameters()
+            trainable += (
+                self.trunk.adapter_parameters()
+                + self.trunk.task_specific_parameters()
+                + self.head_parameters()
+            )
         else:
             trainable += self.dlm_parameters()
         for p in trainable:
@@ -272,6 +291,7 @@ class MultiTaskModel(nn.Module):
     # -- reports -------------------------------------------------------------------------------------------
     def parameter_report(self) -> dict[str, Any]:
         """Parameter counts per part and the trainable shares relative to the frozen trunk."""
+
         def count(ps: Sequence[nn.Parameter]) -> int:
             return sum(p.numel() for p in {id(p): p for p in ps}.values())
 
@@ -279,8 +299,11 @@ class MultiTaskModel(nn.Module):
         adapters = count(self.trunk.adapter_parameters())
         task_specific = count(self.trunk.task_specific_parameters())
         heads = {n: count(h.head_parameters()) for n, h in self.heads.items()}  # type: ignore[union-attr]
-        dlms = {n: count([p for d in h.dlms.values() for p in d.trainable_parameters()])
-                for n, h in self.heads.items() if len(h.dlms)}  # type: ignore[arg-type, union-attr]
+        dlms = {
+            n: count([p for d in h.dlms.values() for p in d.trainable_parameters()])
+            for n, h in self.heads.items()
+            if len(h.dlms)
+        }  # type: ignore[arg-type, union-attr]
         dlm_all = count([p for h in self.heads.values() for p in h.dlms.parameters()])  # type: ignore[union-attr]
         dlms_total = sum(dlms.values())
         trainable_parts = adapters + task_specific + sum(heads.values()) + dlms_total
@@ -312,8 +335,15 @@ class MultiTaskModel(nn.Module):
         self.eval()
         try:
             dev = self.trunk.pixel_scale.device
-            video = torch.zeros(batch, self.trunk.num_frames, self.trunk.image_size, self.trunk.image_size, 3,
-                                dtype=torch.uint8, device=dev)
+            video = torch.zeros(
+                batch,
+                self.trunk.num_frames,
+                self.trunk.image_size,
+                self.trunk.image_size,
+                3,
+                dtype=torch.uint8,
+                device=dev,
+            )
             with FlopCounterMode(display=False) as fc:
                 feats = self.trunk(video)
             trunk = fc.get_total_flops()
@@ -356,8 +386,10 @@ class MultiTaskModel(nn.Module):
         ]
         if flops:
             f = self.flops_report()
-            lines.append(f"GFLOPs/clip: trunk {f['trunk'] / 1e9:.3f} (adapters {f['trunk_adapters'] / 1e9:.4f}) | "
-                         f"heads {f['heads_total'] / 1e9:.4f} ({f['heads_over_trunk']:.2%} of trunk)")
+            lines.append(
+                f"GFLOPs/clip: trunk {f['trunk'] / 1e9:.3f} (adapters {f['trunk_adapters'] / 1e9:.4f}) | "
+                f"heads {f['heads_total'] / 1e9:.4f} ({f['heads_over_trunk']:.2%} of trunk)"
+            )
         return "\n".join(lines)
 
     # -- export --------------------------------------------------------------------------------------------
@@ -379,15 +411,22 @@ class MultiTaskModel(nn.Module):
         t, s = self.trunk.num_frames, self.trunk.image_size
         trunk = {
             "inputs": [{"name": "video", "dtype": "uint8", "shape": [t, s, s, 3]}],
-            "outputs": [{"name": f"feat_{n}", "dtype": "float32", "shape": list(self.feature_shape(n))}
-                        for n in self.graph.names],
+            "outputs": [
+                {"name": f"feat_{n}", "dtype": "float32", "shape": list(self.feature_shape(n))}
+                for n in self.graph.names
+            ],
         }
         heads = {}
         for n, h in self.heads.items():
             ins = [{"name": "features", "dtype": "float32", "shape": list(self.feature_shape(n))}]
-            ins += [{"name": f"repr_{a}", "dtype": "float32", "shape": list(self.repr_shape(a))} for a in h.aux_names]
-            outs = [{"name": "output", "dtype": "float32", "shape": list(self.output_shape(n))},
-                    {"name": "repr", "dtype": "float32", "shape": list(self.repr_shape(n))}]
+            ins += [
+                {"name": f"repr_{a}", "dtype": "float32", "shape": list(self.repr_shape(a))}
+                for a in h.aux_names
+            ]
+            outs = [
+                {"name": "output", "dtype": "float32", "shape": list(self.output_shape(n))},
+                {"name": "repr", "dtype": "float32", "shape": list(self.repr_shape(n))},
+            ]
             heads[n] = {"inputs": ins, "outputs": outs, "auxiliaries": list(h.aux_names)}
         return {"trunk": trunk, "heads": heads}
 
@@ -399,7 +438,11 @@ class MultiTaskModel(nn.Module):
 
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": "vmtl", "model_config": json.dumps(self.cfg.to_dict()), "task_graph": self.graph.to_json()}
+        meta = {
+            "format": "vmtl",
+            "model_config": json.dumps(self.cfg.to_dict()),
+            "task_graph": self.graph.to_json(),
+        }
         meta.update(metadata or {})
         save_file(state, str(path), metadata=meta)
         return path
@@ -416,8 +459,10 @@ class MultiTaskModel(nn.Module):
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != "vmtl" or "model_config" not in meta:
-            raise CheckpointError(f"{path} is not a vmtl checkpoint (no model_config metadata); "
-                                  "was it written by MultiTaskModel.save_checkpoint?")
+            raise CheckpointError(
+                f"{path} is not a vmtl checkpoint (no model_config metadata); "
+                "was it written by MultiTaskModel.save_checkpoint?"
+            )
         cfg = ModelConfig.from_dict(json.loads(meta["model_config"]))
         graph = graph or TaskGraph.from_dict(json.loads(meta["task_graph"]))
         model = cls(graph, cfg, load_pretrained=False)

@@ -44,8 +44,14 @@ class VMTAdapter(nn.Module):
     """Shared down/up projections plus per-task knowledge extraction for the tasks in `tasks`."""
 
     def __init__(
-        self, dim: int, bottleneck: int = 32, tasks: Sequence[str] = (), *, lite: bool = False,
-        scale: float = 0.1, act: str = "gelu",
+        self,
+        dim: int,
+        bottleneck: int = 32,
+        tasks: Sequence[str] = (),
+        *,
+        lite: bool = False,
+        scale: float = 0.1,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
         self.lite = lite
