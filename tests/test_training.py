@@ -130,6 +130,8 @@ def test_task_sampling_temperature() -> None:
     assert p["a"] == pytest.approx(0.8)
     u = task_probabilities({"a": 100, "b": 25}, 0.0)
     assert u["a"] == pytest.approx(0.5)
+    w = task_probabilities({"a": 100, "b": 25}, 0.0, {"b": 3.0})
+    assert w["b"] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize(
@@ -146,6 +148,11 @@ def test_task_sampling_temperature() -> None:
         (lambda s: s["tasks"][0].update(kind="dance"), r"unknown kind 'dance'"),
         (lambda s: s["train"].update(stage9={}), r"train: unknown keys \['stage9'\]"),
         (lambda s: s["model"].update(adapter="huge"), r"adapter must be one of"),
+        (
+            lambda s: s["train"].update(task_weights={"ghost": 2}),
+            r"task_weights names unknown tasks \['ghost'\]",
+        ),
+        (lambda s: s["train"].update(task_weights={"object": 0}), r"task_weights must be positive"),
     ],
 )
 def test_bad_config_gives_a_clear_error(tmp_path: Path, data: Path, mutate, message: str) -> None:

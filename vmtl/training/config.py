@@ -43,6 +43,7 @@ class StageConfig:
 @dataclass
 class TrainSettings:
     temperature: float = 0.5
+    task_weights: dict[str, float] = field(default_factory=dict)  # extra sampling weight per task (default 1)
     stage0: StageConfig = field(default_factory=lambda: StageConfig(steps=0))
     stage1: StageConfig = field(default_factory=lambda: StageConfig(steps=200))
     stage2: StageConfig = field(default_factory=lambda: StageConfig(steps=100))
@@ -123,6 +124,13 @@ def load_config(
     settings = _dataclass_from(TrainSettings, train_raw, f"{path}: train")
     for k, v in stages.items():
         setattr(settings, k, v)
+    unknown_tasks = sorted(set(settings.task_weights) - set(graph.names))
+    if unknown_tasks:
+        raise ConfigError(
+            f"{path}: train.task_weights names unknown tasks {unknown_tasks}; tasks: {graph.names}"
+        )
+    if any(not w > 0 for w in settings.task_weights.values()):
+        raise ConfigError(f"{path}: train.task_weights must be positive, got {settings.task_weights}")
     return TrainConfig(
         name=str(raw.get("name", path.stem)),
         graph=graph,

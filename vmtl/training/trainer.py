@@ -75,9 +75,11 @@ def load_splits(cfg: TrainConfig, num_tokens: int, split: str, progress: bool) -
     }
 
 
-def task_probabilities(sizes: dict[str, int], temperature: float) -> dict[str, float]:
-    """p_t ∝ n_t ** temperature (1: proportional to dataset size, 0: uniform)."""
-    w = {t: float(n) ** temperature for t, n in sizes.items()}
+def task_probabilities(
+    sizes: dict[str, int], temperature: float, weights: dict[str, float] | None = None
+) -> dict[str, float]:
+    """p_t ∝ w_t * n_t ** temperature (temperature 1: by dataset size, 0: uniform; w_t default 1)."""
+    w = {t: (weights or {}).get(t, 1.0) * float(n) ** temperature for t, n in sizes.items()}
     total = sum(w.values())
     return {t: v / total for t, v in w.items()}
 
@@ -218,7 +220,8 @@ class Trainer:
         start = self.state["step"] if self.state["stage"] == stage else 0
         if start and self._optimizer_state is not None:
             opt.load_state_dict(self._optimizer_state)
-        probs = task_probabilities({n: len(self.train_sets[n]) for n in tasks}, self.cfg.train.temperature)
+        sizes = {n: len(self.train_sets[n]) for n in tasks}
+        probs = task_probabilities(sizes, self.cfg.train.temperature, self.cfg.train.task_weights)
         names, weights = list(probs), list(probs.values())
         # Same task sequence on every rank (seeded by stage), own clips per rank.
         task_rng = np.random.default_rng([self.cfg.seed, stage])
