@@ -206,20 +206,13 @@ def server(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     from vmtl.server.launcher import ServerError, TritonServer
 
     logs = tmp_path_factory.mktemp("triton")
-    for attempt in range(3):
-        srv = TritonServer(
-            setup.repo, http_port=0, grpc_port=0, metrics_port=0, log_file=logs / f"triton-{attempt}.log"
-        )
-        try:
-            srv.start()
-            srv.wait_ready(90)
-            break
-        except ServerError as exc:
-            srv.stop()
-            if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-                pytest.skip(str(exc))
-            if ("already in use" not in str(exc) and "not free" not in str(exc)) or attempt == 2:
-                raise
+    srv = TritonServer(setup.repo, http_port=0, grpc_port=0, metrics_port=0, log_file=logs / "triton.log")
+    try:
+        srv.start_ready(90)
+    except ServerError as exc:
+        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
+            pytest.skip(str(exc))
+        raise
     try:
         yield srv
     finally:

@@ -65,20 +65,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     graph = toy_graph()
     trunk, heads = make_toy_models(root / "onnx", graph)
     repo = repo_mod.write_repository(root / "repo", graph, trunk, heads, max_batch_size=8)
-    for attempt in range(3):
-        server = TritonServer(
-            repo, http_port=0, grpc_port=0, metrics_port=0, log_file=root / f"triton-{attempt}.log"
-        )
-        try:
-            server.start()
-            server.wait_ready(90)
-            break
-        except ServerError as exc:
-            server.stop()
-            if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-                pytest.skip(str(exc))
-            if ("already in use" not in str(exc) and "not free" not in str(exc)) or attempt == 2:
-                raise
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "triton.log")
+    try:
+        server.start_ready(90)
+    except ServerError as exc:
+        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
+            pytest.skip(str(exc))
+        raise
     client = VmtlClient(server.grpc_url, timeout=120)
     try:
         yield Served(server, client, graph, trunk, heads)

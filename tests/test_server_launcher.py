@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -428,6 +429,24 @@ def test_crashed_server_stubs_and_shm_are_cleaned_up(tmp_path: Path) -> None:
         assert server.stop() == -signal.SIGKILL
     assert not [pid for pid in group if _alive(pid)]
     assert not list(Path("/dev/shm").glob(f"{server.shm_prefix}*"))
+
+
+def test_start_ready_picks_new_ports_when_a_picked_one_was_taken(tmp_path: Path) -> None:
+    repo = small_repository(tmp_path / "repo")
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=tmp_path / "server.log")
+    taken = server.grpc_port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:  # someone took it in between
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            server.start_ready(60)
+            assert server.grpc_port != taken and server.is_ready()
+        finally:
+            server.stop()
+        explicit = TritonServer(repo, http_port=0, grpc_port=taken, metrics_port=0)
+        with pytest.raises(ServerError, match=f"gRPC port {taken} on 127.0.0.1 is not free"):
+            explicit.start_ready(60)  # a port the caller chose is never swapped for another
+        assert explicit.grpc_port == taken and not explicit.is_running()
 
 
 def test_port_in_use_is_refused_clearly(server: TritonServer, repo: Path) -> None:

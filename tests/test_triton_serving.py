@@ -57,20 +57,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     repo = write_repository(
         root / "repo", graph, trunk, heads, max_batch_size=8, max_video_bytes=MAX_VIDEO_BYTES
     )
-    for attempt in range(3):
-        # Free ports are picked before the server binds them; another process may take one meanwhile.
-        log = root / f"tritonserver-{attempt}.log"
-        server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=log)
-        try:
-            server.start()
-            server.wait_ready(90)
-            break
-        except ServerError as exc:
-            server.stop()
-            if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-                pytest.skip(str(exc))
-            if "already in use" not in str(exc) or attempt == 2:
-                raise
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "tritonserver.log")
+    try:
+        server.start_ready(90)
+    except ServerError as exc:
+        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
+            pytest.skip(str(exc))
+        raise
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         yield Served(server, client, graph, trunk, heads)

@@ -394,29 +394,21 @@ class Demo:
         except ServerError as exc:
             raise DemoError(f"serve: {exc}") from exc
         results: list[Any] = []
-        server = None
         with self.step(4, "serve", f"Triton on {self.repo_dir} ({len(info.models)} models)"):
-            for attempt in range(3):
-                server = TritonServer(
-                    self.repo_dir, http_port=0, grpc_port=0, metrics_port=0, log_file=self.server_log
-                )
-                try:
-                    server.start()
-                    last = [0.0]
+            server = TritonServer(
+                self.repo_dir, http_port=0, grpc_port=0, metrics_port=0, log_file=self.server_log
+            )
+            last = [0.0]
 
-                    def progress(_server: Any, elapsed: float, last: list[float] = last) -> None:
-                        if elapsed - last[0] >= 5:
-                            last[0] = elapsed
-                            self.say(f"  loading models ... {elapsed:.0f} s")
+            def progress(_server: Any, elapsed: float) -> None:
+                if elapsed - last[0] >= 5:
+                    last[0] = elapsed
+                    self.say(f"  loading models ... {elapsed:.0f} s")
 
-                    ready = server.wait_ready(600, poll_interval=0.2, progress=progress)
-                    break
-                except ServerError as exc:
-                    server.stop()
-                    if "not free" in str(exc) and attempt < 2:
-                        continue  # another process took a port between choosing and binding it
-                    raise DemoError(f"serve: {exc}") from exc
-            assert server is not None
+            try:
+                ready = server.start_ready(600, progress=progress)
+            except ServerError as exc:
+                raise DemoError(f"serve: {exc}") from exc
             self.say(f"  Triton ready in {ready:.1f} s: gRPC {server.grpc_url} (log: {self.server_log})")
         try:
             with self.step(5, "analyse", f"{video} over gRPC ({server.grpc_url})"):

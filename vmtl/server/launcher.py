@@ -373,6 +373,11 @@ def _check_port_free(host: str, port: int, what: str) -> None:
             ) from None
 
 
+def _port_taken(message: str) -> bool:
+    """Whether a start failure was a port taken by someone else (our check, or tritonserver's bind)."""
+    return "already in use" in message or "is not free" in message
+
+
 def _bind_probe_host(host: str) -> str:
     """Address on which to probe for free ports when the server binds to ``host``."""
     return {"": "0.0.0.0", "::": "::"}.get(host, host.strip("[]"))
@@ -460,9 +465,8 @@ class TritonServer:
             raise ValueError(f"model_control must be none, explicit or poll, not {model_control!r}")
         self.repo = Path(repo).resolve()
         self.host = host
-        wanted = [http_port, grpc_port, metrics_port]
-        free = iter(_free_ports(wanted.count(0), _bind_probe_host(host)))
-        self.http_port, self.grpc_port, self.metrics_port = (p if p else next(free) for p in wanted)
+        self._wanted_ports = (http_port, grpc_port, metrics_port)  # 0: pick a free one (again on retry)
+        self._pick_ports()
         self.model_control = model_control
         self.extra_args = list(extra_args)
         self.echo_log = echo_log
@@ -592,6 +596,36 @@ class TritonServer:
             self._echo_thread = threading.Thread(target=self._echo, name="tritonserver-log", daemon=True)
             self._echo_thread.start()
         return self
+
+    def _pick_ports(self) -> None:
+        wanted = self._wanted_ports
+        free = iter(_free_ports(wanted.count(0), _bind_probe_host(self.host)))
+        self.http_port, self.grpc_port, self.metrics_port = (p if p else next(free) for p in wanted)
+
+    def start_ready(
+        self,
+        timeout: float = 120.0,
+        *,
+        attempts: int = 3,
+        progress: Callable[[TritonServer, float], None] | None = None,
+    ) -> float:
+        """:meth:`start` then :meth:`wait_ready`; return the seconds it took to become ready.
+
+        Ports given as 0 are picked free before tritonserver binds them, so another process can take one
+        in between: then new ones are picked and the server started again (at most ``attempts`` times).
+        Any other failure, or a taken port that was given explicitly, raises at once.
+        """
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return self.wait_ready(timeout, progress=progress)
+            except ServerError as exc:
+                self.stop()
+                retry = 0 in self._wanted_ports and _port_taken(str(exc)) and attempt < attempts - 1
+                if not retry:
+                    raise
+                self._pick_ports()
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     def wait_ready(
         self,
