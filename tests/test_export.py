@@ -90,6 +90,9 @@ def test_parity_for_trunk_and_every_head_in_both_flavours(exported: Exported) ->
             assert side["model"] == name and side["max_abs"] < TOL and side["tolerance"] == TOL
         assert meta["trunk_sha256"] == trunk_fingerprint(exported.model)["sha256"] == report.trunk_sha256
         assert meta["flavours"] == {"cpu": "../cpu", "native": "../native"}
+        flops = exported.model.flops_report(batch=1)
+        assert meta["flops"]["trunk"] == flops["trunk"] > 0
+        assert meta["flops"]["heads"] == flops["heads"] and set(flops["heads"]) == set(graph.names)
     assert 0 < report.max_parity_error < TOL
     text = report.summary()
     assert "backbone" in text and "head_identity" in text and "parity: worst" in text

