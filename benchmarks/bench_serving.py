@@ -36,13 +36,15 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import update_section
+
+from vmtl.bench.inprocess import RepoFiles, SharedOrt, cores
+from vmtl.bench.load import breakdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_serving"
@@ -81,35 +83,6 @@ def find_repository(arg: Path | None) -> tuple[Path, str]:
     )
 
 
-@dataclass
-class Repo:
-    path: Path
-    graph: object  # vmtl.tasks.TaskGraph
-    onnx: dict[str, Path]  # model name -> ONNX file
-    params: dict[str, dict[str, str]]  # model name -> config parameters
-    flavour: str
-
-
-def load_repo(path: Path) -> Repo:
-    from vmtl.export.repository import BACKBONE, head_model, load_configs, read_manifest
-    from vmtl.tasks import TaskGraph
-
-    manifest = read_manifest(path)
-    graph = TaskGraph.from_dict(manifest["graph"])
-    configs = load_configs(path)
-    models = [BACKBONE, *(head_model(n) for n in graph.names)]
-    onnx = {}
-    params = {}
-    for m in models:
-        cfg = configs[m]
-        p = {k: v.string_value for k, v in cfg.parameters.items()}
-        f = path / m / "1" / (p.get("onnx_file") or cfg.default_model_filename or "model.onnx")
-        if not f.is_file():
-            sys.exit(f"bench_serving: {f} missing; in-process ONNX Runtime needs the repository's ONNX files")
-        onnx[m], params[m] = f, p
-    return Repo(path, graph, onnx, params, str(manifest.get("flavour", "?")))
-
-
 def no_delay_copy(repo: Path, out: Path) -> Path:
     """A copy of ``repo`` whose dynamic batchers do not wait for a batch to fill
     (``max_queue_delay_microseconds: 0``); everything else is unchanged."""
@@ -138,66 +111,6 @@ def queue_delays(repo: Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------- runners
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def ort_session(path: Path, params: dict[str, str]):
-    """An ORT session with the options vmtl/server/models/ort_model.py gives this model in Triton."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    threads = int(params.get("intra_op_threads") or 1)
-    opts.intra_op_num_threads = threads if threads > 0 else _cores()
-    opts.inter_op_num_threads = int(params.get("inter_op_threads") or 1)
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spin = "1" if params.get("allow_spinning", "0") == "1" else "0"
-    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-class OrtPipeline:
-    """Trunk then heads, in-process, as the ensemble wires them."""
-
-    def __init__(self, repo: Repo) -> None:
-        from vmtl.export.repository import BACKBONE, head_model
-
-        self.graph = repo.graph
-        self.trunk = ort_session(repo.onnx[BACKBONE], repo.params[BACKBONE])
-        self.heads = {
-            n: ort_session(repo.onnx[head_model(n)], repo.params[head_model(n)]) for n in self.graph.names
-        }
-
-    def run(self, video: np.ndarray, tasks: list[str] | None) -> dict[str, np.ndarray]:
-        """Outputs of ``tasks`` (None: the trunk alone, all its features)."""
-        if tasks is None:
-            return dict(
-                zip(
-                    [o.name for o in self.trunk.get_outputs()],
-                    self.trunk.run(None, {"video": video}),
-                    strict=True,
-                )
-            )
-        names = self.graph.closure(tasks)
-        feats = self.trunk.run([f"feat_{n}" for n in names], {"video": video})
-        return self.run_heads(dict(zip(names, feats, strict=True)), tasks)
-
-    def run_heads(self, feat: dict[str, np.ndarray], tasks: list[str]) -> dict[str, np.ndarray]:
-        """The heads of ``tasks`` (and their auxiliaries) on trunk features ``feat`` (task -> features)."""
-        names = self.graph.closure(tasks)
-        out: dict[str, np.ndarray] = {}
-        reprs: dict[str, np.ndarray] = {}
-        for n in names:
-            feeds = {"features": feat[n], **{f"repr_{a}": reprs[a] for a in self.graph.task(n).auxiliaries}}
-            out[n], reprs[n] = self.heads[n].run(["output", "repr"], feeds)
-        return {n: out[n] for n in tasks}
 
 
 class TritonRunner:
@@ -253,30 +166,6 @@ def measure(
     return times
 
 
-def breakdown(
-    before: dict[str, dict], after: dict[str, dict]
-) -> list[tuple[str, int, int, dict[str, float]]]:
-    """(model, requests, executions, {stage: mean µs per request}) from two statistics snapshots."""
-    rows = []
-    for name in sorted(after):
-        a, b = after[name], before.get(name, {})
-        ia, ib = a.get("inference_stats", {}), b.get("inference_stats", {})
-
-        def delta(stage: str, field: str, ia: dict = ia, ib: dict = ib) -> int:
-            return int(ia.get(stage, {}).get(field, 0)) - int(ib.get(stage, {}).get(field, 0))
-
-        count = delta("success", "count")
-        if count <= 0:
-            continue
-        execs = int(a.get("execution_count", 0)) - int(b.get("execution_count", 0))
-        us = {
-            s: delta(s, "ns") / count / 1e3
-            for s in ("success", "queue", "compute_input", "compute_infer", "compute_output")
-        }
-        rows.append((name, count, execs, us))
-    return rows
-
-
 def machine() -> str:
     import onnxruntime
 
@@ -289,7 +178,7 @@ def machine() -> str:
     except OSError:
         pass
     return (
-        f"{model}, {_cores()} cores, no GPU, Python {platform.python_version()}, "
+        f"{model}, {cores()} cores, no GPU, Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}"
     )
 
@@ -314,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also time a copy of the repository whose dynamic batchers do not wait (default: on)",
     )
-    ap.add_argument("--update-results", action="store_true", help=f"rewrite '{SECTION}' in {RESULTS}")
+    ap.add_argument("--update-results", action="store_true", help="rewrite --section in RESULTS.md")
+    ap.add_argument("--section", default=SECTION, help=f"RESULTS.md heading to write (default {SECTION!r})")
     args = ap.parse_args(argv)
 
     from vmtl.demo import sample_video
@@ -322,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from vmtl.video import read_clip
 
     repo_path, origin = find_repository(args.repo)
-    repo = load_repo(repo_path)
+    repo = RepoFiles.load(repo_path)
     graph = repo.graph
     p = graph.preprocess
     video_path = args.video or sample_video()
@@ -335,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     subsets = {k: names[:k] for k in ks}
 
     print(f"repository {repo_path} ({origin}); {len(names)} tasks; clip {list(video.shape)}", file=sys.stderr)
-    ort_pipe = OrtPipeline(repo)
+    ort_pipe = SharedOrt(repo)
     CACHE.mkdir(parents=True, exist_ok=True)
     delays = sorted(set(queue_delays(repo_path).values()))
     variant = (
@@ -373,12 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         configs: dict[str, Callable[[], object]] = {"ort|trunk alone": lambda: ort_pipe.run(video, None)}
         for k, sub in subsets.items():
             configs[f"ort|trunk + {k} task{'s' if k > 1 else ''}"] = lambda sub=sub: ort_pipe.run(video, sub)
-        feats = {
-            n: f
-            for n, f in zip(
-                names, ort_pipe.trunk.run([f"feat_{n}" for n in names], {"video": video}), strict=True
-            )
-        }
+        feats = ort_pipe.features(video)
         configs[f"ort|{len(names)} heads alone (trunk features given)"] = lambda: ort_pipe.run_heads(
             feats, names
         )
@@ -425,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         for a, d in (("rounds", 6), ("iters", 50), ("warmup", 10))
         if getattr(args, a) != d
     )
-    cmd += " --update-results`"
+    cmd += (f" --section '{args.section}'" if args.section != SECTION else "") + " --update-results`"
     trunk_mb = repo.onnx["backbone"].stat().st_size / 1e6
     lines = [
-        SECTION,
+        args.section,
         "",
         f"Batch 1, one request in flight; {args.rounds} interleaved rounds x {args.iters} requests per "
         f"configuration after {args.warmup} warm-up calls each. Clip: {video_path.name} sampled to "
@@ -493,10 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         "| model | requests | executions | queue | compute input | compute infer | compute output | total |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, count, execs, us in rows_bd:
+    for name, t in rows_bd.items():
         lines.append(
-            f"| {name} | {count} | {execs} | {us['queue']:.0f} | {us['compute_input']:.0f} | "
-            f"{us['compute_infer']:.0f} | {us['compute_output']:.0f} | {us['success']:.0f} |"
+            f"| {name} | {t.requests} | {t.executions} | {t.queue_us:.0f} | {t.compute_input_us:.0f} | "
+            f"{t.compute_infer_us:.0f} | {t.compute_output_us:.0f} | {t.total_us:.0f} |"
         )
     lines += [
         "",
@@ -522,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.update_results:
-        update_results(text)
-        print(f"updated '{SECTION}' in {RESULTS}", file=sys.stderr)
+        update_section(args.section, text)
+        print(f"updated '{args.section}' in {RESULTS}", file=sys.stderr)
     return 0
 
 
@@ -532,10 +417,6 @@ def _rel(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT))
     except ValueError:
         return str(path)
-
-
-def update_results(section: str) -> None:
-    update_section(SECTION, section)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ composing models, as perf_analyzer reports it).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -214,16 +215,24 @@ def run_load(
     lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
-    tickets = {"left": 0}
+    tickets = [requests]
+    # The same threads warm up and then measure: a caller's first requests (a new gRPC channel, lazily
+    # created sessions) must not land in the window.
+    warm_each = math.ceil(warmup / concurrency) if warmup else 0
+    warmed = threading.Barrier(concurrency + 1)
+    start = threading.Barrier(concurrency + 1)
 
-    def worker(start: threading.Barrier | None) -> None:
-        if start is not None:
-            start.wait()
+    def worker() -> None:
+        for _ in range(warm_each):
+            with contextlib.suppress(Exception):  # a failing call fails again in the window, counted there
+                call()
+        warmed.wait()
+        start.wait()
         while True:
             with lock:
-                if tickets["left"] <= 0:
+                if tickets[0] <= 0:
                     return
-                tickets["left"] -= 1
+                tickets[0] -= 1
             t0 = time.perf_counter()
             try:
                 call()
@@ -235,22 +244,16 @@ def run_load(
             with lock:
                 latencies.append(dt)
 
-    def phase(n: int) -> float:
-        tickets["left"] = n
-        threads = [threading.Thread(target=worker, args=(None,), daemon=True) for _ in range(concurrency)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - t0
-
-    if warmup:
-        phase(warmup)
-        latencies.clear()
-        errors.clear()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    warmed.wait()
     before = stats() if stats else {}
-    window = phase(requests)
+    t0 = time.perf_counter()
+    start.wait()
+    for t in threads:
+        t.join()
+    window = time.perf_counter() - t0
     after = stats() if stats else {}
     if not latencies:
         raise LoadError(
