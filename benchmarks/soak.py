@@ -248,7 +248,8 @@ def section(result: SoakResult, label: str) -> str:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}."
         + (f"\n\nErrors:{errors}" if errors else "")
         + "\n\nBad inputs (truncated/zero-byte/random/image/audio-only files, wrong clip tensors, unknown "
-        "tasks) and backpressure (`max_queue_size`: a full queue is refused at once, Triton status "
+        "tasks) and backpressure (`vmtl export --max-queue-size N`, off by default since Triton 2.51's "
+        "queue policy exposes a 500 ms batcher stall: a full queue is refused at once, Triton status "
         'UNAVAILABLE "Exceeds maximum queue size", `ServerBusyError` in the client) are covered by '
         "tests/test_reliability.py.\n"
     )

@@ -295,8 +295,13 @@ def test_only_heads_keeps_the_backbone_and_refuses_another_trunk(
     assert trunk_fingerprint(model2)["sha256"] == exported.report.trunk_sha256
     before = {f: _files(repo / f) for f in ("cpu", "native")}
 
-    assert main(["export", str(ckpt2), "--out", str(repo), "--only-heads", "--quiet"]) == 0
+    argv = ["export", str(ckpt2), "--out", str(repo), "--only-heads", "--quiet", "--max-queue-size", "3"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
+    for flavour in ("cpu", "native"):  # --max-queue-size reaches every dynamic batcher
+        cfgs = load_configs(repo / flavour)
+        bounded = {m for m, c in cfgs.items() if c.dynamic_batching.default_queue_policy.max_queue_size == 3}
+        assert bounded == {BACKBONE, *(head_model(n) for n in exported.model.graph.names)}
     assert "kept (backbone unchanged)" in printed and "[--only-heads]" in printed
     for flavour in ("cpu", "native"):
         after = _files(repo / flavour)

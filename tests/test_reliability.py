@@ -332,21 +332,22 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         server.stop()
 
 
-def test_max_queue_size_is_written_and_parses(served: Served, tmp_path: Path) -> None:
+def test_queues_are_unbounded_by_default_and_a_bound_is_written_when_asked(
+    served: Served, tmp_path: Path
+) -> None:
+    # Default: no queue policy anywhere (in Triton 2.51 one costs a 500 ms batcher stall under load).
     configs = repo_mod.load_configs(Path(served.server.repo))  # type: ignore[attr-defined]
-    limited = [m for m, c in configs.items() if c.dynamic_batching.default_queue_policy.max_queue_size]
-    assert sorted(limited) == ["backbone"] + [repo_mod.head_model(n) for n in served.graph.names]
-    assert {configs[m].dynamic_batching.default_queue_policy.max_queue_size for m in limited} == {
-        repo_mod.DEFAULT_MAX_QUEUE_SIZE
-    }
-    text = (Path(served.server.repo) / "backbone" / "config.pbtxt").read_text()  # type: ignore[attr-defined]
-    assert f"max_queue_size: {repo_mod.DEFAULT_MAX_QUEUE_SIZE}" in text
-    assert served.client.max_queue_size == repo_mod.DEFAULT_MAX_QUEUE_SIZE
+    assert repo_mod.DEFAULT_MAX_QUEUE_SIZE == 0
+    assert not [m for m, c in configs.items() if c.dynamic_batching.HasField("default_queue_policy")]
+    assert served.client.max_queue_size == 0
     graph = toy_graph()
     trunk, heads = make_toy_models(tmp_path / "onnx", graph)
-    unbounded = repo_mod.write_repository(tmp_path / "r0", graph, trunk, heads, max_queue_size=0)
-    cfg = repo_mod.load_configs(unbounded)["backbone"]
-    assert not cfg.dynamic_batching.HasField("default_queue_policy")
+    bounded = repo_mod.write_repository(tmp_path / "r0", graph, trunk, heads, max_queue_size=5)
+    configs = repo_mod.load_configs(bounded)
+    limited = [m for m, c in configs.items() if c.dynamic_batching.default_queue_policy.max_queue_size]
+    assert sorted(limited) == ["backbone"] + [repo_mod.head_model(n) for n in graph.names]
+    assert {configs[m].dynamic_batching.default_queue_policy.max_queue_size for m in limited} == {5}
+    assert "max_queue_size: 5" in (bounded / "backbone" / "config.pbtxt").read_text()
     with pytest.raises(repo_mod.RepositoryError, match="max_queue_size must be >= 0"):
         repo_mod.write_repository(tmp_path / "r1", graph, trunk, heads, max_queue_size=-1)
 

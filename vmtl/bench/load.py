@@ -205,8 +205,9 @@ def run_load(
     clips_per_request: int = 1,
 ) -> Measurement:
     """Run ``requests`` timed calls of ``call`` from ``concurrency`` threads, each calling in a loop (one
-    request in flight per thread, as perf_analyzer's concurrency mode), after ``warmup`` untimed calls at
-    the same concurrency. ``stats`` (Triton's statistics) is read just before and after the timed window.
+    request in flight per thread, as perf_analyzer's concurrency mode), after about ``warmup`` untimed
+    calls spread over the same threads (at least one each when ``warmup`` > 0). ``stats`` (Triton's
+    statistics) is read just before and after the timed window.
 
     A failing call is counted in ``errors`` (its first message kept) and not timed; if every call fails,
     :class:`LoadError` says why."""

@@ -81,6 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu flavour: ONNX Runtime threads of the backbone (default: all cores at load time)",
     )
     parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse requests (server busy) once N wait at the backbone or a head (default 0: no bound). "
+        "Costs throughput in Triton 2.51: a queue policy disables the batcher's prefetching and exposes "
+        "a 500 ms stall under concurrent load",
+    )
+    parser.add_argument(
         "--parity-tol",
         type=float,
         default=1e-4,
@@ -132,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
             opset=args.opset,
             max_batch_size=args.max_batch_size,
             cpu_threads=args.cpu_threads,
+            max_queue_size=args.max_queue_size,
             seed=args.seed,
             log=None if args.quiet else log,
         )

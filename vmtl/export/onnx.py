@@ -57,6 +57,7 @@ from vmtl.export.quantize import (
 )
 from vmtl.export.repository import (
     BACKBONE,
+    DEFAULT_MAX_QUEUE_SIZE,
     MANIFEST,
     RepositoryError,
     head_model,
@@ -447,6 +448,7 @@ def export_checkpoint(
     opset: int = 18,
     max_batch_size: int | None = None,
     cpu_threads: int | None = None,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     max_drop: float = 0.01,
     max_mae_increase: float = 0.01,
     seed: int = 0,
@@ -458,7 +460,8 @@ def export_checkpoint(
     ``only_heads`` the default is every flavour found in ``out_repo``. ``int8`` quantises the cpu
     flavour's trunk (and heads with ``int8_heads``) behind the accuracy gate (``data_root`` required);
     ``trt`` builds the native flavour's trunk as a TensorRT fp16 engine (GPU, ``data_root`` required).
-    ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's). ``log`` receives
+    ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's); ``max_queue_size``
+    bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``). ``log`` receives
     progress lines. Raises :class:`UsageError` for bad arguments, :class:`ParityError`,
     :class:`GateRefused` (``Int8Refused``), :class:`~vmtl.export.tensorrt.TensorRTError` or
     :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
@@ -679,6 +682,7 @@ def export_checkpoint(
                     trunk_plan=trunk_plan,
                     cpu_threads=threads if fl == "cpu" else None,
                     metadata=meta,
+                    max_queue_size=max_queue_size,
                 )
                 for name, rec in {**parity[fl], **sidecars[fl]}.items():
                     _write_json(target / name / PARITY_FILE, {"model": name, "inputs": clips_desc, **rec})

@@ -71,7 +71,12 @@ _MODEL_SOURCES = Path(__file__).resolve().parents[1] / "server" / "models"
 _ORT_HOST = "ort_model.py"
 _DECODE_HOST = "video_decode.py"
 DEFAULT_MAX_VIDEO_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_QUEUE_SIZE = 64  # requests waiting at the backbone / a head before Triton refuses more
+#: Requests that may wait at the backbone / a head before Triton refuses more (0: no bound, no queue
+#: policy). Off by default: in Triton 2.51 any queue policy turns off the dynamic batcher's payload
+#: prefetching, and then a batch that forms while the model is executing can miss its wake-up and wait
+#: out the batcher's 500 ms default timeout (a lost wake-up; under concurrent load it stalled every
+#: in-flight request for ~520 ms about once a second). `vmtl export --max-queue-size N` opts in.
+DEFAULT_MAX_QUEUE_SIZE = 0
 # Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
 _VIDEO_TENSOR = "_video"
 #: vmtl_video's output carrying the (start, end) seconds actually sampled. Not "window": Triton 2.51 treats
@@ -322,7 +327,8 @@ def write_repository(
     all cores available at load time when None); ``native`` uses Triton's ``onnxruntime_onnx`` platform,
     or ``tensorrt_plan`` for the backbone when ``trunk_plan`` is given. ``max_video_bytes`` caps
     ``video_decode``'s payload (0: no cap). ``max_queue_size`` bounds the requests waiting at the
-    backbone and each head (0: unbounded); past it Triton refuses new ones at once. The repository is staged in a temporary directory, validated,
+    backbone and each head (0, the default: unbounded); past it Triton refuses new ones at once (see
+    :data:`DEFAULT_MAX_QUEUE_SIZE` for what a bound costs in Triton 2.51). The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
     """
