@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     tri0_all = st[key0]["p50"] if key0 in st else None
 
     heads_run = {k: len(graph.closure(sub)) for k, sub in subsets.items()}
-    head_rows = [us["compute_infer"] for name, _, _, us in rows_bd if name.startswith("head_")]
+    head_rows = [t.compute_infer_us for name, t in rows_bd.items() if name.startswith("head_")]
     head_infer = float(np.mean(head_rows)) / 1e3 if head_rows else float("nan")
     ort_head = st[f"ort|{len(names)} heads alone (trunk features given)"]["p50"] / len(names)
     cmd = "`.venv/bin/python benchmarks/bench_serving.py" + (f" --repo {args.repo}" if args.repo else "")
