@@ -516,7 +516,15 @@ def test_serve_runs_in_foreground_and_stops_cleanly(tmp_path: Path, sig: signal.
     log = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "vmtl.cli", "serve", str(repo), "--log-file", str(log)]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT back to its default in the child: a test run started as a background job (`make test &`)
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 60
