@@ -12,7 +12,9 @@ wiring add_one -> times_two:
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -548,3 +550,22 @@ def test_serve_runs_in_foreground_and_stops_cleanly(tmp_path: Path, sig: signal.
     assert "stopped (tritonserver exit code 0)" in rest
     assert not _alive(server_pid)
     assert not _processes_mentioning(str(repo))
+
+
+def test_serve_native_says_what_a_tensorrt_plan_needs(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmtl.export.tensorrt import ENGINE_INFO
+
+    native = tmp_path / "native"
+    shutil.copytree(repo, native)
+    model = next(p for p in sorted(native.iterdir()) if (p / "config.pbtxt").is_file())
+    (model / "1").mkdir(exist_ok=True)
+    (model / "1" / "model.plan").write_bytes(b"not really an engine")
+    assert vmtl_main(["serve", str(native), "--native"]) == 0
+    out = capsys.readouterr().out
+    assert f"{model.name}/1/model.plan has no readable {ENGINE_INFO}" in out
+    (model / ENGINE_INFO).write_text(json.dumps({"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100"}))
+    assert vmtl_main(["serve", str(native), "--native"]) == 0
+    out = capsys.readouterr().out
+    assert f"# {model.name}: TensorRT plan built with TensorRT 10.3.0 on a 'NVIDIA H100'" in out

@@ -322,10 +322,38 @@ def _print_native(repo: Path, args: argparse.Namespace) -> int:
             f"# Python-backend models ({', '.join(python_models)}) need their Python packages inside the "
             f"container (numpy<2, av, ...): build an image FROM {image} that pip-installs them."
         )
+    for line in _plan_notes(native):
+        print(line)
     if info.warnings:
         for warning in info.warnings:
             print(f"# warning: {warning}")
     return 0
+
+
+def _plan_notes(native: Path) -> list[str]:
+    """What each TensorRT plan of the repository needs of the container and GPU (from the engine info
+    `vmtl export --trt` writes beside it): a plan runs only on the TensorRT version and GPU model it was
+    built for, which cannot be checked from here (this machine is not where the container runs)."""
+    from vmtl.export.tensorrt import ENGINE_INFO
+
+    notes = []
+    for plan in sorted(native.glob("*/*/model.plan")):
+        model = plan.parent.parent
+        path = model / ENGINE_INFO
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            notes.append(
+                f"# warning: {model.name}/{plan.parent.name}/model.plan has no readable {ENGINE_INFO}: which "
+                "TensorRT and GPU it needs is unknown; rebuild it with `vmtl export --trt` on the serving GPU"
+            )
+            continue
+        notes.append(
+            f"# {model.name}: TensorRT plan built with TensorRT {info.get('tensorrt_version', '?')} on a "
+            f"{info.get('gpu_name', '?')!r}: the container must ship that TensorRT and run on that GPU model "
+            "(engines are not portable; inside it, vmtl.export.tensorrt.check_engine_info checks both)"
+        )
+    return notes
 
 
 def _imports_vmtl(model_dir: Path) -> bool:
