@@ -237,8 +237,10 @@ def section(result: SoakResult, label: str) -> str:
     errors = "".join(f"\n    - {n} x {msg}" for msg, n in result.errors.most_common(5))
     return (
         f"{SECTION}\n\n"
-        f"`benchmarks/soak.py --requests {result.requests} --concurrency {result.concurrency}`: the real "
-        f"tritonserver (CPU, python-backend ONNX Runtime hosts) on the repository {label}; `vmtl_clip` "
+        f"`benchmarks/soak.py --requests {result.requests} --concurrency {result.concurrency}"
+        f"{' --repo ' + label if label.startswith(('.', '/')) else ''}`: the real "
+        f"tritonserver (CPU, python-backend ONNX Runtime hosts) on the repository {label}"
+        f"{' (the demo model exported by benchmarks/bench_throughput.py)' if 'bench_throughput/demo' in label else ''}; `vmtl_clip` "
         f"requests of one fixed clip (bikes.mp4) through `VmtlClient`, after a warm-up of {result.warmup}. "
         "RSS is the server's process tree (tritonserver + python-backend stubs), from /proc.\n\n"
         "| requests | concurrency | failed | throughput (req/s) | RSS start (MiB) | RSS end (MiB) | growth |\n"
