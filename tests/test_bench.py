@@ -218,3 +218,17 @@ def test_bench_sweep_against_the_real_server(
     assert {t["target"].split(" ")[0] for t in data["targets"]} >= {"ensemble", "dynamic", "trunk"}
     assert not data["skipped"] and not data["errors"]
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_serves_the_repository_itself_without_the_independent_baseline(
+    exported: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    argv = ["bench", str(exported), "--configs", "triton-ensemble", "--concurrency", "1", "--requests", "2"]
+    assert main([*argv, "--no-plot", "--no-peak", "--quiet", "--out", str(out)]) == 0
+    with open(out / "bench_composing.csv") as f:
+        models = {r["Model"] for r in csv.DictReader(f)}
+    assert "vmtl_clip" in models and "backbone" in models
+    assert not any(m.startswith("single_") for m in models)
+    assert not (out / "bench.png").exists()
+    assert json.loads((out / "bench.json").read_text())["efficiency"] is None

@@ -240,8 +240,10 @@ def run(args: argparse.Namespace) -> int:
             from vmtl.bench.independent import write_independent_repository
             from vmtl.server.launcher import TritonServer
 
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmtl-bench-")))
-            served = write_independent_repository(args.repo, work / "repository", graph, tasks)
+            served = args.repo
+            if "triton-independent" in configs:  # the single-task models are served beside the ensemble
+                work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmtl-bench-")))
+                served = write_independent_repository(args.repo, work / "repository", graph, tasks)
             server = TritonServer(
                 served, http_port=0, grpc_port=0, metrics_port=0, log_file=args.out / "tritonserver.log"
             )
