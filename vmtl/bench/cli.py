@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from vmtl.bench.inprocess import RepoFiles
     from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
     from vmtl.bench.suite import CONFIGS, BenchError, run_suite
+    from vmtl.client.engines import BatchError
     from vmtl.video import VideoError, read_clip
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         repo = RepoFiles.load(args.repo)
-    except (OSError, ValueError, KeyError) as exc:
+    except (BatchError, OSError, ValueError, KeyError) as exc:
         return _fail(f"cannot read {args.repo}: {exc}")
     graph = repo.graph
     tasks = graph.names if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]

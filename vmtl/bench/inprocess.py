@@ -59,32 +59,24 @@ class RepoFiles:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RepoFiles:
+        """The ONNX files as the batch engines find them (:class:`vmtl.client.engines.LocalModel`, which
+        raises ``BatchError`` saying what is missing), plus each model's config parameters."""
+        from vmtl.client.engines import LocalModel
         from vmtl.export.repository import BACKBONE, head_model, load_configs, read_manifest
 
-        repo = Path(path)
-        manifest = read_manifest(repo)
-        graph = TaskGraph.from_dict(manifest["graph"])
-        configs = load_configs(repo)
-        onnx: dict[str, Path] = {}
-        params: dict[str, dict[str, str]] = {}
-        for m in [BACKBONE, *(head_model(n) for n in graph.names)]:
-            cfg = configs[m]
-            p = {k: v.string_value for k, v in cfg.parameters.items()}
-            f = repo / m / "1" / (p.get("onnx_file") or cfg.default_model_filename or "model.onnx")
-            if not f.is_file():
-                raise FileNotFoundError(
-                    f"{f} is missing: in-process ONNX Runtime needs the repository's ONNX files "
-                    "(a native repository with a TensorRT plan has none; bench its cpu flavour)"
-                )
-            onnx[m], params[m] = f, p
+        local = LocalModel.load(path)
+        configs = load_configs(local.path)
+        manifest = read_manifest(local.path)
+        onnx = {BACKBONE: local.trunk, **{head_model(n): f for n, f in local.heads.items()}}
+        params = {m: {k: v.string_value for k, v in configs[m].parameters.items()} for m in onnx}
         return cls(
-            repo,
-            graph,
+            local.path,
+            local.graph,
             onnx,
             params,
             str(manifest.get("flavour", "?")),
             dict(manifest.get("metadata") or {}),
-            int(manifest.get("max_batch_size") or 1),
+            local.max_batch_size,
         )
 
     def session(self, model: str) -> Any:
