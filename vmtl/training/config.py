@@ -11,6 +11,7 @@ train:
   stage0: {steps: 300, lr: 1e-3, batch_size: 16}   # trunk warm-up; only without a pretrained trunk
   stage1: {steps: 600, lr: 2e-3, batch_size: 16}   # VMT-Adapters + heads, heterogeneous batches
   stage2: {steps: 200, lr: 1e-3, batch_size: 16}   # DLMs only, on the primary tasks' losses
+  mosaic: {task: object, share: 0.5}                # stage 0: object mosaics (vmtl.data.mosaic)
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ class StageConfig:
 
 
 @dataclass
+class MosaicSettings:
+    """Stage-0 object mosaics (vmtl.data.mosaic): `share` of the warm-up steps train the trunk on clips
+    whose every temporal token shows a different object of `task`'s classes (0: off). The objects spread
+    from the frame's centre to anywhere in it over the first `ramp` of stage 0 (0: anywhere from the start)."""
+
+    task: str = ""
+    share: float = 0.0
+    ramp: float = 0.6
+
+
+@dataclass
 class TrainSettings:
     temperature: float = 0.5
     task_weights: dict[str, float] = field(default_factory=dict)  # extra sampling weight per task (default 1)
@@ -51,6 +63,7 @@ class TrainSettings:
     save_every: int = 200  # steps between mid-stage checkpoints (resume points)
     threads: int | None = None  # torch intra-op threads (default: all cores / processes)
     embed_loss: str = "normsoftmax"
+    mosaic: MosaicSettings = field(default_factory=MosaicSettings)
 
     def stage(self, i: int) -> StageConfig:
         return (self.stage0, self.stage1, self.stage2)[i]
@@ -121,9 +134,22 @@ def load_config(
         for k in ("stage0", "stage1", "stage2")
         if k in train_raw
     }
+    mosaic = _dataclass_from(MosaicSettings, train_raw.pop("mosaic", None), f"{path}: train.mosaic")
     settings = _dataclass_from(TrainSettings, train_raw, f"{path}: train")
     for k, v in stages.items():
         setattr(settings, k, v)
+    settings.mosaic = mosaic
+    if not 0.0 <= mosaic.share < 1.0:
+        raise ConfigError(f"{path}: train.mosaic.share must be in [0, 1), got {mosaic.share}")
+    if not 0.0 <= mosaic.ramp <= 1.0:
+        raise ConfigError(f"{path}: train.mosaic.ramp must be in [0, 1], got {mosaic.ramp}")
+    if mosaic.share > 0:
+        task = next((t for t in graph.tasks if t.name == mosaic.task), None)
+        if task is None or task.kind != "classify":
+            raise ConfigError(
+                f"{path}: train.mosaic.task must name a classify task of the graph (e.g. object), got "
+                f"{mosaic.task!r}; classify tasks: {[t.name for t in graph.tasks if t.kind == 'classify']}"
+            )
     unknown_tasks = sorted(set(settings.task_weights) - set(graph.names))
     if unknown_tasks:
         raise ConfigError(

@@ -1,6 +1,7 @@
 """The training loop: stage 0 (trunk warm-up, only without a pretrained trunk), stage 1 (VMT-Adapters +
 heads on heterogeneous batches: each batch from one task's dataset, that head's loss only), stage 2 (DLMs
-only, on the primary tasks' losses). DDP under torchrun (gloo on CPU): every rank draws the same task
+only, on the primary tasks' losses). With `train.mosaic`, a share of the stage-0 steps trains the trunk on
+object mosaics (vmtl.data.mosaic) through a throw-away per-token readout. DDP under torchrun (gloo on CPU): every rank draws the same task
 each step and its own clips; gradients are averaged across ranks.
 
 A checkpoint is a directory::
@@ -31,6 +32,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from vmtl.data.mosaic import ObjectMosaic
 from vmtl.models.losses import TaskLoss, build_loss
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.training.clips import ClipSet, load_clipset
@@ -39,6 +41,7 @@ from vmtl.training.evaluate import chance_level, primary, task_metrics
 from vmtl.training.metrics import format_table
 
 STATE_FILE = "trainer_state.json"
+MOSAIC = "mosaic"  # the stage-0 draw that renders object mosaics instead of reading a task's dataset
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -176,8 +179,10 @@ class Trainer:
             for n, sd in bundle.get("losses", {}).items():
                 self.losses[n].load_state_dict(sd)
             self._optimizer_state = bundle.get("optimizer")
+            self._mosaic_state = bundle.get(MOSAIC)
         else:
-            self._optimizer_state = None
+            self._optimizer_state = self._mosaic_state = None
+        self.mosaic_readout: torch.nn.Linear | None = None
 
     # -- stages ----------------------------------------------------------------------------------------------
     def stages(self) -> list[int]:
@@ -216,6 +221,9 @@ class Trainer:
         params = self.model.trainable_parameters()
         if stage != 2:  # the embed head's identity prototypes train with the heads
             params += [p for n in tasks for p in self.losses[n].parameters()]
+        mosaic = self._mosaic() if stage == 0 else None
+        if mosaic is not None:
+            params += list(self.mosaic_readout.parameters())  # type: ignore[union-attr]
         opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
         start = self.state["step"] if self.state["stage"] == stage else 0
         if start and self._optimizer_state is not None:
@@ -223,6 +231,9 @@ class Trainer:
         sizes = {n: len(self.train_sets[n]) for n in tasks}
         probs = task_probabilities(sizes, self.cfg.train.temperature, self.cfg.train.task_weights)
         names, weights = list(probs), list(probs.values())
+        if mosaic is not None:
+            share = self.cfg.train.mosaic.share
+            names, weights = [*names, MOSAIC], [w * (1 - share) for w in weights] + [share]
         # Same task sequence on every rank (seeded by stage), own clips per rank.
         task_rng = np.random.default_rng([self.cfg.seed, stage])
         clip_rng = np.random.default_rng([self.cfg.seed, stage, self.dist.rank, 1])
@@ -241,13 +252,20 @@ class Trainer:
         t0 = time.perf_counter()
         for step in bar:
             name = names[int(task_rng.choice(len(names), p=weights))]
-            data = self.train_sets[name]
-            idx = clip_rng.choice(len(data), size=min(sc.batch_size, len(data)), replace=False)
-            video, target = _batch(data, idx)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, sc.steps, sc.lr, sc.warmup)
-            out = self.model(video, [name])[name]
-            loss = self.losses[name](out, target)
+            if name == MOSAIC:
+                ramp = self.cfg.train.mosaic.ramp * sc.steps
+                spread = min(1.0, (step + 1) / ramp) if ramp > 0 else 1.0
+                frames, labels = mosaic.batch(clip_rng, sc.batch_size, spread)  # type: ignore[union-attr]
+                loss, acc = self._mosaic_loss(torch.from_numpy(frames), torch.from_numpy(labels))
+                running["mosaic_acc"] = 0.9 * running.get("mosaic_acc", acc) + 0.1 * acc
+            else:
+                data = self.train_sets[name]
+                idx = clip_rng.choice(len(data), size=min(sc.batch_size, len(data)), replace=False)
+                video, target = _batch(data, idx)
+                out = self.model(video, [name])[name]
+                loss = self.losses[name](out, target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage} step {step}: task {name!r} loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)
@@ -266,6 +284,40 @@ class Trainer:
             ):
                 self._save(opt=opt)
         self.log(f"stage {stage}: {sc.steps - start} steps in {time.perf_counter() - t0:.0f} s")
+        if "mosaic_acc" in running:
+            self.log(
+                f"stage {stage}: {self.cfg.train.mosaic.task} mosaics, per-token top-1 (running, train) "
+                f"{running['mosaic_acc']:.2f} (chance {1 / mosaic.num_classes:.2f})"  # type: ignore[union-attr]
+            )
+
+    def _mosaic(self) -> ObjectMosaic | None:
+        """The stage-0 mosaic source and its per-token readout (None when `train.mosaic` is off)."""
+        mc = self.cfg.train.mosaic
+        if mc.share <= 0:
+            return None
+        task = self.cfg.graph.task(mc.task)
+        pre = self.cfg.graph.preprocess
+        mosaic = ObjectMosaic.from_dataset(
+            self.cfg.data_root,
+            frames=pre.num_frames,
+            size=pre.size,
+            tokens=self.model.temporal_tokens,
+            labels=tuple(task.labels),
+        )
+        self.mosaic_readout = torch.nn.Linear(self.model.trunk.hidden_size, mosaic.num_classes)
+        if self._mosaic_state is not None:
+            self.mosaic_readout.load_state_dict(self._mosaic_state)
+        return mosaic
+
+    def _mosaic_loss(self, video: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Cross-entropy of every temporal token's class, read from the mosaic task's trunk features
+        (averaged over the token's cells) by a linear layer that is dropped after stage 0."""
+        task = self.cfg.train.mosaic.task
+        feats = self.model.trunk(video, [task])[task]
+        feats = feats.reshape(*labels.shape, -1, feats.shape[-1]).mean(2)
+        logits = self.mosaic_readout(feats)  # type: ignore[misc]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return loss, float((logits.argmax(-1) == labels).float().mean())
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _save(self, opt: torch.optim.Optimizer | None = None) -> None:
@@ -280,6 +332,8 @@ class Trainer:
         bundle: dict[str, Any] = {"losses": {n: lo.state_dict() for n, lo in self.losses.items()}}
         if opt is not None:
             bundle["optimizer"] = opt.state_dict()
+            if self.mosaic_readout is not None and self.state["stage"] == 0:
+                bundle[MOSAIC] = self.mosaic_readout.state_dict()
         torch.save(bundle, self.out / "optimizer.pt")
         (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2))
 
