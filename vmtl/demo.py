@@ -40,7 +40,7 @@ STATE_FILE = "demo.json"
 QUICK_DATA = {"videos_per_task": 10, "size": 64, "fps": 8, "num_frames": 16}
 #: Overrides of configs/demo.yaml for --quick: tiny clips, model and schedule.
 QUICK_PREPROCESS = {"num_frames": 4, "size": 32, "sampling": "uniform"}
-QUICK_MODEL = {"adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2}
+QUICK_MODEL = {"patch_size": 8, "adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2}
 QUICK_TRAIN = {
     "stage0": {"steps": 4, "batch_size": 4, "warmup": 1},
     "stage1": {"steps": 8, "batch_size": 4, "warmup": 1},
