@@ -68,6 +68,31 @@ def test_localize_metrics_end_to_end() -> None:
     assert good["mAP@0.5"] == 1.0 and bad["mAP@0.5"] == 0.0
 
 
+def test_localize_chance_is_the_best_constant_answer() -> None:
+    from vmtl.training.clips import ClipSet
+    from vmtl.training.evaluate import chance_level
+
+    task = TaskSpec("seg", "localize", labels=("moving", "spinning"), threshold=0.3)
+    n = 4
+    # Every clip: "moving" over its whole 4 s (tokens 1,1,1,1); one clip also ends with "spinning".
+    targets = np.array([[1, 1, 1, 1]] * (n - 1) + [[1, 1, 1, 2]])
+    truths = [[Segment("moving", 0.0, 4.0, 1.0)] for _ in range(n - 1)]
+    truths.append([Segment("moving", 0.0, 3.0, 1.0), Segment("spinning", 3.0, 4.0, 1.0)])
+    clips = ClipSet(
+        task="seg",
+        frames=np.zeros((n, 8, 2, 2, 3), np.uint8),
+        timestamps=np.tile(np.arange(8) * 0.5 + 0.25, (n, 1)),
+        crops=np.tile([0.0, 0.0, 2.0], (n, 1)),
+        windows=np.tile([0.0, 4.0], (n, 1)),
+        sizes=np.tile([2, 2], (n, 1)),
+        targets=targets,
+        truths=truths,
+    )
+    # "moving over the whole clip" finds all four moving segments (IoU 1 or 0.75); spinning gets no AP,
+    # so the mean over the two labels is 0.5 -- a trivial answer scores, and the chance level says how much.
+    assert chance_level(task, clips) == pytest.approx(0.5)
+
+
 def test_embed_recall_skips_singletons() -> None:
     e = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [-1, 0]], dtype=np.float64)
     m = embed_metrics(e, np.array([0, 0, 1, 1, 2]))

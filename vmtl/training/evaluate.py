@@ -51,7 +51,7 @@ def chance_level(task: TaskSpec, clips: ClipSet) -> float:
     if k == "tag":
         return float(np.mean(y.mean(axis=0)[y.sum(axis=0) > 0]))  # AP of a constant score = prevalence
     if k == "localize":
-        return 0.0
+        return _localize_chance(task, clips)
     if k == "embed":
         ids = y.astype(int)
         counts = np.bincount(ids)
@@ -62,6 +62,18 @@ def chance_level(task: TaskSpec, clips: ClipSet) -> float:
     # track: the mean training box, approximated by the mean target box
     mean_box = np.broadcast_to(y.reshape(-1, 4).mean(axis=0), y.shape)
     return track_metrics(mean_box, y)["mIoU"]
+
+
+def _localize_chance(task: TaskSpec, clips: ClipSet) -> float:
+    """The best segment mAP@0.5 of a constant answer: every clip gets each token's most frequent label
+    (these clips' frequencies), or one segment over the whole clip of a single label."""
+    y = clips.targets.astype(int)
+    freq = np.stack([np.bincount(y[:, j], minlength=task.out_dim) for j in range(y.shape[1])]) / len(y)
+    answers = [freq] + [np.eye(task.out_dim)[[c] * y.shape[1]] for c in range(1, task.out_dim)]
+    return max(
+        task_metrics(task, np.repeat(np.log(np.maximum(a, 1e-6))[None], len(y), axis=0), clips)["mAP@0.5"]
+        for a in answers
+    )
 
 
 def regress_metrics_constant(task: TaskSpec, y: np.ndarray) -> float:
