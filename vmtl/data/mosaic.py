@@ -9,9 +9,9 @@ and colour over a random background, so one clip carries ``tokens`` labels and n
 
 Where an object may appear is a curriculum (``spread``): a from-scratch ViT learns shapes at one place
 quickly but has to learn them again at every other place, so objects start at the frame's centre and
-spread out to anywhere in the frame over the warm-up. Measured on the demo trunk (1000 steps, mosaics
-only): per-token top-1 0.41 with the curriculum, 0.18 without; on the held-out `object` videos 0.52 and
-0.22 (a linear readout averaged over the tokens, no `object` video seen).
+spread out to anywhere in the frame over the warm-up. On the demo trunk (1000 steps of mosaics only,
+`benchmarks/bench_mosaic.py`): per-token top-1 0.36 with the curriculum, 0.19 without; on the held-out
+`object` videos, read zero-shot by the same readout, 0.41 and 0.23 (chance 0.10).
 
 Stage 0 of the trainer mixes these clips into the trunk warm-up (``train.mosaic`` in the config); the
 labels are the image source's classes, i.e. those of a classify task such as the demo's ``object``.

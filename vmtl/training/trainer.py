@@ -1,8 +1,8 @@
 """The training loop: stage 0 (trunk warm-up, only without a pretrained trunk), stage 1 (VMT-Adapters +
 heads on heterogeneous batches: each batch from one task's dataset, that head's loss only), stage 2 (DLMs
 only, on the primary tasks' losses). With `train.mosaic`, a share of the stage-0 steps trains the trunk on
-object mosaics (vmtl.data.mosaic) through a throw-away per-token readout. DDP under torchrun (gloo on CPU): every rank draws the same task
-each step and its own clips; gradients are averaged across ranks.
+object mosaics (vmtl.data.mosaic) through a throw-away per-token readout. DDP under torchrun (gloo on
+CPU): every rank draws the same task each step and its own clips; gradients are averaged across ranks.
 
 A checkpoint is a directory::
 
