@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 
 from vmtl.bench.independent import single_model, write_independent_repository
-from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS, LoadError, Measurement, breakdown, run_load
+from vmtl.bench.load import (
+    COMPOSING_COLUMNS,
+    CSV_COLUMNS,
+    LoadError,
+    Measurement,
+    breakdown,
+    run_load,
+    settled,
+)
 from vmtl.bench.peak import manifest_flops, matmul_peak
 from vmtl.cli import main
 from vmtl.export.repository import load_configs, read_manifest, validate_repository
@@ -72,6 +80,20 @@ def _stats(name: str, count: int, execs: int, **us: int) -> dict:
     stages = {s: {"count": count, "ns": us.get(s, 0) * 1000 * count} for s in us}
     stages["success"] = {"count": count, "ns": us.get("success", 0) * 1000 * count}
     return {name: {"name": name, "execution_count": execs, "inference_stats": stages}}
+
+
+def test_settled_waits_for_the_counts_to_stop_moving() -> None:
+    counts = iter([3, 4, 5, 5, 5])  # the last requests are counted a moment late
+
+    def stats() -> dict:
+        return {"m": {"inference_stats": {"success": {"count": next(counts)}}}}
+
+    assert settled(stats, pause_s=0)["m"]["inference_stats"]["success"]["count"] == 5
+    moving = iter(range(100))
+    snap = settled(
+        lambda: {"m": {"inference_stats": {"success": {"count": next(moving)}}}}, pause_s=0, tries=3
+    )
+    assert snap["m"]["inference_stats"]["success"]["count"] == 3  # gives up after `tries` re-reads
 
 
 def test_breakdown_and_ensemble_columns_sum_the_composing_models() -> None:

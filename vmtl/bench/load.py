@@ -193,6 +193,28 @@ class LoadError(RuntimeError):
     """Every request of a configuration failed: there is nothing to measure."""
 
 
+def settled(
+    stats: Callable[[], Mapping[str, Mapping]], *, pause_s: float = 0.02, tries: int = 25
+) -> Mapping[str, Mapping]:
+    """A statistics snapshot whose success counts no longer move: Triton counts a composing model's
+    request a moment after the ensemble's response has reached the client, so a snapshot taken at once
+    can miss the window's last requests (or catch the warm-up's)."""
+
+    def counts(snap: Mapping[str, Mapping]) -> dict[str, int]:
+        return {
+            n: int(m.get("inference_stats", {}).get("success", {}).get("count", 0)) for n, m in snap.items()
+        }
+
+    prev = stats()
+    for _ in range(tries):
+        time.sleep(pause_s)
+        cur = stats()
+        if counts(cur) == counts(prev):
+            return cur
+        prev = cur
+    return prev
+
+
 def run_load(
     config: str,
     call: Callable[[], object],
@@ -249,13 +271,13 @@ def run_load(
     for t in threads:
         t.start()
     warmed.wait()
-    before = stats() if stats else {}
+    before = settled(stats) if stats else {}
     t0 = time.perf_counter()
     start.wait()
     for t in threads:
         t.join()
     window = time.perf_counter() - t0
-    after = stats() if stats else {}
+    after = settled(stats) if stats else {}
     if not latencies:
         raise LoadError(
             f"{config}: all {requests} requests failed; first error: {errors[0] if errors else '?'}"
