@@ -239,6 +239,7 @@ def test_int8_gate_refuses_a_bad_quantisation_and_leaves_the_repository_alone(
     assert "int8 quantisation refused by the accuracy gate" in message
     assert "count: MAE" in message and "relative; limit +1% relative" in message
     assert "Nothing was written" in message
+    assert "Settings tried: QInt8 per-channel (count failed); QInt8 per-tensor (count failed)" in message
     failing = {t.task for t in info.value.gate.failures}
     assert "count" in failing
     count = next(t for t in info.value.gate.tasks if t.task == "count")
@@ -412,3 +413,27 @@ def test_cli_errors(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Captur
     assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "r"), "--only-heads"]) == 2
     assert "holds none" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_int8_falls_back_to_the_next_setting_the_gate_accepts(
+    tiny_checkpoint: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = export_mod.quantize_model
+    seen: list[tuple[str, bool]] = []
+
+    def per_channel_breaks_count(src: Path, dst: Path, **kw: object) -> Path:
+        path = real(src, dst, **kw)
+        seen.append((str(kw["weight_type"]), bool(kw["per_channel"])))
+        if Path(dst).name == "head_count.onnx" and kw["per_channel"]:
+            _add_to_output(path, 100.0)
+        return path
+
+    monkeypatch.setattr(export_mod, "quantize_model", per_channel_breaks_count)
+    out = tmp_path / "repo"
+    report = export_checkpoint(tiny_checkpoint, out, int8=True, int8_heads=True, data_root=tiny_data)
+    assert report.int8 is not None and report.int8.passed
+    assert set(seen) == {("qint8", True), ("qint8", False)}  # stopped at the first accepted
+    meta = read_manifest(out)["metadata"]["int8"]["details"]
+    assert "QInt8 per-tensor" in meta["settings"]
+    assert [t["setting"] for t in meta["tried"]] == ["QInt8 per-channel", "QInt8 per-tensor"]
+    assert meta["tried"][0]["failed"] == ["count"] and meta["tried"][1]["passed"]

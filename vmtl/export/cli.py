@@ -21,6 +21,8 @@ examples:
 
 int8 accuracy gate (on --data's held-out 'val' split): refused when a task's primary metric drops by more
 than 0.01 absolute (top1, mAP, mAP@0.5, recall@1, mIoU) or its MAE grows by more than 1 % relative.
+--int8 tries QInt8 per-channel, QInt8 per-tensor, QUInt8 per-channel and QUInt8 per-tensor weights in
+turn and keeps the first the gate accepts (vmtl.json records every setting tried).
 """
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from vmtl.tasks import TaskGraph
 
 __all__ = [
+    "INT8_SETTINGS",
     "ExportError",
     "GateRefused",
     "GateResult",
@@ -48,6 +49,15 @@ __all__ = [
 #: ALL, adds no layout transforms tied to this CPU's instruction set, so the saved file stays portable
 #: across x86 CPUs (for the same ONNX Runtime version).
 OPTIMIZATION_LEVEL = "extended"
+#: The (weight type, per-channel) settings `vmtl export --int8` tries, in this order, keeping the first the
+#: accuracy gate accepts: which one quantises a trunk best depends on its weights (benchmarks/RESULTS.md,
+#: "Export (int8)": per-channel QInt8 was best on an untrained trunk and worst on a trained one).
+INT8_SETTINGS: tuple[tuple[str, bool], ...] = (
+    ("qint8", True),
+    ("qint8", False),
+    ("quint8", True),
+    ("quint8", False),
+)
 GATE_SPLIT = "val"
 
 TrunkRunner = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -121,6 +131,12 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(old)
 
 
+def int8_setting(weight_type: str, per_channel: bool) -> str:
+    """'QInt8 per-channel', 'QUInt8 per-tensor', ..."""
+    name = {"qint8": "QInt8", "quint8": "QUInt8"}[weight_type]
+    return f"{name} {'per-channel' if per_channel else 'per-tensor'}"
+
+
 def quantize_model(
     src: str | Path,
     dst: str | Path,
@@ -133,8 +149,7 @@ def quantize_model(
     """Dynamic int8 quantisation of ``src``'s MatMul/Gemm weights (activations quantised at run time, uint8),
     then the same offline optimisation as fp32 (fuses DynamicQuantizeMatMul / MatMulIntegerToFloat).
 
-    Per-channel QInt8 weights are the default: on the tiny demo trunk they give the smallest feature error
-    of the settings tried (see benchmarks/RESULTS.md, "Export (int8)").
+    `vmtl export --int8` tries the settings of :data:`INT8_SETTINGS` behind the accuracy gate.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -316,13 +331,14 @@ def _finite(obj: Any) -> Any:
 class GateRefused(ExportError):
     """The accuracy gate refused a quantised (or fp16) candidate; ``gate`` holds the numbers."""
 
-    def __init__(self, gate: GateResult, what: str = "int8 quantisation") -> None:
+    def __init__(self, gate: GateResult, what: str = "int8 quantisation", note: str = "") -> None:
         self.gate = gate
         lines = "\n  ".join(t.describe() for t in gate.failures)
         super().__init__(
             f"{what} refused by the accuracy gate on the held-out '{gate.split}' split ({gate.clips} clips); "
             f"{len(gate.failures)} of {len(gate.tasks)} task(s) lose too much accuracy:\n  {lines}\n"
-            "Nothing was written (an existing repository is left as it was). Export without it to ship fp32."
+            + (f"{note}\n" if note else "")
+            + "Nothing was written (an existing repository is left as it was). Export without it to ship fp32."
         )
 
 
