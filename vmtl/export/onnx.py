@@ -739,8 +739,8 @@ def _int8_candidate(
     max_mae_increase: float,
     say: Callable[[str], None],
 ) -> tuple[GateResult, dict[str, Path], list[tuple[str, GateResult]]]:
-    """Quantise with each of :data:`~vmtl.export.quantize.INT8_SETTINGS` in turn until the accuracy gate accepts one: (that
-    gate, or the last refusal; the quantised files; every (setting, gate) tried)."""
+    """Quantise with each of :data:`~vmtl.export.quantize.INT8_SETTINGS` in turn until the accuracy gate
+    accepts one. Returns that gate (or the last refusal), the quantised files and every (setting, gate) tried."""
     work.mkdir(exist_ok=True)
     names = [BACKBONE, *(head_model(n) for n in graph.names if int8_heads)]
     n_clips = sum(len(c) for c in gate_data.values())
