@@ -176,6 +176,23 @@ def client(server: TritonServer) -> Iterator[grpcclient.InferenceServerClient]:
         yield c
 
 
+def test_status_reports_the_version_and_every_model_over_http_or_grpc(
+    server: TritonServer, client: grpcclient.InferenceServerClient, repo: Path
+) -> None:
+    version, index = server.status()  # HTTP: the serve process needs no gRPC client of its own
+    assert version == client.get_server_metadata().version
+    want = client.get_model_repository_index(as_json=True)["models"]
+    assert sorted((m["name"], m.get("state")) for m in index) == sorted(
+        (m["name"], m.get("state")) for m in want
+    )
+    assert all(m.get("state") == "READY" for m in index)
+    # With HTTP disabled the same answer comes over gRPC (same ports, the flag is all that differs).
+    no_http = TritonServer(
+        repo, http_port=server.http_port, grpc_port=server.grpc_port, extra_args=["--allow-http=false"]
+    )
+    assert no_http.status() == (version, index)
+
+
 def _input(name: str, array: np.ndarray, dtype: str = "FP32") -> grpcclient.InferInput:
     tensor = grpcclient.InferInput(name, list(array.shape), dtype)
     tensor.set_data_from_numpy(array)

@@ -230,11 +230,7 @@ class _Progress:
 
 
 def _print_ready(server: TritonServer, seconds: float) -> None:
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        version = client.get_server_metadata().version
-        index = client.get_model_repository_index(as_json=True).get("models", [])
+    version, index = server.status()
     print(f"vmtl serve: Triton {version} ready in {seconds:.1f} s (pid {server.pid})")
     print(f"  gRPC     {server.grpc_url}")
     print(f"  HTTP     http://{server.http_url}")

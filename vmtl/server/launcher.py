@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 __all__ = [
     "DEFAULT_BACKEND_CONFIG",
@@ -661,6 +661,23 @@ class TritonServer:
                 self.stop()
                 raise ServerError(message)
             time.sleep(poll_interval)
+
+    def status(self) -> tuple[str, list[dict[str, Any]]]:
+        """(Triton version, repository index: one {name, version, state, reason} per model), over HTTP like
+        the readiness probe (gRPC when HTTP is disabled), so a caller needs no gRPC client of its own."""
+        if "--allow-http=false" in self.extra_args:
+            import tritonclient.grpc as grpcclient
+
+            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+                version = client.get_server_metadata().version
+                return version, client.get_model_repository_index(as_json=True).get("models", [])
+        with _NO_PROXY.open(f"http://{self.http_url}/v2", timeout=5) as response:
+            version = json.loads(response.read()).get("version", "?")
+        index = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST"
+        )
+        with _NO_PROXY.open(index, timeout=5) as response:
+            return version, list(json.loads(response.read()))
 
     def is_ready(self) -> bool:
         """One readiness probe (False while starting, loading models, or stopped)."""
