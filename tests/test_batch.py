@@ -201,22 +201,10 @@ def test_only_asked_tasks_and_windows(setup: Setup, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def server(setup: Setup, tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[Any]:
     pytest.importorskip("tritonclient.grpc")
-    from vmtl.server.launcher import ServerError, TritonServer
-
-    logs = tmp_path_factory.mktemp("triton")
-    srv = TritonServer(setup.repo, http_port=0, grpc_port=0, metrics_port=0, log_file=logs / "triton.log")
-    try:
-        srv.start_ready(90)
-    except ServerError as exc:
-        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-            pytest.skip(str(exc))
-        raise
-    try:
+    with start_triton(setup.repo, tmp_path_factory.mktemp("triton") / "triton.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.triton

@@ -58,26 +58,17 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from vmtl.server.launcher import ServerError, TritonServer
-
+def served(tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("client")
     graph = toy_graph()
     trunk, heads = make_toy_models(root / "onnx", graph)
     repo = repo_mod.write_repository(root / "repo", graph, trunk, heads, max_batch_size=8)
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "triton.log")
-    try:
-        server.start_ready(90)
-    except ServerError as exc:
-        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-            pytest.skip(str(exc))
-        raise
-    client = VmtlClient(server.grpc_url, timeout=120)
-    try:
-        yield Served(server, client, graph, trunk, heads)
-    finally:
-        client.close()
-        server.stop()
+    with start_triton(repo, root / "triton.log") as server:
+        client = VmtlClient(server.grpc_url, timeout=120)
+        try:
+            yield Served(server, client, graph, trunk, heads)
+        finally:
+            client.close()
 
 
 def _reference(served: Served, clip: Clip) -> dict[str, np.ndarray]:

@@ -46,30 +46,19 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    try:
-        from vmtl.server.launcher import ServerError, TritonServer
-    except ImportError as exc:  # pragma: no cover - the launcher ships with vmtl
-        pytest.skip(f"vmtl.server.launcher unavailable: {exc}")
+def served(tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("serving")
     graph = toy_graph()
     trunk, heads = make_toy_models(root / "onnx", graph)
     repo = write_repository(
         root / "repo", graph, trunk, heads, max_batch_size=8, max_video_bytes=MAX_VIDEO_BYTES
     )
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "tritonserver.log")
-    try:
-        server.start_ready(90)
-    except ServerError as exc:
-        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-            pytest.skip(str(exc))
-        raise
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        yield Served(server, client, graph, trunk, heads)
-    finally:
-        client.close()
-        server.stop()
+    with start_triton(repo, root / "tritonserver.log") as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        try:
+            yield Served(server, client, graph, trunk, heads)
+        finally:
+            client.close()
 
 
 def _clip_inputs(video: np.ndarray) -> list:
