@@ -662,10 +662,15 @@ class TritonServer:
                 raise ServerError(message)
             time.sleep(poll_interval)
 
+    @property
+    def http_enabled(self) -> bool:
+        """False when ``extra_args`` turn Triton's HTTP endpoint off (probes then go over gRPC)."""
+        return "--allow-http=false" not in self.extra_args
+
     def status(self) -> tuple[str, list[dict[str, Any]]]:
         """(Triton version, repository index: one {name, version, state, reason} per model), over HTTP like
         the readiness probe (gRPC when HTTP is disabled), so a caller needs no gRPC client of its own."""
-        if "--allow-http=false" in self.extra_args:
+        if not self.http_enabled:
             import tritonclient.grpc as grpcclient
 
             with grpcclient.InferenceServerClient(self.grpc_url) as client:
@@ -685,7 +690,7 @@ class TritonServer:
 
     def _probe_ready(self) -> bool:
         """Ready, and really this server: another one on the same port would answer too (``--id`` check)."""
-        if "--allow-http=false" in self.extra_args:
+        if not self.http_enabled:
             try:
                 import tritonclient.grpc as grpcclient
 
