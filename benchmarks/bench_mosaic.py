@@ -27,21 +27,13 @@ from vmtl.data.mosaic import ObjectMosaic
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.training.clips import load_clipset
 from vmtl.training.config import load_config
-from vmtl.training.trainer import lr_at, seed_everything
+from vmtl.training.trainer import lr_at, mosaic_logits, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Stage 0: object mosaics"
-
-
-def token_logits(
-    model: MultiTaskModel, readout: torch.nn.Linear, task: str, video: torch.Tensor
-) -> torch.Tensor:
-    """[B, T', C]: the trainer's mosaic readout (features averaged over each temporal token's cells)."""
-    feats = model.trunk(video, [task])[task]
-    return readout(feats.reshape(video.shape[0], model.temporal_tokens, -1, feats.shape[-1]).mean(2))
 
 
 def run(
@@ -76,7 +68,7 @@ def run(
         frames, labels = mosaic.batch(rng, batch, spread)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, 50)
-        logits = token_logits(model, readout, task, torch.from_numpy(frames))
+        logits = mosaic_logits(model, readout, task, torch.from_numpy(frames))
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.from_numpy(labels).flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,11 +81,11 @@ def run(
     with torch.no_grad():
         for _ in range(20):
             frames, labels = mosaic.batch(test_rng, 16, 1.0)
-            pred = token_logits(model, readout, task, torch.from_numpy(frames)).argmax(-1).numpy()
+            pred = mosaic_logits(model, readout, task, torch.from_numpy(frames)).argmax(-1).numpy()
             hits, total = hits + int((pred == labels).sum()), total + labels.size
         val = load_clipset(cfg.data_root, spec, "val", pre, model.temporal_tokens, progress=False)
         preds = [
-            token_logits(model, readout, task, torch.from_numpy(val.frames[i : i + 32]))
+            mosaic_logits(model, readout, task, torch.from_numpy(val.frames[i : i + 32]))
             .mean(1)
             .argmax(-1)
             .numpy()

@@ -312,10 +312,7 @@ class Trainer:
     def _mosaic_loss(self, video: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Cross-entropy of every temporal token's class, read from the mosaic task's trunk features
         (averaged over the token's cells) by a linear layer that is dropped after stage 0."""
-        task = self.cfg.train.mosaic.task
-        feats = self.model.trunk(video, [task])[task]
-        feats = feats.reshape(*labels.shape, -1, feats.shape[-1]).mean(2)
-        logits = self.mosaic_readout(feats)  # type: ignore[misc]
+        logits = mosaic_logits(self.model, self.mosaic_readout, self.cfg.train.mosaic.task, video)  # type: ignore[arg-type]
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
         return loss, float((logits.argmax(-1) == labels).float().mean())
 
@@ -348,6 +345,15 @@ class Trainer:
             f"stage {self.state['stage']} at step {self.state['step']}"
         )
         return model
+
+
+def mosaic_logits(
+    model: MultiTaskModel, readout: torch.nn.Linear, task: str, video: torch.Tensor
+) -> torch.Tensor:
+    """[B, T', C]: the stage-0 mosaic readout of `task`'s trunk features, averaged over each temporal
+    token's cells."""
+    feats = model.trunk(video, [task])[task]
+    return readout(feats.reshape(video.shape[0], model.temporal_tokens, -1, feats.shape[-1]).mean(2))
 
 
 def load_trunk(model: MultiTaskModel, ckpt: Path) -> None:
