@@ -1,7 +1,9 @@
 """The task graph (tasks, kinds, labels, auxiliaries, preprocessing) and every kind's post-processing.
 
 This module is the single source of truth for what the tasks are. It is numpy-only so the serving and
-client paths stay light. A spec looks like::
+client paths stay light. ``KIND_SPECS`` is the one table of what each task kind is (labelled, scored,
+temporal, pooled, its annotation format and primary metric) and how its outputs are post-processed,
+combined over windows and formatted; code elsewhere reads it instead of naming kinds. A spec looks like::
 
     name: demo
     preprocess: {num_frames: 16, size: 224, sampling: uniform, mean: [...], std: [...]}
@@ -20,14 +22,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
 import yaml
 
-KINDS: tuple[str, ...] = ("classify", "tag", "localize", "embed", "regress", "track")
-LABELLED_KINDS: frozenset[str] = frozenset({"classify", "tag", "localize"})
-TEMPORAL_KINDS: frozenset[str] = frozenset({"localize", "track"})
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _DENSE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 # Names a task cannot take: ensemble tensor names and the keys of the client's JSON records.
@@ -110,16 +110,14 @@ class TaskSpec:
         return len(self.labels)
 
     @property
+    def kind_spec(self) -> KindSpec:
+        """The facts and post-processing of this task's kind (KeyError for an unknown kind)."""
+        return KIND_SPECS[self.kind]
+
+    @property
     def out_dim(self) -> int:
-        """Width of the head's output layer (per temporal token for localize/track)."""
-        return {
-            "classify": self.num_classes,
-            "tag": self.num_classes,
-            "localize": self.num_classes + 1,  # index 0 is background
-            "embed": self.dim,
-            "regress": self.dim,
-            "track": 4,
-        }[self.kind]
+        """Width of the head's output layer (per temporal token for temporal kinds)."""
+        return self.kind_spec.out_dim(self)
 
     @property
     def temporal(self) -> bool:
@@ -199,20 +197,18 @@ class TaskGraph:
                     f"{where}: the name is reserved (one of {', '.join(sorted(RESERVED_NAMES))})"
                 )
             seen.add(t.name)
-            if t.kind not in KINDS:
+            spec = KIND_SPECS.get(t.kind)
+            if spec is None:
                 raise TaskGraphError(f"{where}: unknown kind {t.kind!r}; choose one of {', '.join(KINDS)}")
-            if t.kind in LABELLED_KINDS and not t.labels:
+            if spec.labelled and not t.labels:
                 raise TaskGraphError(
                     f"{where}: kind {t.kind} needs labels (give `labels:` or `labels_file:`)"
                 )
             if len(set(t.labels)) != len(t.labels):
                 raise TaskGraphError(f"{where}: duplicate label names")
-            if t.kind in ("embed", "regress") and t.dim < 1:
-                raise TaskGraphError(f"{where}: dim must be >= 1 for kind {t.kind}")
-            if t.kind == "regress":
-                for nm, vals in (("scale", t.scale), ("offset", t.offset)):
-                    if len(vals) not in (0, 1, t.dim):
-                        raise TaskGraphError(f"{where}: {nm} needs 1 or {t.dim} values, got {len(vals)}")
+            problem = spec.check(t)
+            if problem:
+                raise TaskGraphError(f"{where}: {problem}")
             if t.name in t.auxiliaries:
                 raise TaskGraphError(f"{where}: a task cannot be its own auxiliary")
         for t in self.tasks:
@@ -342,8 +338,9 @@ def _task_from_dict(
     for key in ("scale", "offset"):
         v = d.get(key, ())
         d[key] = (float(v),) if isinstance(v, (int, float)) else tuple(float(x) for x in v)
-    if d["kind"] in ("embed", "regress") and not d.get("dim"):
-        d["dim"] = 64 if d["kind"] == "embed" else 1
+    spec = KIND_SPECS.get(d["kind"])
+    if spec is not None and spec.default_dim and not d.get("dim"):
+        d["dim"] = spec.default_dim
     return TaskSpec(**d)
 
 
@@ -420,44 +417,11 @@ class TaskResult:
     boxes: list[TimedBox] = field(default_factory=list)  # track
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind}
-        if self.kind == "classify":
-            out["label"] = self.top[0].label if self.top else None
-            out["top_k"] = [asdict(s) for s in self.top]
-        elif self.kind == "tag":
-            out["labels"] = [s.label for s in self.top]
-            out["scores"] = self.scores
-        elif self.kind == "localize":
-            out["segments"] = [asdict(s) for s in self.segments]
-        elif self.kind == "embed":
-            out["embedding"] = self.embedding
-        elif self.kind == "regress":
-            out["values"] = self.values
-        elif self.kind == "track":
-            out["boxes"] = [{"time": b.time, "box": list(b.box)} for b in self.boxes]
-        return out
+        return {"kind": self.kind, **KIND_SPECS[self.kind].to_dict(self)}
 
     def summary(self) -> str:
         """One short human-readable line."""
-        if self.kind == "classify":
-            return ", ".join(f"{s.label} {s.score:.2f}" for s in self.top[:3])
-        if self.kind == "tag":
-            return ", ".join(f"{s.label} {s.score:.2f}" for s in self.top) or "(none over threshold)"
-        if self.kind == "localize":
-            segs = [f"{s.label} {s.start:.1f}-{s.end:.1f}s ({s.score:.2f})" for s in self.segments[:4]]
-            more = f" +{len(self.segments) - 4} more" if len(self.segments) > 4 else ""
-            return (", ".join(segs) + more) or "(no segments)"
-        if self.kind == "embed":
-            head = ", ".join(f"{v:+.2f}" for v in self.embedding[:4])
-            return f"[{head}, ...] ({len(self.embedding)}-d, unit norm)"
-        if self.kind == "regress":
-            return ", ".join(f"{v:.2f}" for v in self.values)
-        if self.kind == "track":
-            if not self.boxes:
-                return "(no boxes)"
-            b = self.boxes[0].box
-            return f"{len(self.boxes)} boxes, first at t={self.boxes[0].time:.2f}s: ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})"
-        return ""
+        return KIND_SPECS[self.kind].summary(self)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -533,72 +497,276 @@ def merge_segments(segments: Sequence[Segment]) -> list[Segment]:
     return sorted(out, key=lambda s: (s.start, s.label))
 
 
-def _classify(task: TaskSpec, out: np.ndarray) -> TaskResult:
-    probs = softmax(out.reshape(-1))
-    order = np.argsort(-probs, kind="stable")[: task.top_k]
-    top = [Scored(task.labels[i], int(i), float(probs[i])) for i in order]
+# --------------------------------------------------------------------------------------------------
+# Kinds: every per-kind fact and behaviour, in one table
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One task kind: its facts (fields) and how its raw head outputs become results (methods).
+
+    Each kind is a subclass that defines the methods; ``KIND_SPECS`` holds one instance per kind. The
+    primary metric is only named here: the metrics module computes it.
+    """
+
+    name: str
+    primary_metric: str  # the one number reported per task of this kind
+    lower_is_better: bool = False  # of the primary metric
+    labelled: bool = False  # tasks need labels (class names)
+    scored: bool = False  # one score per label (label indices in annotations, Triton labels files)
+    temporal: bool = False  # one output row per temporal token; post-processing needs the clip
+    pooled: bool = False  # the head reads out its pooled query tokens (else per-token features)
+    json_annotations: bool = False  # annotation files are JSON (else text lists)
+    default_dim: int = 0  # kinds sized by `dim:` (embed, regress): its default; 0 = not sized by dim
+
+    def out_dim(self, task: TaskSpec) -> int:
+        """Width of the head's output layer (per temporal token for temporal kinds)."""
+        raise NotImplementedError
+
+    def check(self, task: TaskSpec) -> str | None:
+        """The problem with the task's kind-specific options, or None."""
+        if self.default_dim and task.dim < 1:
+            return f"dim must be >= 1 for kind {self.name}"
+        return None
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        """One clip's checked raw output -> its result (`clip` is given for temporal kinds)."""
+        raise NotImplementedError
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        """One result for a whole video from (at least one) per-window results."""
+        raise NotImplementedError
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        """The kind's JSON fields of a result (after ``kind``)."""
+        raise NotImplementedError
+
+    def summary(self, result: TaskResult) -> str:
+        """One short human-readable line."""
+        raise NotImplementedError
+
+    def describe_output(self, task: TaskSpec) -> str:
+        """What the task outputs, for task listings (labelled kinds show their labels instead)."""
+        return f"{task.out_dim} values"
+
+
+def _mean_scores(task: TaskSpec, results: Sequence[TaskResult]) -> tuple[dict[str, float], list[int]]:
+    """Every label's mean score over windows, and the label indices from best to worst."""
+    scores = {lab: float(np.mean([r.scores[lab] for r in results])) for lab in task.labels}
+    return scores, sorted(range(task.num_classes), key=lambda i: -scores[task.labels[i]])
+
+
+def _scored(task: TaskSpec, probs: np.ndarray, keep: Iterable[int]) -> TaskResult:
     return TaskResult(
         task.name,
         task.kind,
-        top=top,
+        top=[Scored(task.labels[i], int(i), float(probs[i])) for i in keep],
         scores={lab: float(p) for lab, p in zip(task.labels, probs, strict=True)},
     )
 
 
-def _tag(task: TaskSpec, out: np.ndarray) -> TaskResult:
-    probs = sigmoid(out.reshape(-1))
-    order = np.argsort(-probs, kind="stable")
-    top = [Scored(task.labels[i], int(i), float(probs[i])) for i in order if probs[i] >= task.threshold]
-    return TaskResult(
-        task.name, task.kind, top=top, scores={task.labels[i]: float(p) for i, p in enumerate(probs)}
-    )
+class _Classify(KindSpec):
+    def out_dim(self, task: TaskSpec) -> int:
+        return task.num_classes
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        probs = softmax(output.reshape(-1))
+        return _scored(task, probs, np.argsort(-probs, kind="stable")[: task.top_k])
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        scores, ranked = _mean_scores(task, results)
+        return _scored(task, np.array([scores[lab] for lab in task.labels]), ranked[: task.top_k])
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        return {
+            "label": result.top[0].label if result.top else None,
+            "top_k": [asdict(s) for s in result.top],
+        }
+
+    def summary(self, result: TaskResult) -> str:
+        return ", ".join(f"{s.label} {s.score:.2f}" for s in result.top[:3])
 
 
-def _localize(task: TaskSpec, out: np.ndarray, clip: ClipLike) -> TaskResult:
-    probs = softmax(out.reshape(-1, task.out_dim))  # [T', C+1], index 0 = background
-    bounds = temporal_token_bounds(clip.timestamps, probs.shape[0], clip.start, clip.end)
-    best = probs.argmax(axis=1)
-    segs: list[Segment] = []
-    i = 0
-    while i < len(best):
-        j = i
-        while j + 1 < len(best) and best[j + 1] == best[i]:
-            j += 1
-        if best[i] != 0:
-            score = float(probs[i : j + 1, best[i]].mean())
-            if score >= task.threshold:
-                segs.append(
-                    Segment(task.labels[best[i] - 1], float(bounds[i, 0]), float(bounds[j, 1]), score)
-                )
-        i = j + 1
-    return TaskResult(task.name, task.kind, segments=segs)
+class _Tag(KindSpec):
+    def out_dim(self, task: TaskSpec) -> int:
+        return task.num_classes
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        probs = sigmoid(output.reshape(-1))
+        order = np.argsort(-probs, kind="stable")
+        return _scored(task, probs, [i for i in order if probs[i] >= task.threshold])
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        scores, ranked = _mean_scores(task, results)
+        probs = np.array([scores[lab] for lab in task.labels])
+        return _scored(task, probs, [i for i in ranked if probs[i] >= task.threshold])
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        return {"labels": [s.label for s in result.top], "scores": result.scores}
+
+    def summary(self, result: TaskResult) -> str:
+        return ", ".join(f"{s.label} {s.score:.2f}" for s in result.top) or "(none over threshold)"
 
 
-def _regress(task: TaskSpec, out: np.ndarray) -> TaskResult:
-    raw = out.reshape(-1).astype(np.float64)
-    scale = np.asarray(task.scale or (1.0,), dtype=np.float64)
-    offset = np.asarray(task.offset or (0.0,), dtype=np.float64)
-    return TaskResult(task.name, task.kind, values=[float(v) for v in raw * scale + offset])
+class _Localize(KindSpec):
+    def out_dim(self, task: TaskSpec) -> int:
+        return task.num_classes + 1  # index 0 is background
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        assert clip is not None
+        probs = softmax(output.reshape(-1, task.out_dim))  # [T', C+1], index 0 = background
+        bounds = temporal_token_bounds(clip.timestamps, probs.shape[0], clip.start, clip.end)
+        best = probs.argmax(axis=1)
+        segs: list[Segment] = []
+        i = 0
+        while i < len(best):
+            j = i
+            while j + 1 < len(best) and best[j + 1] == best[i]:
+                j += 1
+            if best[i] != 0:
+                score = float(probs[i : j + 1, best[i]].mean())
+                if score >= task.threshold:
+                    segs.append(
+                        Segment(task.labels[best[i] - 1], float(bounds[i, 0]), float(bounds[j, 1]), score)
+                    )
+            i = j + 1
+        return TaskResult(task.name, task.kind, segments=segs)
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        segments = merge_segments([s for r in results for s in r.segments])
+        return TaskResult(task.name, task.kind, segments=segments)
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        return {"segments": [asdict(s) for s in result.segments]}
+
+    def summary(self, result: TaskResult) -> str:
+        segs = [f"{s.label} {s.start:.1f}-{s.end:.1f}s ({s.score:.2f})" for s in result.segments[:4]]
+        more = f" +{len(result.segments) - 4} more" if len(result.segments) > 4 else ""
+        return (", ".join(segs) + more) or "(no segments)"
 
 
-def _track(out: np.ndarray, task: TaskSpec, clip: ClipLike) -> TaskResult:
-    boxes = np.clip(out.reshape(-1, 4).astype(np.float64), 0.0, 1.0)  # normalised x1,y1,x2,y2 in the crop
-    ts = np.asarray(clip.timestamps, dtype=np.float64)
-    if len(ts) % len(boxes):
-        raise ValueError(f"{len(ts)} frames cannot be split into {len(boxes)} temporal tokens")
-    per_frame = np.repeat(boxes, len(ts) // len(boxes), axis=0)
-    x0, y0, side = clip.crop
-    lo, hi = np.minimum(per_frame[:, :2], per_frame[:, 2:]), np.maximum(per_frame[:, :2], per_frame[:, 2:])
-    px = np.concatenate([lo, hi], axis=1) * side + np.array([x0, y0, x0, y0])
-    return TaskResult(
-        task.name,
-        task.kind,
-        boxes=[TimedBox(float(t), tuple(map(float, b))) for t, b in zip(ts, px, strict=True)],
-    )
+class _Embed(KindSpec):
+    def out_dim(self, task: TaskSpec) -> int:
+        return task.dim
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        vec = l2_normalize(output.reshape(-1))
+        return TaskResult(task.name, task.kind, embedding=[float(v) for v in vec])
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        vec = l2_normalize(np.mean([r.embedding for r in results], axis=0))
+        return TaskResult(task.name, task.kind, embedding=[float(v) for v in vec])
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        return {"embedding": result.embedding}
+
+    def summary(self, result: TaskResult) -> str:
+        head = ", ".join(f"{v:+.2f}" for v in result.embedding[:4])
+        return f"[{head}, ...] ({len(result.embedding)}-d, unit norm)"
+
+    def describe_output(self, task: TaskSpec) -> str:
+        return f"{task.dim}-d vector"
+
+
+class _Regress(KindSpec):
+    def out_dim(self, task: TaskSpec) -> int:
+        return task.dim
+
+    def check(self, task: TaskSpec) -> str | None:
+        problem = super().check(task)
+        for nm, vals in (("scale", task.scale), ("offset", task.offset)):
+            if problem is None and len(vals) not in (0, 1, task.dim):
+                problem = f"{nm} needs 1 or {task.dim} values, got {len(vals)}"
+        return problem
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        raw = output.reshape(-1).astype(np.float64)
+        scale = np.asarray(task.scale or (1.0,), dtype=np.float64)
+        offset = np.asarray(task.offset or (0.0,), dtype=np.float64)
+        return TaskResult(task.name, task.kind, values=[float(v) for v in raw * scale + offset])
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        values = np.mean([r.values for r in results], axis=0)
+        return TaskResult(task.name, task.kind, values=[float(v) for v in values])
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        return {"values": result.values}
+
+    def summary(self, result: TaskResult) -> str:
+        return ", ".join(f"{v:.2f}" for v in result.values)
+
+
+class _Track(KindSpec):
+    def out_dim(self, task: TaskSpec) -> int:
+        return 4  # normalised x1, y1, x2, y2 in the crop
+
+    def postprocess(self, task: TaskSpec, output: np.ndarray, clip: ClipLike | None) -> TaskResult:
+        assert clip is not None
+        boxes = np.clip(output.reshape(-1, 4).astype(np.float64), 0.0, 1.0)
+        ts = np.asarray(clip.timestamps, dtype=np.float64)
+        if len(ts) % len(boxes):
+            raise ValueError(f"{len(ts)} frames cannot be split into {len(boxes)} temporal tokens")
+        per_frame = np.repeat(boxes, len(ts) // len(boxes), axis=0)
+        x0, y0, side = clip.crop
+        lo = np.minimum(per_frame[:, :2], per_frame[:, 2:])
+        hi = np.maximum(per_frame[:, :2], per_frame[:, 2:])
+        px = np.concatenate([lo, hi], axis=1) * side + np.array([x0, y0, x0, y0])
+        return TaskResult(
+            task.name,
+            task.kind,
+            boxes=[TimedBox(float(t), tuple(map(float, b))) for t, b in zip(ts, px, strict=True)],
+        )
+
+    def combine(self, task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
+        boxes = sorted((b for r in results for b in r.boxes), key=lambda b: b.time)
+        return TaskResult(task.name, task.kind, boxes=boxes)
+
+    def to_dict(self, result: TaskResult) -> dict[str, Any]:
+        return {"boxes": [{"time": b.time, "box": list(b.box)} for b in result.boxes]}
+
+    def summary(self, result: TaskResult) -> str:
+        if not result.boxes:
+            return "(no boxes)"
+        first = result.boxes[0]
+        b = first.box
+        return f"{len(result.boxes)} boxes, first at t={first.time:.2f}s: ({b[0]:.0f},{b[1]:.0f})-({b[2]:.0f},{b[3]:.0f})"
+
+    def describe_output(self, task: TaskSpec) -> str:
+        return "a box per frame"
+
+
+KIND_SPECS: Mapping[str, KindSpec] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            _Classify("classify", "top1", labelled=True, scored=True, pooled=True),
+            _Tag("tag", "mAP", labelled=True, scored=True, pooled=True),
+            _Localize("localize", "mAP@0.5", labelled=True, temporal=True, json_annotations=True),
+            _Embed("embed", "recall@1", pooled=True, default_dim=64),
+            _Regress("regress", "MAE", lower_is_better=True, pooled=True, default_dim=1),
+            _Track("track", "mIoU", temporal=True, json_annotations=True),
+        )
+    }
+)
+KINDS: tuple[str, ...] = tuple(KIND_SPECS)
+LABELLED_KINDS: frozenset[str] = frozenset(k for k, s in KIND_SPECS.items() if s.labelled)
+TEMPORAL_KINDS: frozenset[str] = frozenset(k for k, s in KIND_SPECS.items() if s.temporal)
+
+
+def kind_spec(kind: str) -> KindSpec:
+    """The spec of a task kind; ValueError naming the known kinds for an unknown one."""
+    try:
+        return KIND_SPECS[kind]
+    except KeyError:
+        raise ValueError(f"unknown task kind {kind!r}; choose one of {', '.join(KINDS)}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-processing entry points
 
 
 def postprocess(task: TaskSpec, output: np.ndarray, clip: ClipLike | None = None) -> TaskResult:
-    """Turn one clip's raw head output into a TaskResult (localize and track need the clip's geometry)."""
+    """Turn one clip's raw head output into a TaskResult (temporal kinds need the clip's geometry)."""
     output = np.asarray(output)
     expected = task.out_dim
     if output.size == 0 or output.shape[-1] != expected:
@@ -609,42 +777,11 @@ def postprocess(task: TaskSpec, output: np.ndarray, clip: ClipLike | None = None
         raise ValueError(f"task {task.name!r}: output has non-finite values")
     if task.temporal and clip is None:
         raise ValueError(f"task {task.name!r} ({task.kind}) needs the clip's timestamps and crop")
-    if task.kind == "classify":
-        return _classify(task, output)
-    if task.kind == "tag":
-        return _tag(task, output)
-    if task.kind == "localize":
-        return _localize(task, output, clip)  # type: ignore[arg-type]
-    if task.kind == "embed":
-        vec = l2_normalize(output.reshape(-1))
-        return TaskResult(task.name, task.kind, embedding=[float(v) for v in vec])
-    if task.kind == "regress":
-        return _regress(task, output)
-    return _track(output, task, clip)  # type: ignore[arg-type]
+    return task.kind_spec.postprocess(task, output, clip)
 
 
 def combine_windows(task: TaskSpec, results: Sequence[TaskResult]) -> TaskResult:
     """One result for a whole video from per-window results (mean scores, merged segments, all boxes)."""
     if not results:
         raise ValueError("no window results to combine")
-    k = task.kind
-    if k in ("classify", "tag"):
-        scores = {lab: float(np.mean([r.scores[lab] for r in results])) for lab in task.labels}
-        ranked = sorted(range(task.num_classes), key=lambda i: -scores[task.labels[i]])
-        if k == "classify":
-            ranked = ranked[: task.top_k]
-        else:
-            ranked = [i for i in ranked if scores[task.labels[i]] >= task.threshold]
-        top = [Scored(task.labels[i], i, scores[task.labels[i]]) for i in ranked]
-        return TaskResult(task.name, k, top=top, scores=scores)
-    if k == "localize":
-        return TaskResult(task.name, k, segments=merge_segments([s for r in results for s in r.segments]))
-    if k == "embed":
-        vec = l2_normalize(np.mean([r.embedding for r in results], axis=0))
-        return TaskResult(task.name, k, embedding=[float(v) for v in vec])
-    if k == "regress":
-        return TaskResult(
-            task.name, k, values=[float(v) for v in np.mean([r.values for r in results], axis=0)]
-        )
-    boxes = sorted((b for r in results for b in r.boxes), key=lambda b: b.time)
-    return TaskResult(task.name, k, boxes=boxes)
+    return task.kind_spec.combine(task, results)
