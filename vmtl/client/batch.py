@@ -225,7 +225,7 @@ def _is_float(t: str) -> bool:
 def _read_truths(task: TaskSpec, path: Path) -> dict[str, Any]:
     from vmtl.data.annotations import AnnotationError, read_annotations
 
-    if task.kind in ("classify", "tag"):
+    if task.kind_spec.scored:
         num: int | None = task.num_classes
     elif task.kind == "regress":
         num = task.dim

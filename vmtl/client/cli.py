@@ -179,9 +179,7 @@ def format_tasks(client: VmtlClient) -> str:
     for t in client.graph.tasks:
         if t.labels:
             shown = ", ".join(t.labels[:5]) + (f", ... ({len(t.labels)})" if len(t.labels) > 5 else "")
-        elif t.kind == "track":
-            shown = "a box per frame"
         else:
-            shown = f"{t.dim} values" if t.kind == "regress" else f"{t.dim}-d vector"
+            shown = t.kind_spec.describe_output(t)
         rows.append((t.name, t.kind, shown, ", ".join(t.auxiliaries) or "-"))
     return "\n".join(lines + _table(rows))

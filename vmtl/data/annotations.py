@@ -31,9 +31,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from vmtl.tasks import KINDS, TEMPORAL_KINDS
-
-_JSON_KINDS = TEMPORAL_KINDS  # the kinds whose annotations are JSON (segments, boxes per frame)
+from vmtl.tasks import KINDS, kind_spec
 
 
 class AnnotationError(ValueError):
@@ -402,9 +400,7 @@ def read_annotations(
 
 def annotation_suffix(kind: str) -> str:
     """File suffix of a kind's annotation files (``.json`` for localize/track, ``.txt`` otherwise)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown task kind {kind!r}; choose one of {', '.join(KINDS)}")
-    return ".json" if kind in _JSON_KINDS else ".txt"
+    return ".json" if kind_spec(kind).json_annotations else ".txt"
 
 
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -434,7 +430,7 @@ def read_split(root: str | os.PathLike[str], task: str, split: str = "train") ->
         raise KeyError(f"task {task!r} has no split {split!r}; it has: {', '.join(files)}")
     kind = info["kind"]
     labels = info.get("labels") or None
-    num = len(labels) if labels and kind in ("classify", "tag") else info.get("num_classes")
+    num = len(labels) if labels and kind_spec(kind).scored else info.get("num_classes")
     if kind == "regress":
         num = len(info.get("value_names", [])) or None
     return read_annotations(kind, Path(root) / files[split], num_classes=num, labels=labels)

@@ -53,6 +53,7 @@ from vmtl.data.annotations import (
     RegressRecord,
     TagRecord,
     TrackRecord,
+    annotation_suffix,
     write_labels,
     write_records,
 )
@@ -603,7 +604,7 @@ def generate(
     manifest = _manifest(config, images, plans)
     for task, task_plans in plans.items():
         kind = TASKS[task]
-        suffix = ".json" if kind in ("localize", "track") else ".txt"
+        suffix = annotation_suffix(kind)
         for stem, records in _records(task_plans, out / task, boxes).items():
             records.sort(key=lambda r: r.path.name)
             write_records(out / task / f"{stem}{suffix}", records)
@@ -626,7 +627,7 @@ def _manifest(config: SynthConfig, images: ImageSet, plans: dict[str, list[Video
     tasks: dict[str, Any] = {}
     for task, task_plans in plans.items():
         kind = TASKS[task]
-        suffix = ".json" if kind in ("localize", "track") else ".txt"
+        suffix = annotation_suffix(kind)
         counts = {s: sum(p.split == s for p in task_plans) for s in ("train", "val")}
         files = {s: f"{task}/{s}{suffix}" for s in ("train", "val")}
         labels = list(task_labels(task, images))

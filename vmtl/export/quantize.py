@@ -358,14 +358,12 @@ def compare_metrics(
     clips: int = 0,
 ) -> GateResult:
     """Compare every task's primary metric (rules in the module docstring)."""
-    from vmtl.training.metrics import LOWER_IS_BETTER, PRIMARY_METRIC
-
     rows = []
     for task in graph.tasks:
-        metric = PRIMARY_METRIC[task.kind]
+        metric = task.kind_spec.primary_metric
         ref = float(reference[task.name][metric])
         cand = float(candidate[task.name][metric])
-        if metric in LOWER_IS_BETTER:
+        if task.kind_spec.lower_is_better:
             change = (cand - ref) / max(abs(ref), 1e-12)
             ok = math.isfinite(cand) and change <= max_mae_increase + 1e-9
             limit = f"+{max_mae_increase:.0%} relative"

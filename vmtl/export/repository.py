@@ -400,7 +400,7 @@ def write_repository(
         cfg.input.append(_io(mc.ModelInput, "features", "TYPE_FP32", head.features.shape[1:]))
         for aux, sig in head.reprs.items():
             cfg.input.append(_io(mc.ModelInput, f"repr_{aux}", "TYPE_FP32", sig.shape[1:]))
-        labelled = head.task.kind in ("classify", "tag")
+        labelled = head.task.kind_spec.scored
         cfg.output.append(
             _io(
                 mc.ModelOutput,
@@ -471,7 +471,7 @@ def write_repository(
                 _copy_source(_ORT_HOST, stage / model / "1")
         _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
         for task in graph.tasks:
-            if task.kind in ("classify", "tag"):
+            if task.kind_spec.scored:
                 text = "\n".join(task.labels) + "\n"
                 (stage / head_model(task.name) / "labels.txt").write_text(text)
                 for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE):
@@ -528,7 +528,7 @@ def _ensemble(
                 step.output_map["repr"] = _repr(task)
     for task in graph.names:
         head = heads[task]
-        labelled = head.task.kind in ("classify", "tag")
+        labelled = head.task.kind_spec.scored
         cfg.output.append(
             _io(
                 mc.ModelOutput,

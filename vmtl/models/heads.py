@@ -28,8 +28,6 @@ from .config import ModelConfig
 from .dlm import DoubleLayerMapper
 from .layers import TransformerBlock, init_linear
 
-POOLED_KINDS = frozenset({"classify", "tag", "embed", "regress"})
-
 
 class TaskHead(nn.Module):
     """The head of one task: `forward(features, aux_reprs) -> (output, repr)`."""
@@ -55,6 +53,7 @@ class TaskHead(nn.Module):
         self.num_features = temporal_tokens * grid * grid
         self.num_queries = cfg.head_queries
         self.out_dim = task.out_dim
+        self.pooled = task.kind_spec.pooled
         self.embed_normalize = cfg.embed_normalize and task.kind == "embed"
         self.track_readout = cfg.track_readout
 
@@ -161,7 +160,7 @@ class TaskHead(nn.Module):
         return self.readout(rep, feats), rep
 
     def readout(self, rep: Tensor, feats: Tensor) -> Tensor:
-        if self.kind in POOLED_KINDS:
+        if self.pooled:
             out = self.out(rep.mean(dim=1))
             return F.normalize(out, dim=-1) if self.embed_normalize else out
         cells = feats.reshape(-1, self.temporal_tokens, self.grid * self.grid, self.dim)

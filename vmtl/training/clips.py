@@ -93,7 +93,7 @@ def load_clipset(
             arrays = {k: z[k] for k in z.files}
         return _from_arrays(task, arrays)
 
-    num_classes = task.num_classes if task.kind in ("classify", "tag") else None
+    num_classes = task.num_classes if task.kind_spec.scored else None
     records = read_annotations(task.kind, ann, num_classes=num_classes, labels=task.labels or None)
     if not records:
         raise ValueError(f"task {task.name!r}: {ann} has no records")

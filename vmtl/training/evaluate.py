@@ -8,7 +8,6 @@ import numpy as np
 from vmtl.tasks import TaskSpec
 from vmtl.training.clips import ClipSet
 from vmtl.training.metrics import (
-    PRIMARY_METRIC,
     classify_metrics,
     embed_metrics,
     localize_metrics,
@@ -38,7 +37,7 @@ def task_metrics(task: TaskSpec, outputs: np.ndarray, clips: ClipSet) -> dict[st
 
 
 def primary(task: TaskSpec, metrics: dict[str, float]) -> tuple[str, float]:
-    name = PRIMARY_METRIC[task.kind]
+    name = task.kind_spec.primary_metric
     return name, metrics[name]
 
 

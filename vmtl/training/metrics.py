@@ -2,7 +2,7 @@
 
 Every function takes raw head outputs stacked over N clips, exactly as the model/ONNX graph emits them,
 and returns a dict of named floats. `PRIMARY_METRIC` names the one number reported per kind (higher is
-better except for regress MAE).
+better except for those in `LOWER_IS_BETTER`, regress MAE).
 """
 
 from __future__ import annotations
@@ -11,17 +11,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vmtl.tasks import ClipLike, Segment, TaskSpec, l2_normalize, postprocess, segment_iou
+from vmtl.tasks import KIND_SPECS, ClipLike, Segment, TaskSpec, l2_normalize, postprocess, segment_iou
 
-PRIMARY_METRIC: dict[str, str] = {
-    "classify": "top1",
-    "tag": "mAP",
-    "localize": "mAP@0.5",
-    "embed": "recall@1",
-    "regress": "MAE",
-    "track": "mIoU",
-}
-LOWER_IS_BETTER: frozenset[str] = frozenset({"MAE"})
+# The kinds' primary metrics, as vmtl.tasks.KIND_SPECS names them.
+PRIMARY_METRIC: dict[str, str] = {kind: spec.primary_metric for kind, spec in KIND_SPECS.items()}
+LOWER_IS_BETTER: frozenset[str] = frozenset(
+    s.primary_metric for s in KIND_SPECS.values() if s.lower_is_better
+)
 
 
 def classify_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
