@@ -13,6 +13,7 @@ from vmtl.tasks import (
     Segment,
     TaskGraph,
     TaskGraphError,
+    TaskResult,
     TaskSpec,
     combine_windows,
     cosine_search,
@@ -282,3 +283,123 @@ def test_results_are_json_ready_and_summarised() -> None:
         r = postprocess(g.task(name), out, clip)
         json.dumps(r.to_dict())
         assert isinstance(r.summary(), str) and r.summary()
+
+
+GOLDEN_SPEC = """
+name: golden
+preprocess: {num_frames: 8, size: 64}
+tasks:
+  - {name: object, kind: classify, labels: [cat, dog, cow], top_k: 2}
+  - {name: tags, kind: tag, labels: [a, b, c], threshold: 0.5}
+  - {name: segments, kind: localize, labels: [run, jump], threshold: 0.3}
+  - {name: identity, kind: embed, dim: 6}
+  - {name: count, kind: regress, dim: 2, scale: [2.0, 1.0], offset: 1.0}
+  - {name: box, kind: track}
+"""
+_BG, _RUN, _JUMP = [3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]
+GOLDEN_OUTPUTS = {  # two windows' raw outputs per task
+    "object": [[0.5, 2.0, -1.0], [3.0, 0.0, 1.0]],
+    "tags": [[2.0, -2.0, 0.1], [-3.0, -1.0, 0.5]],
+    "segments": [[_RUN, _RUN, _BG, _JUMP], [_JUMP, _BG, _RUN, _RUN]],
+    "identity": [[0.0, 1, 2, 3, 4, 5], [1.0] * 6],
+    "count": [[0.5, -1.0], [1.5, 2.0]],
+    "box": [[[0.1, 0.2, 0.5, 0.6], [0.6, 0.5, 0.2, 0.1]], [[0.5] * 4] * 2],
+}
+_SEG = "{'label': '%s', 'start': %s, 'end': %s, 'score': 0.909443}"
+GOLDEN_RESULTS = {  # task: (window 1's to_dict, its summary, the combined to_dict, its summary)
+    "object": (
+        "{'kind': 'classify', 'label': 'dog', 'top_k': [{'label': 'dog', 'index': 1, 'score': 0.785597}, "
+        "{'label': 'cat', 'index': 0, 'score': 0.17529}]}",
+        "dog 0.79, cat 0.18",
+        "{'kind': 'classify', 'label': 'cat', 'top_k': [{'label': 'cat', 'index': 0, 'score': 0.509543}, "
+        "{'label': 'dog', 'index': 1, 'score': 0.413804}]}",
+        "cat 0.51, dog 0.41",
+    ),
+    "tags": (
+        "{'kind': 'tag', 'labels': ['a', 'c'], 'scores': {'a': 0.880797, 'b': 0.119203, 'c': 0.524979}}",
+        "a 0.88, c 0.52",
+        "{'kind': 'tag', 'labels': ['c'], 'scores': {'a': 0.464111, 'b': 0.194072, 'c': 0.573719}}",
+        "c 0.57",
+    ),
+    "segments": (
+        "{'kind': 'localize', 'segments': ["
+        + _SEG % ("run", 0.0, 0.875)
+        + ", "
+        + _SEG % ("jump", 1.375, 2.0)
+        + "]}",
+        "run 0.0-0.9s (0.91), jump 1.4-2.0s (0.91)",
+        "{'kind': 'localize', 'segments': ["
+        + ", ".join([_SEG % ("run", 0.0, 0.875), _SEG % ("jump", 1.375, 2.375), _SEG % ("run", 2.875, 4.0)])
+        + "]}",
+        "run 0.0-0.9s (0.91), jump 1.4-2.4s (0.91), run 2.9-4.0s (0.91)",
+    ),
+    "identity": (
+        "{'kind': 'embed', 'embedding': [0.0, 0.13484, 0.26968, 0.40452, 0.53936, 0.6742]}",
+        "[+0.00, +0.13, +0.27, +0.40, ...] (6-d, unit norm)",
+        "{'kind': 'embed', 'embedding': [0.213645, 0.284209, 0.354774, 0.425338, 0.495903, 0.566467]}",
+        "[+0.21, +0.28, +0.35, +0.43, ...] (6-d, unit norm)",
+    ),
+    "count": (
+        "{'kind': 'regress', 'values': [2.0, 0.0]}",
+        "2.00, 0.00",
+        "{'kind': 'regress', 'values': [3.0, 1.5]}",
+        "3.00, 1.50",
+    ),
+    "box": (
+        "{'kind': 'track', 'boxes': ["
+        + ", ".join(f"{{'time': {t}, 'box': [20.0, 40.0, 60.0, 80.0]}}" for t in (0.0, 0.25, 0.5, 0.75))
+        + ", "
+        + ", ".join(f"{{'time': {t}, 'box': [30.0, 30.0, 70.0, 70.0]}}" for t in (1.0, 1.25, 1.5, 1.75))
+        + "]}",
+        "8 boxes, first at t=0.00s: (20,40)-(60,80)",
+        None,  # checked by its summary
+        "16 boxes, first at t=0.00s: (20,40)-(60,80)",
+    ),
+}
+
+
+def _rounded(x: object) -> object:
+    if isinstance(x, float):
+        return round(x, 6)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_OUTPUTS))
+def test_results_keep_their_json_and_summary(name: str) -> None:
+    task = TaskGraph.from_text(GOLDEN_SPEC).task(name)
+    clips = [
+        FakeClip(start + np.arange(8) * 0.25, (10.0, 20.0, 100.0), start, start + 2.0) for start in (0.0, 2.0)
+    ]
+    windows = [postprocess(task, np.array(o), c) for o, c in zip(GOLDEN_OUTPUTS[name], clips, strict=True)]
+    combined = combine_windows(task, windows)
+    window_dict, window_summary, combined_dict, combined_summary = GOLDEN_RESULTS[name]
+    assert str(_rounded(windows[0].to_dict())) == window_dict
+    assert windows[0].summary() == window_summary
+    if combined_dict is not None:
+        assert str(_rounded(combined.to_dict())) == combined_dict
+    assert combined.summary() == combined_summary
+
+
+def test_empty_results_keep_their_json_and_summary() -> None:
+    many = [Segment("run", float(i), i + 0.5, 0.5) for i in range(6)]
+    cases = [
+        (TaskResult("t", "classify"), {"kind": "classify", "label": None, "top_k": []}, ""),
+        (TaskResult("t", "tag"), {"kind": "tag", "labels": [], "scores": {}}, "(none over threshold)"),
+        (TaskResult("t", "localize"), {"kind": "localize", "segments": []}, "(no segments)"),
+        (TaskResult("t", "track"), {"kind": "track", "boxes": []}, "(no boxes)"),
+        (
+            TaskResult("t", "localize", segments=many),
+            {
+                "kind": "localize",
+                "segments": [{"label": "run", "start": s.start, "end": s.end, "score": 0.5} for s in many],
+            },
+            "run 0.0-0.5s (0.50), run 1.0-1.5s (0.50), run 2.0-2.5s (0.50), run 3.0-3.5s (0.50) +2 more",
+        ),
+    ]
+    for result, as_dict, summary in cases:
+        assert result.to_dict() == as_dict
+        assert result.summary() == summary
