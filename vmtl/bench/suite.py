@@ -23,9 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from vmtl.bench.eager import EagerTorch
+from vmtl.bench.independent import single_model
 from vmtl.bench.inprocess import IndependentOrt, RepoFiles, SharedOrt, cores
 from vmtl.bench.load import LoadError, Measurement, run_load
 from vmtl.bench.peak import Peak, manifest_flops, matmul_peak
+from vmtl.export.repository import BACKBONE, CLIP_ENSEMBLE
 
 CONFIGS = (
     "triton-ensemble",
@@ -209,6 +212,11 @@ class TritonCalls:
         return {m["name"]: m for m in data.get("model_stats", [])}
 
 
+#: A configuration ready to measure: (one request, the model whose server statistics to read or None, a
+#: statistics reader or None).
+Call = tuple[Callable[[], object], str | None, Callable[[], dict] | None]
+
+
 def run_suite(
     repo: RepoFiles,
     video: np.ndarray,
@@ -224,13 +232,42 @@ def run_suite(
     log: Callable[[str], None] = print,
 ) -> BenchResult:
     """Measure every configuration at every concurrency; see the module doc."""
-    from vmtl.bench.independent import single_model
-    from vmtl.export.repository import BACKBONE, CLIP_ENSEMBLE
-
     t_start = time.perf_counter()
-    k = len(tasks)
-    calls: dict[str, tuple[Callable[[], object], str | None, Callable[[], dict] | None]] = {}
     skipped: dict[str, str] = {}
+    calls = prepare_calls(repo, video, tasks, configs, url, checkpoint, skipped)
+    measurements = sweep(calls, len(tasks), concurrency, requests, warmup, log)
+    efficiency = None
+    if peak:
+        efficiency = trunk_efficiency(repo, video, measurements, len(tasks), max(concurrency), log)
+        if efficiency is None:
+            skipped["trunk efficiency"] = (
+                "the repository's vmtl.json has no FLOPs (exported before vmtl bench); re-export it"
+            )
+    return BenchResult(
+        repo=str(repo.path),
+        tasks=list(tasks),
+        clip_shape=list(video.shape),
+        concurrency=list(concurrency),
+        measurements=measurements,
+        skipped=skipped,
+        efficiency=efficiency,
+        environment={"cores": cores()},
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def prepare_calls(
+    repo: RepoFiles,
+    video: np.ndarray,
+    tasks: Sequence[str],
+    configs: Sequence[str],
+    url: str | None,
+    checkpoint: str | None,
+    skipped: dict[str, str],
+) -> dict[str, Call]:
+    """Each configuration's request, made ready (sessions and models loaded, inputs built); a
+    configuration that cannot run here goes to ``skipped`` with the reason."""
+    calls: dict[str, Call] = {}
     triton = TritonCalls(url) if url and any(c.startswith("triton") for c in configs) else None
     shared = SharedOrt(repo) if {"ort-shared", "ort-trunk"} & set(configs) else None
     for c in configs:
@@ -238,24 +275,11 @@ def run_suite(
             if triton is None:
                 skipped[c] = "no server (give --url, or let vmtl bench start one)"
                 continue
-            if c == "triton-ensemble":
-                calls[c] = (triton.infer(CLIP_ENSEMBLE, video, tasks), CLIP_ENSEMBLE, triton.stats)
-            elif c == "triton-trunk":
-                feats = [f"feat_{n}" for n in repo.graph.names]
-                calls[c] = (triton.infer(BACKBONE, video, feats), BACKBONE, triton.stats)
-            else:
-                missing = [t for t in tasks if not triton.ready(single_model(t))]
-                if missing:
-                    skipped[c] = (
-                        f"the server does not serve {', '.join(single_model(t) for t in missing)} "
-                        "(the server vmtl bench starts itself does; see vmtl.bench.independent)"
-                    )
-                    continue
-                calls[c] = (
-                    triton.infer_all([(single_model(t), [t]) for t in tasks], video),
-                    None,
-                    triton.stats,
-                )
+            call = _triton_call(c, triton, repo, video, tasks)
+            if isinstance(call, str):
+                skipped[c] = call
+                continue
+            calls[c] = call
         elif c == "ort-shared":
             assert shared is not None
             calls[c] = (lambda: shared.run(video, tasks), None, None)
@@ -269,13 +293,41 @@ def run_suite(
             if not checkpoint:
                 skipped[c] = "no --checkpoint (the eager PyTorch baseline runs the training checkpoint)"
                 continue
-            from vmtl.bench.eager import EagerTorch
-
             eager = EagerTorch(checkpoint)
             calls[c] = (lambda eager=eager: eager.run(video, tasks), None, None)
         else:
             raise BenchError(f"unknown configuration {c!r}; choose from {', '.join(CONFIGS)}")
+    return calls
 
+
+def _triton_call(
+    config: str, triton: TritonCalls, repo: RepoFiles, video: np.ndarray, tasks: Sequence[str]
+) -> Call | str:
+    """A triton-* configuration's request, or why the server cannot serve it."""
+    if config == "triton-ensemble":
+        return (triton.infer(CLIP_ENSEMBLE, video, tasks), CLIP_ENSEMBLE, triton.stats)
+    if config == "triton-trunk":
+        feats = [f"feat_{n}" for n in repo.graph.names]
+        return (triton.infer(BACKBONE, video, feats), BACKBONE, triton.stats)
+    missing = [t for t in tasks if not triton.ready(single_model(t))]
+    if missing:
+        return (
+            f"the server does not serve {', '.join(single_model(t) for t in missing)} "
+            "(the server vmtl bench starts itself does; see vmtl.bench.independent)"
+        )
+    return (triton.infer_all([(single_model(t), [t]) for t in tasks], video), None, triton.stats)
+
+
+def sweep(
+    calls: dict[str, Call],
+    k: int,
+    concurrency: Sequence[int],
+    requests: int,
+    warmup: int,
+    log: Callable[[str], None],
+) -> list[Measurement]:
+    """Each concurrency in turn, every configuration at it (so drift in the machine's load hits all
+    alike); ``k`` is the number of tasks (for the labels)."""
     measurements: list[Measurement] = []
     for conc in concurrency:
         for c, (call, model, stats) in calls.items():
@@ -291,42 +343,35 @@ def run_suite(
                 f"  {m.config:<40} c={conc:<3} {m.throughput:8.1f} infer/s   p50 {m.latency_us(50) / 1e3:8.2f} ms"
                 f"   p99 {m.latency_us(99) / 1e3:8.2f} ms" + (f"   {m.errors} errors" if m.errors else "")
             )
+    return measurements
 
-    efficiency = None
+
+def trunk_efficiency(
+    repo: RepoFiles,
+    video: np.ndarray,
+    measurements: Sequence[Measurement],
+    k: int,
+    top: int,
+    log: Callable[[str], None],
+) -> TrunkEfficiency | None:
+    """The machine's matmul peak against the in-process trunk at batch 1 and max_batch_size, and the
+    served trunk's throughput at concurrency ``top``; None when the manifest has no trunk FLOPs."""
     flops = manifest_flops(repo.metadata)
-    if peak and flops is not None:
-        log("measuring the matmul peak and the in-process trunk at batch 1 and max_batch_size")
-        efficiency = TrunkEfficiency(flops[0], matmul_peak())
-        trunk = SharedOrt(repo).trunk
-        for b in sorted({1, repo.max_batch_size}):
-            batch = np.ascontiguousarray(np.repeat(video, b, axis=0))
-            m = run_load(
-                f"trunk batch {b}",
-                lambda batch=batch: trunk.run(None, {"video": batch}),
-                1,
-                requests=10,
-                warmup=2,
-            )
-            efficiency.inprocess[b] = m.throughput * b
-        top = [
-            m
-            for m in measurements
-            if m.config == label("triton-trunk", k) and m.concurrency == max(concurrency)
-        ]
-        efficiency.served = top[0].throughput if top else None
-    elif peak:
-        skipped["trunk efficiency"] = (
-            "the repository's vmtl.json has no FLOPs (exported before vmtl bench); re-export it"
+    if flops is None:
+        return None
+    log("measuring the matmul peak and the in-process trunk at batch 1 and max_batch_size")
+    efficiency = TrunkEfficiency(flops[0], matmul_peak())
+    trunk = SharedOrt(repo).trunk
+    for b in sorted({1, repo.max_batch_size}):
+        batch = np.ascontiguousarray(np.repeat(video, b, axis=0))
+        m = run_load(
+            f"trunk batch {b}",
+            lambda batch=batch: trunk.run(None, {"video": batch}),
+            1,
+            requests=10,
+            warmup=2,
         )
-
-    return BenchResult(
-        repo=str(repo.path),
-        tasks=list(tasks),
-        clip_shape=list(video.shape),
-        concurrency=list(concurrency),
-        measurements=measurements,
-        skipped=skipped,
-        efficiency=efficiency,
-        environment={"cores": cores()},
-        seconds=time.perf_counter() - t_start,
-    )
+        efficiency.inprocess[b] = m.throughput * b
+    served = [m for m in measurements if m.config == label("triton-trunk", k) and m.concurrency == top]
+    efficiency.served = served[0].throughput if served else None
+    return efficiency

@@ -69,6 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = _DESCRIPTION
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    _add_job_arguments(parser)
+    _add_throughput_arguments(parser)
+    _add_output_arguments(parser)
+    _add_engine_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to run over: the input, the engine and its repository or server, the tasks, the windows."""
     parser.add_argument(
         "input", metavar="INPUT", help="directory, glob pattern, video file or annotation list"
     )
@@ -97,6 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stride", type=float, default=None, metavar="S", help="seconds between windows (default: --window)"
     )
+
+
+def _add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    """How much runs at once."""
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -112,6 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="local, ray: clips per trunk run (default: the repository's max_batch_size)",
     )
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is written besides --out, the labels the metrics read, and resuming."""
     parser.add_argument(
         "--parquet", default=None, metavar="FILE", help="also write the results as Parquet (needs pyarrow)"
     )
@@ -124,6 +141,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retry-errors", action="store_true", help="re-run videos whose record in --out is an error"
     )
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Settings of one engine only (triton, ray)."""
     parser.add_argument(
         "--mode",
         choices=("bytes", "clip"),
@@ -146,7 +167,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-cpus", type=int, default=None, metavar="N", help="ray: CPUs of a local instance (default: all)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
