@@ -50,7 +50,8 @@ class ModelConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """Architecture of a `MultiTaskModel`. Defaults follow papers.md; `None` means "resolve at build"."""
+    """Architecture of a `MultiTaskModel`. Defaults follow the papers (see vmt_adapter.py, dlm.py);
+    `None` means "resolve at build"."""
 
     # -- trunk (frozen VideoMAE) -------------------------------------------------------------------------
     backbone: str = "tiny"  # preset: tiny | small | base; "hf" once taken from a checkpoint

@@ -1,6 +1,6 @@
 """`MultiTaskModel`: the trunk (run once) + one light head per task of the task graph.
 
-Training stages (`set_stage`), DESIGN.md section 1:
+Training stages (`set_stage`; docs/task-graph.md has the whole picture):
 
 * 0, trunk warm-up (only without a pretrained checkpoint): VideoMAE weights + adapters + heads train.
 * 1, adapters + heads train on heterogeneous batches (one task per batch). DLMs are *off*: every head keeps

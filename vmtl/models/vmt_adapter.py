@@ -1,6 +1,7 @@
 """VMT-Adapter (Xin et al., AAAI 2024) parallel to the MLP of a frozen HF `VideoMAELayer`.
 
-Per block (papers.md, [inferred]):
+Per block (the paper describes the structure; these equations are a reconstruction consistent with
+it, each open choice a `ModelConfig` switch):
 
     x' = x + Attn(LN_before(x))                  (frozen)
     h  = LN_after(x');  base = x' + MLP(h)        (frozen)
