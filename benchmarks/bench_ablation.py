@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from vmtl.metrics.evaluate import primary
 from vmtl.training.config import load_config
-from vmtl.training.evaluate import primary
 from vmtl.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

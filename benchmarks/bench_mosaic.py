@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from vmtl.data.clips import load_clipset
 from vmtl.data.mosaic import ObjectMosaic
 from vmtl.models.multitask import MultiTaskModel
-from vmtl.training.clips import load_clipset
 from vmtl.training.config import load_config
 from vmtl.training.trainer import lr_at, mosaic_logits, seed_everything
 

@@ -32,13 +32,13 @@ from vmtl.client.batch import (
     batch,
     collect_inputs,
     read_records,
-    record_metrics,
     write_parquet,
 )
 from vmtl.client.engines import LocalModel, _import_ray
 from vmtl.data.annotations import read_label_list
 from vmtl.data.synth import SynthConfig, generate
 from vmtl.export.repository import write_repository
+from vmtl.metrics.records import record_metrics
 from vmtl.tasks import TaskGraph, combine_windows, postprocess
 from vmtl.video import read_clip, sliding_windows
 

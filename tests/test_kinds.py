@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from vmtl.client.batch import record_metrics
 from vmtl.data.annotations import (
     FrameBox,
     GtSegment,
@@ -21,6 +20,10 @@ from vmtl.data.annotations import (
     TrackRecord,
     annotation_suffix,
 )
+from vmtl.data.clips import ClipSet
+from vmtl.metrics import LOWER_IS_BETTER, PRIMARY_METRIC, is_better
+from vmtl.metrics.evaluate import task_metrics
+from vmtl.metrics.records import record_metrics
 from vmtl.tasks import (
     KIND_SPECS,
     KINDS,
@@ -34,9 +37,6 @@ from vmtl.tasks import (
     kind_spec,
     postprocess,
 )
-from vmtl.training.clips import ClipSet
-from vmtl.training.evaluate import task_metrics
-from vmtl.training.metrics import LOWER_IS_BETTER, PRIMARY_METRIC, is_better
 
 N, FRAMES, TOKENS = 6, 8, 4  # clips, frames per clip, temporal tokens
 LABELS = ("run", "jump", "sit")

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from vmtl.tasks import Segment, TaskSpec
-from vmtl.training.metrics import (
+from vmtl.metrics import (
     average_precision,
     box_iou,
     classify_metrics,
@@ -20,6 +19,7 @@ from vmtl.training.metrics import (
     tag_metrics,
     track_metrics,
 )
+from vmtl.tasks import Segment, TaskSpec
 
 
 @dataclass
@@ -69,8 +69,8 @@ def test_localize_metrics_end_to_end() -> None:
 
 
 def test_localize_chance_is_the_best_constant_answer() -> None:
-    from vmtl.training.clips import ClipSet
-    from vmtl.training.evaluate import chance_level
+    from vmtl.data.clips import ClipSet
+    from vmtl.metrics.evaluate import chance_level
 
     task = TaskSpec("seg", "localize", labels=("moving", "spinning"), threshold=0.3)
     n = 4

@@ -14,12 +14,12 @@ import torch
 import yaml
 
 from vmtl.cli import main
+from vmtl.data.clips import load_clipset
 from vmtl.demo import quick_spec
 from vmtl.models.backbone import CheckpointError
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.tasks import Preprocess, TaskGraph
 from vmtl.training import trainer as trainer_mod
-from vmtl.training.clips import load_clipset
 from vmtl.training.config import ConfigError, load_config
 from vmtl.training.trainer import Trainer, task_probabilities
 

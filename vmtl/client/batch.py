@@ -11,7 +11,7 @@ Inputs (:func:`collect_inputs`): a directory (searched recursively for video fil
 video file, or an MMAction2 annotation list (``path [label ...]`` lines, paths relative to the list; a
 ``.json`` file is an ActivityNet-style localize or track annotation file). An annotation list with labels
 also gives ground truth for one task (:func:`resolve_labels`), and the run ends with that task's metrics
-(:func:`record_metrics`, the numpy metrics of :mod:`vmtl.training.metrics` on the records).
+(:func:`vmtl.metrics.records.record_metrics`, the numpy metrics of :mod:`vmtl.metrics` on the records).
 
 Output: one JSON object per line per video (see :mod:`vmtl.client.engines` for the record). The file is
 the checkpoint (:class:`ResultLog`): each record is appended and flushed as soon as it is ready, a run
@@ -33,11 +33,9 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from vmtl.client.engines import (
     ENGINES,
@@ -48,7 +46,9 @@ from vmtl.client.engines import (
     RayEngine,
     TritonEngine,
 )
-from vmtl.tasks import Segment, TaskGraph, TaskSpec
+from vmtl.metrics import format_table
+from vmtl.metrics.records import record_metrics
+from vmtl.tasks import TaskGraph, TaskSpec
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -63,7 +63,6 @@ __all__ = [
     "format_metrics",
     "make_engine",
     "read_records",
-    "record_metrics",
     "require_pyarrow",
     "resolve_labels",
     "run_batch",
@@ -295,94 +294,11 @@ def resolve_labels(
 
 
 # --------------------------------------------------------------------------------------------------
-# Metrics on records
-
-
-def record_metrics(
-    task: TaskSpec, preds: Sequence[dict[str, Any]], truths: Sequence[Any]
-) -> dict[str, float]:
-    """The task kind's metrics from post-processed results (``record["tasks"][task]``) and ground-truth
-    records of :mod:`vmtl.data.annotations`, aligned. Works on whole-video (window-combined) results.
-
-    classify: top1 (and top5 when the records carry at least 5 scores); tag: mAP, F1 at the task's
-    threshold; localize: mAP@0.5, mAP@0.3; embed: recall@1, recall@5 (leave-one-out over these videos);
-    regress: MAE, RMSE; track: mIoU and the share of boxes with IoU >= 0.5 (each predicted box against
-    the annotated box nearest in time).
-    """
-    from vmtl.training.metrics import (
-        box_iou,
-        classify_metrics,
-        detection_ap,
-        embed_metrics,
-        regress_metrics,
-        tag_metrics,
-    )
-
-    if len(preds) != len(truths):
-        raise ValueError(f"{len(preds)} results for {len(truths)} ground-truth records")
-    if not preds:
-        return {}
-    k = task.kind
-    if k == "classify":
-        scores = np.zeros((len(preds), task.num_classes))
-        for i, p in enumerate(preds):
-            for s in p["top_k"]:
-                scores[i, s["index"]] = s["score"]
-        metrics = classify_metrics(scores, np.array([t.label for t in truths]))
-        if task.top_k < min(5, task.num_classes):
-            metrics.pop("top5")  # the records hold only the top_k best labels
-        return metrics
-    if k == "tag":
-        probs = np.array([[p["scores"][lab] for lab in task.labels] for p in preds])
-        targets = np.zeros_like(probs, dtype=bool)
-        for i, t in enumerate(truths):
-            targets[i, list(t.labels)] = True
-        return tag_metrics(probs, targets, threshold=task.threshold)
-    if k == "embed":
-        return embed_metrics(np.array([p["embedding"] for p in preds]), np.array([t.label for t in truths]))
-    if k == "regress":
-        plain = replace(task, scale=(), offset=())  # the records' values are already scaled
-        return regress_metrics(
-            plain, np.array([p["values"] for p in preds]), np.array([t.values for t in truths])
-        )
-    if k == "localize":
-        found = [
-            [Segment(s["label"], s["start"], s["end"], s["score"]) for s in p["segments"]] for p in preds
-        ]
-        gt = [[Segment(g.label, g.start, g.end, 1.0) for g in t.segments] for t in truths]
-        out: dict[str, float] = {}
-        for thr in (0.5, 0.3):
-            aps = [
-                detection_ap(
-                    [[s for s in f if s.label == label] for f in found],
-                    [[s for s in g if s.label == label] for g in gt],
-                    thr,
-                )
-                for label in task.labels
-            ]
-            aps = [a for a in aps if not np.isnan(a)]
-            out[f"mAP@{thr}"] = float(np.mean(aps)) if aps else float("nan")
-        return out
-    ious: list[float] = []
-    for p, t in zip(preds, truths, strict=True):
-        gt = t.array()
-        if not len(gt) or not p["boxes"]:
-            continue
-        times = np.array([b["time"] for b in p["boxes"]])
-        boxes = np.array([b["box"] for b in p["boxes"]], dtype=np.float64)
-        nearest = np.abs(gt[:, 0][None, :] - times[:, None]).argmin(axis=1)
-        ious.extend(box_iou(boxes, gt[nearest, 1:]).tolist())
-    iou = np.array(ious)
-    return {
-        "mIoU": float(iou.mean()) if len(iou) else float("nan"),
-        "IoU>=0.5": float((iou >= 0.5).mean()) if len(iou) else float("nan"),
-    }
+# Metrics
 
 
 def format_metrics(labels: Labels, metrics: dict[str, float], evaluated: int, left_out: int) -> str:
     """The metrics table printed at the end of a labelled run."""
-    from vmtl.training.metrics import format_table
-
     note = f" ({left_out} labelled video(s) without a result left out)" if left_out else ""
     head = f"metrics for task {labels.task.name!r} ({labels.task.kind}) on {evaluated} video(s) from {labels.file}{note}"
     return head + "\n" + format_table({labels.task.name: metrics})

@@ -5,6 +5,8 @@
 - :mod:`vmtl.data.synth`: ``generate(out_dir, SynthConfig(...))`` writes seven datasets (one per task,
   disjoint videos) plus ``manifest.json``; ``vmtl data synth`` is its command line.
 - :mod:`vmtl.data.images`, :mod:`vmtl.data.render`: image sources, rendering and h264 encoding.
+- :mod:`vmtl.data.clips`: ``load_clipset`` decodes one task's split (cached) with its targets, for
+  training, evaluation and export's checks.
 
 numpy only at import time (PyAV is imported when a video is encoded or decoded).
 """

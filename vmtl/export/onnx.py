@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vmtl.data.clips import load_clipset
 from vmtl.export.quantize import (
     INT8_SETTINGS,
     ExportError,
@@ -272,8 +273,6 @@ def _parity_clips(model: MultiTaskModel, data_root: Path | None, seed: int) -> t
     """Two uint8 clips [2,T,S,S,3]: held-out clips of the data when given, else seeded random ones."""
     t, s = model.trunk.num_frames, model.trunk.image_size
     if data_root is not None:
-        from vmtl.training.clips import load_clipset
-
         frames = []
         for task in model.graph.tasks:
             try:

@@ -3,7 +3,7 @@ inference pipeline (trunk once, heads in stage order), int8 dynamic quantisation
 
 Accuracy gate (int8 here, TensorRT fp16 in :mod:`vmtl.export.tensorrt`): every task's primary metric is
 computed on the held-out split (``val``) of ``--data`` twice, through the fp32 models and through the
-candidate models, with the same ORT pipeline and :func:`vmtl.training.evaluate.task_metrics`. The candidate
+candidate models, with the same ORT pipeline and :func:`vmtl.metrics.evaluate.task_metrics`. The candidate
 is refused when, for any task,
 
 * a rate metric (top1, mAP, mAP@0.5, recall@1, mIoU; higher is better) drops by more than ``max_drop``
@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vmtl.data.clips import load_clipset
+from vmtl.metrics.evaluate import task_metrics
 from vmtl.tasks import TaskGraph
 
 __all__ = [
@@ -219,8 +221,6 @@ class OrtPipeline:
 
 def load_gate_data(data_root: str | Path, graph: TaskGraph, num_tokens: int, split: str = GATE_SPLIT) -> dict:
     """{task: ClipSet} of the held-out ``split`` for every task (decoded once, cached beside the data)."""
-    from vmtl.training.clips import load_clipset
-
     out = {}
     for task in graph.tasks:
         try:
@@ -238,8 +238,6 @@ def evaluate_pipeline(
     pipeline: OrtPipeline, graph: TaskGraph, clipsets: Mapping[str, Any], *, batch_size: int = 8
 ) -> dict[str, dict[str, float]]:
     """Every task's metrics (``task_metrics``) through ``pipeline`` on its own held-out clips."""
-    from vmtl.training.evaluate import task_metrics
-
     metrics = {}
     for task in graph.tasks:
         clips = clipsets[task.name]

@@ -3,6 +3,9 @@
 Every function takes raw head outputs stacked over N clips, exactly as the model/ONNX graph emits them,
 and returns a dict of named floats. `PRIMARY_METRIC` names the one number reported per kind (higher is
 better except for those in `LOWER_IS_BETTER`, regress MAE).
+
+Beside these: :mod:`vmtl.metrics.evaluate` (a task's metrics and chance level on a labelled clip set) and
+:mod:`vmtl.metrics.records` (a task's metrics from post-processed result records, for `vmtl batch`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
-"""Metrics of one task from its raw outputs on a ClipSet (numpy only: shared by training, export's
-accuracy gate and `vmtl eval`)."""
+"""Metrics of one task from its raw outputs on a labelled clip set (numpy only: shared by training,
+export's accuracy gate and `vmtl eval`).
+
+The clip set is anything shaped like :class:`vmtl.data.clips.ClipSet` (:class:`ClipSet` below names what
+is read of it), so this layer needs nothing from the data readers.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
-from vmtl.tasks import TaskSpec
-from vmtl.training.clips import ClipSet
-from vmtl.training.metrics import (
+from vmtl.metrics import (
     classify_metrics,
     embed_metrics,
     localize_metrics,
@@ -15,6 +19,19 @@ from vmtl.training.metrics import (
     tag_metrics,
     track_metrics,
 )
+from vmtl.tasks import Segment, TaskSpec
+from vmtl.video import Clip
+
+
+class ClipSet(Protocol):
+    """What the metrics read of a decoded, labelled split (:class:`vmtl.data.clips.ClipSet`)."""
+
+    targets: np.ndarray
+    truths: list[list[Segment]]
+
+    def __len__(self) -> int: ...
+
+    def clip(self, i: int) -> Clip: ...
 
 
 def task_metrics(task: TaskSpec, outputs: np.ndarray, clips: ClipSet) -> dict[str, float]:

@@ -18,11 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmtl.data.clips import load_clipset
+    from vmtl.metrics import format_table
+    from vmtl.metrics.evaluate import chance_level, task_metrics
     from vmtl.models.backbone import CheckpointError
     from vmtl.models.multitask import MultiTaskModel
-    from vmtl.training.clips import load_clipset
-    from vmtl.training.evaluate import chance_level, task_metrics
-    from vmtl.training.metrics import format_table
     from vmtl.training.trainer import WEIGHTS_FILE, predict
 
     try:

@@ -32,13 +32,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from vmtl.data.clips import ClipSet, load_clipset
 from vmtl.data.mosaic import ObjectMosaic
+from vmtl.metrics import format_table
+from vmtl.metrics.evaluate import chance_level, primary, task_metrics
 from vmtl.models.losses import TaskLoss, build_loss
 from vmtl.models.multitask import MultiTaskModel
-from vmtl.training.clips import ClipSet, load_clipset
 from vmtl.training.config import TrainConfig, save_config
-from vmtl.training.evaluate import chance_level, primary, task_metrics
-from vmtl.training.metrics import format_table
 
 STATE_FILE = "trainer_state.json"
 MOSAIC = "mosaic"  # the stage-0 draw that renders object mosaics instead of reading a task's dataset
