@@ -16,7 +16,7 @@ import yaml
 from vmtl.cli import main
 from vmtl.data.clips import load_clipset
 from vmtl.demo import quick_spec
-from vmtl.models.backbone import CheckpointError
+from vmtl.models.checkpoint import CheckpointError
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.tasks import Preprocess, TaskGraph
 from vmtl.training import trainer as trainer_mod

@@ -9,18 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-WEIGHTS_FILE = "model.safetensors"  # vmtl.training.trainer.WEIGHTS_FILE (not imported: it pulls in training)
+from vmtl.models.checkpoint import WEIGHTS_FILE
+from vmtl.models.multitask import MultiTaskModel
 
 
 class EagerTorch:
     """``MultiTaskModel.forward`` on uint8 clips, all cores' intra-op threads (PyTorch's default)."""
 
     def __init__(self, checkpoint: str | Path, threads: int | None = None) -> None:
-        import torch
-
-        from vmtl.models.multitask import MultiTaskModel
-
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch

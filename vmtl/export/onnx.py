@@ -68,6 +68,7 @@ from vmtl.export.repository import (
     read_manifest,
     write_repository,
 )
+from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
 from vmtl.models.multitask import HeadExport, MultiTaskModel, TrunkExport, export_onnx
 from vmtl.tasks import TaskGraph
 
@@ -81,13 +82,11 @@ __all__ = [
     "ParityError",
     "UsageError",
     "export_checkpoint",
-    "resolve_checkpoint",
     "trunk_fingerprint",
 ]
 
 FLAVOURS = ("cpu", "native", "both")
 PARITY_FILE = "parity.json"
-WEIGHTS_FILE = "model.safetensors"  # vmtl.training.trainer.WEIGHTS_FILE (not imported: it pulls in training)
 #: Sessions each shipped file is checked in: a fresh one with the optimiser off, and the one the server uses.
 PARITY_SESSIONS = {"optimiser off": "off", "as served (ORT_ENABLE_ALL)": "all"}
 _SIDECARS = (PARITY_FILE, "tensorrt.json")
@@ -212,20 +211,7 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoint, fingerprint, clips
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The weights file of a checkpoint directory (``model.safetensors``), or the file itself."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        weights = path / WEIGHTS_FILE
-        if not weights.is_file():
-            raise UsageError(f"{path} is not a vmtl checkpoint directory: no {WEIGHTS_FILE} in it")
-        return weights
-    if path.is_file():
-        return path
-    raise UsageError(f"checkpoint {path} does not exist (train one with `vmtl train`)")
+# Fingerprint, clips
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -468,7 +454,10 @@ def export_checkpoint(
     :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
     """
     progress = _Progress(log)
-    weights = resolve_checkpoint(ckpt_dir)
+    try:
+        weights = resolve_weights(ckpt_dir)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from exc
     out = Path(out_repo).expanduser()
     data = Path(data_root).expanduser() if data_root is not None else None
     if flavour is None and trt and not only_heads:
@@ -693,7 +682,7 @@ def export_checkpoint(
     progress.steps["total"] = time.perf_counter() - progress.t0
     total = progress.steps.pop("total")
     return ExportReport(
-        checkpoint=weights.parent if weights.name == WEIGHTS_FILE else weights,
+        checkpoint=checkpoint_dir(weights),
         out=out,
         repositories=dict(targets),
         tasks=list(graph.names),
@@ -821,7 +810,7 @@ def _metadata(
     meta.update(
         {
             "exporter": "vmtl export",
-            "checkpoint": str(weights.parent if weights.name == WEIGHTS_FILE else weights),
+            "checkpoint": str(checkpoint_dir(weights)),
             "exported": _now(),
             "tasks": fingerprint["tasks"],
             "trunk_sha256": fingerprint["sha256"],

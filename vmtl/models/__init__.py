@@ -1,6 +1,7 @@
 """vmtl.models: frozen VideoMAE trunk + VMT-Adapters, light task heads with DLMs, losses (PyTorch)."""
 
-from .backbone import CheckpointError, HFVideoMAE, VideoTrunk, build_videomae, load_hf_videomae
+from .backbone import VideoTrunk, build_videomae
+from .checkpoint import CheckpointError, HFVideoMAE, load_hf_videomae
 from .config import PRESETS, ModelConfig, ModelConfigError
 from .dlm import DoubleLayerMapper
 from .heads import TaskHead

@@ -8,18 +8,15 @@ graph. One pass yields every task's features:
                     -> average-pooled from the g x g patch grid to G x G cells per temporal token
                     -> [B, T' * G * G, D]    (T' = T / tubelet, token order: time, then row, then column)
 
-Checkpoints are local HF directories only (`save_pretrained`); nothing is ever downloaded.
+Checkpoints are local HF directories only (`save_pretrained`, read by `vmtl.models.checkpoint`); nothing is
+ever downloaded.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,180 +24,11 @@ from torch import Tensor, nn
 from transformers import VideoMAEConfig, VideoMAEModel
 
 from ..tasks import Preprocess, TaskSpec
+from .checkpoint import load_hf_videomae, square_dim
 from .config import PRESETS, ModelConfig, ModelConfigError
 from .vmt_adapter import AdaptedLayer, VMTAdapter
 
-__all__ = [
-    "CheckpointError",
-    "HFVideoMAE",
-    "ModelConfig",
-    "VideoTrunk",
-    "build_videomae",
-    "load_hf_videomae",
-    "pool_matrix",
-]
-
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-_PREPROCESSOR_FILES = ("preprocessor_config.json", "video_preprocessor_config.json")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, of the wrong kind, or does not fit the task graph."""
-
-
-@dataclass
-class HFVideoMAE:
-    """A loaded local HF VideoMAE checkpoint."""
-
-    model: VideoMAEModel
-    config: VideoMAEConfig
-    path: Path
-    mean: tuple[float, float, float] | None = None  # from preprocessor_config.json
-    std: tuple[float, float, float] | None = None
-    head_norm: dict[str, Tensor] | None = (
-        None  # fc_norm of a classification checkpoint (initialises task norms)
-    )
-
-
-def _square(v: Any, what: str, path: Path) -> int:
-    if isinstance(v, (list, tuple)):
-        if len(set(v)) != 1:
-            raise CheckpointError(
-                f"{path}/config.json: non-square {what} {list(v)}; vmtl needs square clips/patches"
-            )
-        v = v[0]
-    return int(v)
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(path / "model.safetensors"))
-    if (path / "model.safetensors.index.json").is_file():
-        from safetensors.torch import load_file
-
-        index = json.loads((path / "model.safetensors.index.json").read_text())
-        out: dict[str, Tensor] = {}
-        for shard in sorted(set(index.get("weight_map", {}).values())):
-            if not (path / shard).is_file():
-                raise CheckpointError(
-                    f"{path}: shard {shard} named in model.safetensors.index.json is missing"
-                )
-            out.update(load_file(str(path / shard)))
-        return out
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    found = sorted(p.name for p in path.iterdir())
-    raise CheckpointError(
-        f"{path}: no weights file; expected one of {', '.join(_WEIGHT_FILES)} next to config.json "
-        f"(found: {', '.join(found) or 'nothing'}). Write it with `model.save_pretrained(dir)`."
-    )
-
-
-# transformers saves (and the original VideoMAE checkpoints name) the q/v biases q_bias/v_bias.
-_RENAMES = (
-    (re.compile(r"attention\.attention\.q_bias$"), "attention.attention.query.bias"),
-    (re.compile(r"attention\.attention\.v_bias$"), "attention.attention.value.bias"),
-)
-
-
-def _rename(key: str) -> str:
-    for rx, new in _RENAMES:
-        key = rx.sub(new, key)
-    return key
-
-
-def _read_mean_std(path: Path) -> tuple[tuple[float, float, float] | None, tuple[float, float, float] | None]:
-    for name in _PREPROCESSOR_FILES:
-        f = path / name
-        if f.is_file():
-            try:
-                d = json.loads(f.read_text())
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{f} is not valid JSON: {exc}") from exc
-            mean, std = d.get("image_mean"), d.get("image_std")
-            if mean is not None and std is not None:
-                if len(mean) != 3 or len(std) != 3:
-                    raise CheckpointError(f"{f}: image_mean/image_std need 3 values, got {mean} / {std}")
-                return tuple(float(x) for x in mean), tuple(float(x) for x in std)  # type: ignore[return-value]
-    return None, None
-
-
-def load_hf_videomae(
-    path: str | Path,
-    *,
-    num_frames: int | None = None,
-    image_size: int | None = None,
-    attn_implementation: str = "sdpa",
-) -> HFVideoMAE:
-    """Load a local HF VideoMAE directory (VideoMAEModel, ...ForVideoClassification or ...ForPreTraining).
-
-    `num_frames`/`image_size`, when given, must equal the checkpoint's (the task graph's preprocess).
-    Raises `CheckpointError` naming what was expected, what was found and what to do.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"HF VideoMAE checkpoint directory not found: {path}. Expected a local directory written by "
-            "`save_pretrained` (config.json + model.safetensors); vmtl never downloads from the hub."
-        )
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise CheckpointError(f"{path}: no config.json; is this a HF `save_pretrained` directory?")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_file} is not valid JSON: {exc}") from exc
-    if raw.get("model_type") != "videomae":
-        raise CheckpointError(
-            f"{cfg_file}: model_type is {raw.get('model_type')!r}, expected 'videomae' (a VideoMAEModel, "
-            "VideoMAEForVideoClassification or VideoMAEForPreTraining checkpoint)"
-        )
-    try:
-        config = VideoMAEConfig.from_json_file(str(cfg_file))
-    except Exception as exc:  # transformers' strict config validation raises several types
-        raise CheckpointError(f"{cfg_file} is not a valid VideoMAE config: {exc}") from exc
-    if int(config.num_channels) != 3:
-        raise CheckpointError(f"{cfg_file}: num_channels is {config.num_channels}, vmtl decodes RGB (3)")
-    ck_frames, ck_size = int(config.num_frames), _square(config.image_size, "image_size", path)
-    _square(config.patch_size, "patch_size", path)
-    if (num_frames is not None and num_frames != ck_frames) or (
-        image_size is not None and image_size != ck_size
-    ):
-        raise CheckpointError(
-            f"{path}: the checkpoint expects clips of num_frames={ck_frames}, image_size={ck_size}, but the "
-            f"task graph's preprocess gives num_frames={num_frames}, size={image_size}. Set preprocess "
-            f"num_frames: {ck_frames} and size: {ck_size} in the task graph, or use a matching checkpoint."
-        )
-    try:
-        state = {_rename(k): v for k, v in _read_weights(path).items()}
-    except CheckpointError:
-        raise
-    except Exception as exc:  # corrupt safetensors / pickle
-        raise CheckpointError(f"{path}: cannot read the weights: {exc}") from exc
-    prefix = "videomae."
-    if any(k.startswith(prefix) for k in state):
-        head_norm = {k[len("fc_norm.") :]: v for k, v in state.items() if k.startswith("fc_norm.")} or None
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    else:
-        head_norm = None
-    config._attn_implementation = attn_implementation
-    model = VideoMAEModel(config)
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
-    if missing:
-        raise CheckpointError(
-            f"{path}: the weights lack {len(missing)} of the {len(expected)} VideoMAE trunk tensors "
-            f"(e.g. {', '.join(missing[:3])}); found {len(state)} tensors with other names. Expected a "
-            "VideoMAEModel state dict, optionally under the 'videomae.' prefix."
-        )
-    try:
-        model.load_state_dict({k: state[k] for k in expected}, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: the weights do not fit config.json: {exc}") from exc
-    mean, std = _read_mean_std(path)
-    return HFVideoMAE(model=model.eval(), config=config, path=path, mean=mean, std=std, head_norm=head_norm)
+__all__ = ["ModelConfig", "VideoTrunk", "build_videomae", "pool_matrix"]
 
 
 def _videomae_config(cfg: ModelConfig) -> VideoMAEConfig:
@@ -272,14 +100,14 @@ def build_videomae(
             num_layers=int(c.num_hidden_layers),
             num_heads=int(c.num_attention_heads),
             intermediate_size=int(c.intermediate_size),
-            patch_size=_square(c.patch_size, "patch_size", hf.path),
+            patch_size=square_dim(c.patch_size, "patch_size", hf.path),
             tubelet_size=int(c.tubelet_size),
             hidden_act=str(c.hidden_act),
             layer_norm_eps=float(c.layer_norm_eps),
             qv_bias=bool(c.qv_bias),
             final_norm=not bool(c.use_mean_pooling),
             num_frames=int(c.num_frames),
-            image_size=_square(c.image_size, "image_size", hf.path),
+            image_size=square_dim(c.image_size, "image_size", hf.path),
             mean=tuple(cfg.mean or hf.mean or preprocess.mean),
             std=tuple(cfg.std or hf.std or preprocess.std),
         )

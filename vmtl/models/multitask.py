@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ..tasks import TaskGraph
-from .backbone import CheckpointError, VideoTrunk, build_videomae
+from .backbone import VideoTrunk, build_videomae
+from .checkpoint import CheckpointError
 from .config import ModelConfig, ModelConfigError
 from .heads import TaskHead
 

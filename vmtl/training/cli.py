@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             sc = cfg.train.stage(i)
             sc.steps = max(1, round(sc.steps * args.steps_scale)) if sc.steps else 0
     out = args.out or Path("runs") / cfg.name
-    from vmtl.models.backbone import CheckpointError
+    from vmtl.models.checkpoint import CheckpointError
     from vmtl.training.trainer import Trainer, summarise
 
     try:

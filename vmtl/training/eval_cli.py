@@ -21,9 +21,9 @@ def run(args: argparse.Namespace) -> int:
     from vmtl.data.clips import load_clipset
     from vmtl.metrics import format_table
     from vmtl.metrics.evaluate import chance_level, task_metrics
-    from vmtl.models.backbone import CheckpointError
+    from vmtl.models.checkpoint import WEIGHTS_FILE, CheckpointError
     from vmtl.models.multitask import MultiTaskModel
-    from vmtl.training.trainer import WEIGHTS_FILE, predict
+    from vmtl.training.trainer import predict
 
     try:
         model = MultiTaskModel.load_checkpoint(args.checkpoint / WEIGHTS_FILE)

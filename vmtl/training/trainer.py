@@ -4,15 +4,7 @@ only, on the primary tasks' losses). With `train.mosaic`, a share of the stage-0
 object mosaics (vmtl.data.mosaic) through a throw-away per-token readout. DDP under torchrun (gloo on
 CPU): every rank draws the same task each step and its own clips; gradients are averaged across ranks.
 
-A checkpoint is a directory::
-
-    model.safetensors   weights (+ model config and task graph in its metadata)
-    task_graph.yaml     the task graph (labels inline, preprocessing)
-    model_config.json   the resolved ModelConfig
-    config.yaml         the training config as run
-    metrics.json        held-out metrics after each stage
-    trainer_state.json  where training stands (resume point)
-    optimizer.pt        loss state (embed prototypes), plus the optimizer while a stage is unfinished
+A checkpoint is a directory laid out as `vmtl.models.checkpoint` describes.
 """
 
 from __future__ import annotations
@@ -30,19 +22,28 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vmtl.data.clips import ClipSet, load_clipset
 from vmtl.data.mosaic import ObjectMosaic
 from vmtl.metrics import format_table
 from vmtl.metrics.evaluate import chance_level, primary, task_metrics
+from vmtl.models.checkpoint import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_CONFIG_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    TASK_GRAPH_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+)
 from vmtl.models.losses import TaskLoss, build_loss
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.training.config import TrainConfig, save_config
 
-STATE_FILE = "trainer_state.json"
 MOSAIC = "mosaic"  # the stage-0 draw that renders object mosaics instead of reading a task's dataset
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -174,8 +175,8 @@ class Trainer:
         self.train_sets = load_splits(cfg, tokens, "train", show)
         self.val_sets = load_splits(cfg, tokens, "val", show)
         self.losses = build_losses(cfg, self.train_sets)
-        if resume and (self.out / "optimizer.pt").exists():
-            bundle = torch.load(self.out / "optimizer.pt", weights_only=False)
+        if resume and (self.out / OPTIMIZER_FILE).exists():
+            bundle = torch.load(self.out / OPTIMIZER_FILE, weights_only=False)
             for n, sd in bundle.get("losses", {}).items():
                 self.losses[n].load_state_dict(sd)
             self._optimizer_state = bundle.get("optimizer")
@@ -198,7 +199,7 @@ class Trainer:
     def run(self) -> Path:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.out / "config.yaml")
+            save_config(self.cfg, self.out / CONFIG_FILE)
             self.log(self.model.summary(flops=False))
         for stage in self.stages():
             if stage in self.state["completed"]:
@@ -322,16 +323,16 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.model.save_checkpoint(self.out / WEIGHTS_FILE)
-        self.cfg.graph.save(self.out / "task_graph.yaml")
-        (self.out / "model_config.json").write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
-        (self.out / "metrics.json").write_text(json.dumps(self.state["metrics"], indent=2))
+        self.cfg.graph.save(self.out / TASK_GRAPH_FILE)
+        (self.out / MODEL_CONFIG_FILE).write_text(json.dumps(self.model.cfg.to_dict(), indent=2))
+        (self.out / METRICS_FILE).write_text(json.dumps(self.state["metrics"], indent=2))
         # Mid-stage: optimizer + loss state (embed prototypes); between stages: the loss state alone.
         bundle: dict[str, Any] = {"losses": {n: lo.state_dict() for n, lo in self.losses.items()}}
         if opt is not None:
             bundle["optimizer"] = opt.state_dict()
             if self.mosaic_readout is not None and self.state["stage"] == 0:
                 bundle[MOSAIC] = self.mosaic_readout.state_dict()
-        torch.save(bundle, self.out / "optimizer.pt")
+        torch.save(bundle, self.out / OPTIMIZER_FILE)
         (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2))
 
     def _resume(self) -> MultiTaskModel:
@@ -359,10 +360,6 @@ def mosaic_logits(
 def load_trunk(model: MultiTaskModel, ckpt: Path) -> None:
     """Start `model`'s frozen trunk from another vmtl checkpoint's trunk (which then counts as pretrained,
     so stage 0 is skipped). Adapters, heads and DLMs keep their fresh initialisation."""
-    from safetensors.torch import load_file
-
-    from vmtl.models.backbone import CheckpointError
-
     weights = ckpt / WEIGHTS_FILE if ckpt.is_dir() else ckpt
     if not weights.is_file():
         raise CheckpointError(f"--init-from: no vmtl checkpoint at {weights}")
