@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from vmtl.export.wrappers import export_modules, export_onnx, export_spec
 from vmtl.models import (
     CheckpointError,
     ModelConfig,
     ModelConfigError,
     MultiTaskModel,
     build_loss,
-    export_onnx,
 )
 from vmtl.models.backbone import pool_matrix
 from vmtl.models.losses import generalized_box_iou, token_targets, track_loss
@@ -232,7 +232,7 @@ def test_dlm_on_off(graph: TaskGraph) -> None:
     with torch.no_grad():
         h = plain.heads["attr"]
         assert torch.equal(h(feats, [r1])[0], h(feats, [r2])[0])
-    assert plain.export_spec()["heads"]["loc"]["inputs"] == [
+    assert export_spec(plain)["heads"]["loc"]["inputs"] == [
         {"name": "features", "dtype": "float32", "shape": [8, 128]}
     ]
 
@@ -447,7 +447,7 @@ def test_onnx_parity_trunk_and_dlm_head(graph: TaskGraph, tmp_path: Path) -> Non
     with torch.no_grad():  # non-identity adapters so the adapter path is exercised
         for b in m.trunk.blocks:
             b.adapter.up_weight.normal_(0, 0.05)  # type: ignore[union-attr]
-    trunk, heads = m.export_modules()
+    trunk, heads = export_modules(m)
     so = ort.SessionOptions()
     so.log_severity_level = 3
 
@@ -487,7 +487,7 @@ def test_onnx_parity_eager_lite_trunk(graph: TaskGraph, tmp_path: Path) -> None:
     with torch.no_grad():
         for b in m.trunk.blocks:
             b.adapter.gate.fill_(1.0)  # type: ignore[union-attr]
-    trunk, _ = m.export_modules()
+    trunk, _ = export_modules(m)
     sess = ort.InferenceSession(
         str(export_onnx(trunk, tmp_path / "trunk.onnx")), providers=["CPUExecutionProvider"]
     )

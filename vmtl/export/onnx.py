@@ -68,8 +68,9 @@ from vmtl.export.repository import (
     read_manifest,
     write_repository,
 )
+from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
-from vmtl.models.multitask import HeadExport, MultiTaskModel, TrunkExport, export_onnx
+from vmtl.models.multitask import MultiTaskModel
 from vmtl.tasks import TaskGraph
 
 __all__ = [
@@ -500,7 +501,7 @@ def export_checkpoint(
         graph = model.graph
         fingerprint = trunk_fingerprint(model)
         flops = _flops(model)
-        trunk_mod, head_mods = model.export_modules()
+        trunk_mod, head_mods = export_modules(model)
     progress.say(f"loaded {weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
 
     existing: dict[str, dict[str, Any]] = {}

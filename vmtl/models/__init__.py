@@ -6,7 +6,7 @@ from .config import PRESETS, ModelConfig, ModelConfigError
 from .dlm import DoubleLayerMapper
 from .heads import TaskHead
 from .losses import TaskLoss, build_loss
-from .multitask import HeadExport, MultiTaskModel, MultiTaskOutput, TrunkExport, export_onnx
+from .multitask import MultiTaskModel, MultiTaskOutput
 from .vmt_adapter import AdaptedLayer, KnowledgeExtraction, VMTAdapter
 
 __all__ = [
@@ -15,7 +15,6 @@ __all__ = [
     "CheckpointError",
     "DoubleLayerMapper",
     "HFVideoMAE",
-    "HeadExport",
     "KnowledgeExtraction",
     "ModelConfig",
     "ModelConfigError",
@@ -23,11 +22,9 @@ __all__ = [
     "MultiTaskOutput",
     "TaskHead",
     "TaskLoss",
-    "TrunkExport",
     "VMTAdapter",
     "VideoTrunk",
     "build_loss",
     "build_videomae",
-    "export_onnx",
     "load_hf_videomae",
 ]

@@ -12,7 +12,7 @@ Training stages (`set_stage`; docs/task-graph.md has the whole picture):
   chain of auxiliaries, the DLMs of another task).
 
 A freshly built or loaded model (no stage set) has the VideoMAE weights frozen, everything else trainable
-and DLMs on (the inference path). Export always uses DLMs on.
+and DLMs on (the inference path). Export (`vmtl.export.wrappers`) always uses DLMs on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from .checkpoint import CheckpointError
 from .config import ModelConfig, ModelConfigError
 from .heads import TaskHead
 
-__all__ = ["HeadExport", "MultiTaskModel", "MultiTaskOutput", "TrunkExport", "export_onnx"]
+__all__ = ["MultiTaskModel", "MultiTaskOutput"]
 
 
 @dataclass
@@ -45,92 +44,6 @@ class MultiTaskOutput:
     outputs: dict[str, Tensor]
     reprs: dict[str, Tensor]
     features: dict[str, Tensor]
-
-
-class TrunkExport(nn.Module):
-    """The trunk as exported: `video` uint8 [B,T,S,S,3] -> (`feat_<task>` [B,N',D], ...) in graph order."""
-
-    def __init__(self, trunk: VideoTrunk, tasks: Sequence[str]) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.tasks = list(tasks)
-        self.input_names = ["video"]
-        self.output_names = [f"feat_{t}" for t in self.tasks]
-
-    @property
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
-
-    def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
-        g = torch.Generator().manual_seed(seed)
-        t, s = self.trunk.num_frames, self.trunk.image_size
-        return (torch.randint(0, 256, (batch, t, s, s, 3), generator=g, dtype=torch.uint8),)
-
-    def forward(self, video: Tensor) -> tuple[Tensor, ...]:
-        feats = self.trunk(video, self.tasks)
-        return tuple(feats[t] for t in self.tasks)
-
-
-class HeadExport(nn.Module):
-    """One head as exported: (`features`, `repr_<aux>`...) -> (`output`, `repr`), DLMs on."""
-
-    def __init__(self, head: TaskHead, aux_dims: Mapping[str, int]) -> None:
-        super().__init__()
-        self.head = head
-        self.aux_names = list(head.aux_names)
-        self.aux_dims = dict(aux_dims)
-        self.input_names = ["features", *(f"repr_{a}" for a in self.aux_names)]
-        self.output_names = ["output", "repr"]
-
-    @property
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
-
-    def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
-        g = torch.Generator().manual_seed(seed)
-        h = self.head
-        feats = torch.randn(batch, h.num_features, h.feature_dim, generator=g)
-        reprs = [torch.randn(batch, h.num_queries, self.aux_dims[a], generator=g) for a in self.aux_names]
-        return (feats, *reprs)
-
-    def forward(self, features: Tensor, *aux_reprs: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(features, list(aux_reprs) if aux_reprs else None, use_dlm=True)
-
-
-def export_onnx(
-    module: TrunkExport | HeadExport, path: str | Path, *, opset: int = 18, batch: int = 2
-) -> Path:
-    """Export a `TrunkExport`/`HeadExport` with the TorchScript exporter (dynamo=False), dynamic batch axis."""
-    import onnx
-
-    path = Path(path)
-    module = module.eval()
-    inputs = module.example_inputs(batch)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings
-        torch.onnx.export(
-            module,
-            inputs,
-            str(path),
-            input_names=module.input_names,
-            output_names=module.output_names,
-            dynamic_axes=module.dynamic_axes,
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
-        outputs = module(*inputs)
-    # The tracer leaves non-batch output dims symbolic after reshapes; declare them (Triton/TensorRT read them).
-    model = onnx.load(str(path))
-    for out, val in zip(model.graph.output, outputs, strict=True):
-        for i, d in enumerate(out.type.tensor_type.shape.dim):
-            if i == 0:
-                d.dim_param = "batch"
-            else:
-                d.dim_value = int(val.shape[i])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
 
 
 class MultiTaskModel(nn.Module):
@@ -392,44 +305,6 @@ class MultiTaskModel(nn.Module):
                 f"heads {f['heads_total'] / 1e9:.4f} ({f['heads_over_trunk']:.2%} of trunk)"
             )
         return "\n".join(lines)
-
-    # -- export --------------------------------------------------------------------------------------------
-    def export_modules(self) -> tuple[TrunkExport, dict[str, HeadExport]]:
-        """Eval-mode copies for ONNX: the trunk (`video` -> `feat_<task>`...) and each head
-        (`features`, `repr_<aux>`... -> `output`, `repr`), DLMs on."""
-        m = copy.deepcopy(self)
-        for p in m.parameters():
-            p.requires_grad_(False)
-        for h in m.heads.values():
-            h.dlm_enabled = True
-        m.stage = None
-        m.eval()
-        dims = {n: h.dim for n, h in m.heads.items()}  # type: ignore[union-attr]
-        return TrunkExport(m.trunk, m.graph.names), {n: HeadExport(h, dims) for n, h in m.heads.items()}  # type: ignore[arg-type]
-
-    def export_spec(self) -> dict[str, Any]:
-        """Names, dtypes and shapes (without the batch axis) of every exported model's inputs and outputs."""
-        t, s = self.trunk.num_frames, self.trunk.image_size
-        trunk = {
-            "inputs": [{"name": "video", "dtype": "uint8", "shape": [t, s, s, 3]}],
-            "outputs": [
-                {"name": f"feat_{n}", "dtype": "float32", "shape": list(self.feature_shape(n))}
-                for n in self.graph.names
-            ],
-        }
-        heads = {}
-        for n, h in self.heads.items():
-            ins = [{"name": "features", "dtype": "float32", "shape": list(self.feature_shape(n))}]
-            ins += [
-                {"name": f"repr_{a}", "dtype": "float32", "shape": list(self.repr_shape(a))}
-                for a in h.aux_names
-            ]
-            outs = [
-                {"name": "output", "dtype": "float32", "shape": list(self.output_shape(n))},
-                {"name": "repr", "dtype": "float32", "shape": list(self.repr_shape(n))},
-            ]
-            heads[n] = {"inputs": ins, "outputs": outs, "auxiliaries": list(h.aux_names)}
-        return {"trunk": trunk, "heads": heads}
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:

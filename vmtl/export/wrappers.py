@@ -1,0 +1,147 @@
+"""The PyTorch modules that `vmtl export` turns into ONNX, and the export itself.
+
+`export_modules(model)` gives eval-mode copies with DLMs on: the trunk as `TrunkExport` (`video` uint8
+[B,T,S,S,3] -> `feat_<task>`... in graph order) and each head as `HeadExport` (`features`, `repr_<aux>`...
+-> `output`, `repr`); `export_onnx` writes one of them with a dynamic batch axis; `export_spec(model)`
+lists every exported model's inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from vmtl.models.backbone import VideoTrunk
+from vmtl.models.heads import TaskHead
+from vmtl.models.multitask import MultiTaskModel
+
+__all__ = ["HeadExport", "TrunkExport", "export_modules", "export_onnx", "export_spec"]
+
+
+class TrunkExport(nn.Module):
+    """The trunk as exported: `video` uint8 [B,T,S,S,3] -> (`feat_<task>` [B,N',D], ...) in graph order."""
+
+    def __init__(self, trunk: VideoTrunk, tasks: Sequence[str]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.tasks = list(tasks)
+        self.input_names = ["video"]
+        self.output_names = [f"feat_{t}" for t in self.tasks]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        t, s = self.trunk.num_frames, self.trunk.image_size
+        return (torch.randint(0, 256, (batch, t, s, s, 3), generator=g, dtype=torch.uint8),)
+
+    def forward(self, video: Tensor) -> tuple[Tensor, ...]:
+        feats = self.trunk(video, self.tasks)
+        return tuple(feats[t] for t in self.tasks)
+
+
+class HeadExport(nn.Module):
+    """One head as exported: (`features`, `repr_<aux>`...) -> (`output`, `repr`), DLMs on."""
+
+    def __init__(self, head: TaskHead, aux_dims: Mapping[str, int]) -> None:
+        super().__init__()
+        self.head = head
+        self.aux_names = list(head.aux_names)
+        self.aux_dims = dict(aux_dims)
+        self.input_names = ["features", *(f"repr_{a}" for a in self.aux_names)]
+        self.output_names = ["output", "repr"]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        h = self.head
+        feats = torch.randn(batch, h.num_features, h.feature_dim, generator=g)
+        reprs = [torch.randn(batch, h.num_queries, self.aux_dims[a], generator=g) for a in self.aux_names]
+        return (feats, *reprs)
+
+    def forward(self, features: Tensor, *aux_reprs: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(features, list(aux_reprs) if aux_reprs else None, use_dlm=True)
+
+
+def export_onnx(
+    module: TrunkExport | HeadExport, path: str | Path, *, opset: int = 18, batch: int = 2
+) -> Path:
+    """Export a `TrunkExport`/`HeadExport` with the TorchScript exporter (dynamo=False), dynamic batch axis."""
+    path = Path(path)
+    module = module.eval()
+    inputs = module.example_inputs(batch)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings
+        torch.onnx.export(
+            module,
+            inputs,
+            str(path),
+            input_names=module.input_names,
+            output_names=module.output_names,
+            dynamic_axes=module.dynamic_axes,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+        outputs = module(*inputs)
+    # The tracer leaves non-batch output dims symbolic after reshapes; declare them (Triton/TensorRT read them).
+    model = onnx.load(str(path))
+    for out, val in zip(model.graph.output, outputs, strict=True):
+        for i, d in enumerate(out.type.tensor_type.shape.dim):
+            if i == 0:
+                d.dim_param = "batch"
+            else:
+                d.dim_value = int(val.shape[i])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def export_modules(model: MultiTaskModel) -> tuple[TrunkExport, dict[str, HeadExport]]:
+    """Eval-mode copies for ONNX: the trunk (`video` -> `feat_<task>`...) and each head
+    (`features`, `repr_<aux>`... -> `output`, `repr`), DLMs on."""
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for h in m.heads.values():
+        h.dlm_enabled = True
+    m.stage = None
+    m.eval()
+    dims = {n: h.dim for n, h in m.heads.items()}  # type: ignore[union-attr]
+    return TrunkExport(m.trunk, m.graph.names), {n: HeadExport(h, dims) for n, h in m.heads.items()}  # type: ignore[arg-type]
+
+
+def export_spec(model: MultiTaskModel) -> dict[str, Any]:
+    """Names, dtypes and shapes (without the batch axis) of every exported model's inputs and outputs."""
+    t, s = model.trunk.num_frames, model.trunk.image_size
+    trunk = {
+        "inputs": [{"name": "video", "dtype": "uint8", "shape": [t, s, s, 3]}],
+        "outputs": [
+            {"name": f"feat_{n}", "dtype": "float32", "shape": list(model.feature_shape(n))}
+            for n in model.graph.names
+        ],
+    }
+    heads = {}
+    for n, h in model.heads.items():
+        ins = [{"name": "features", "dtype": "float32", "shape": list(model.feature_shape(n))}]
+        ins += [
+            {"name": f"repr_{a}", "dtype": "float32", "shape": list(model.repr_shape(a))} for a in h.aux_names
+        ]
+        outs = [
+            {"name": "output", "dtype": "float32", "shape": list(model.output_shape(n))},
+            {"name": "repr", "dtype": "float32", "shape": list(model.repr_shape(n))},
+        ]
+        heads[n] = {"inputs": ins, "outputs": outs, "auxiliaries": list(h.aux_names)}
+    return {"trunk": trunk, "heads": heads}
