@@ -70,7 +70,7 @@ from vmtl.export.repository import (
 )
 from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
-from vmtl.models.multitask import MultiTaskModel
+from vmtl.models.multitask import MultiTaskModel, run_heads
 from vmtl.tasks import TaskGraph
 
 __all__ = [
@@ -291,18 +291,17 @@ def _torch_reference(
     ref = _Reference({}, {n: {} for n in graph.names})
     for b in (1, 2):
         video = torch.from_numpy(np.ascontiguousarray(clips[:b]))
-        feats = dict(zip(trunk.output_names, trunk(video), strict=True))
-        ref.trunk[b] = ({"video": video.numpy()}, {k: v.numpy() for k, v in feats.items()})
-        reprs: dict[str, torch.Tensor] = {}
-        for stage in graph.stages():
-            for name in stage:
-                head = heads[name]
-                ins = (feats[f"feat_{name}"], *(reprs[a] for a in head.aux_names))
-                out, reprs[name] = head(*ins)
-                ref.heads[name][b] = (
-                    {k: v.numpy() for k, v in zip(head.input_names, ins, strict=True)},
-                    {"output": out.numpy(), "repr": reprs[name].numpy()},
-                )
+        feats = dict(zip(trunk.tasks, trunk(video), strict=True))
+        ref.trunk[b] = ({"video": video.numpy()}, {f"feat_{k}": v.numpy() for k, v in feats.items()})
+        order = graph.closure(graph.names)
+        auxiliaries = {n: heads[n].aux_names for n in order}
+        outs, reprs = run_heads(order, feats, auxiliaries, lambda n, f, aux: heads[n](f, *aux))
+        for name in order:
+            ins = (feats[name], *(reprs[a] for a in auxiliaries[name]))
+            ref.heads[name][b] = (
+                {k: v.numpy() for k, v in zip(heads[name].input_names, ins, strict=True)},
+                {"output": outs[name].numpy(), "repr": reprs[name].numpy()},
+            )
     return ref
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,10 @@ from .checkpoint import CheckpointError
 from .config import ModelConfig, ModelConfigError
 from .heads import TaskHead
 
-__all__ = ["MultiTaskModel", "MultiTaskOutput"]
+__all__ = ["HeadCall", "MultiTaskModel", "MultiTaskOutput", "run_heads"]
+
+#: Runs one head: (task, its trunk features, its auxiliaries' representations) -> (output, repr).
+HeadCall = Callable[[str, Tensor, list[Tensor]], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -44,6 +47,25 @@ class MultiTaskOutput:
     outputs: dict[str, Tensor]
     reprs: dict[str, Tensor]
     features: dict[str, Tensor]
+
+
+def run_heads(
+    names: Sequence[str],
+    features: Mapping[str, Tensor],
+    auxiliaries: Mapping[str, Sequence[str]],
+    call: HeadCall,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The heads of `names` (in stage order) on their trunk features, each fed its `auxiliaries`'
+    representations (`repr_<aux>`, computed earlier in the order). Returns ({task: output}, {task: repr}).
+
+    The one place the multi-task inference order lives: `MultiTaskModel.run` and `.flops_report`, and
+    export's PyTorch reference for the parity check, differ only in how they `call` a head.
+    """
+    outs: dict[str, Tensor] = {}
+    reprs: dict[str, Tensor] = {}
+    for n in names:
+        outs[n], reprs[n] = call(n, features[n], [reprs[a] for a in auxiliaries[n]])
+    return outs, reprs
 
 
 class MultiTaskModel(nn.Module):
@@ -131,13 +153,13 @@ class MultiTaskModel(nn.Module):
         """One trunk pass, then the needed heads in stage order; returns everything computed."""
         names = self.required_tasks(tasks)
         feats = self.trunk(video, names)
-        outs: dict[str, Tensor] = {}
-        reprs: dict[str, Tensor] = {}
-        for n in names:
-            head: TaskHead = self.heads[n]  # type: ignore[assignment]
+
+        def call(n: str, features: Tensor, aux: list[Tensor]) -> tuple[Tensor, Tensor]:
             # Detached: a task's DLMs train on its own loss only, never through another task's DLMs.
-            aux = [reprs[a].detach() for a in head.aux_names] if head.dlm_enabled and head.aux_names else None
-            outs[n], reprs[n] = head(feats[n], aux)
+            return self.heads[n](features, [a.detach() for a in aux] or None)
+
+        live = {n: self.heads[n].aux_names if self.heads[n].dlm_enabled else () for n in names}
+        outs, reprs = run_heads(names, feats, live, call)
         return MultiTaskOutput(outs, reprs, feats)
 
     def forward(self, video: Tensor, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
@@ -264,16 +286,17 @@ class MultiTaskModel(nn.Module):
             adapters = _module_flops(fc, r"\.blocks\.\d+\.adapter$")
             heads: dict[str, int] = {}
             dlms: dict[str, int] = {}
-            reprs: dict[str, Tensor] = {}
-            for stage in self.graph.stages():
-                for n in stage:
-                    h: TaskHead = self.heads[n]  # type: ignore[assignment]
-                    aux = [reprs[a] for a in h.aux_names] or None
-                    with FlopCounterMode(display=False) as fc:
-                        _, reprs[n] = h(feats[n], aux, use_dlm=True)
-                    heads[n] = fc.get_total_flops()
-                    if h.aux_names:
-                        dlms[n] = _module_flops(fc, r"\.dlms\.[a-z0-9_]+$")
+
+            def call(n: str, features: Tensor, aux: list[Tensor]) -> tuple[Tensor, Tensor]:
+                with FlopCounterMode(display=False) as fc:
+                    out = self.heads[n](features, aux or None, use_dlm=True)
+                heads[n] = fc.get_total_flops()
+                if aux:
+                    dlms[n] = _module_flops(fc, r"\.dlms\.[a-z0-9_]+$")
+                return out
+
+            order = self.graph.closure(self.graph.names)
+            run_heads(order, feats, {n: self.heads[n].aux_names for n in order}, call)
         finally:
             self.train(was_training)
         total_heads = sum(heads.values())
