@@ -1,9 +1,9 @@
 """`vmtl export`: a trained checkpoint -> ONNX (+ int8 / TensorRT) -> Triton model repository.
 
-Steps of :func:`export_checkpoint`:
+Steps of :func:`export_checkpoint` (each a function of this module):
 
-1. ONNX export (opset 18, TorchScript exporter) of the trunk (uint8 ``video`` [B,T,S,S,3] in, normalised
-   inside, dynamic batch, static T/S) and of one graph per head (DLMs on).
+1. ONNX export (opset 18, TorchScript exporter, :mod:`vmtl.export.wrappers`) of the trunk (uint8 ``video``
+   [B,T,S,S,3] in, normalised inside, dynamic batch, static T/S) and of one graph per head (DLMs on).
 2. Parity: PyTorch and ONNX Runtime run the same clips (real decoded clips of ``data_root``'s held-out split
    when given, else seeded random uint8 clips) at batch 1 and 2; every head is fed the trunk's *PyTorch*
    features and its auxiliaries' PyTorch representations. Each shipped file is checked in a fresh session
@@ -68,6 +68,7 @@ from vmtl.export.repository import (
     read_manifest,
     write_repository,
 )
+from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
 from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
 from vmtl.models.multitask import MultiTaskModel, run_heads
@@ -421,6 +422,63 @@ def _now() -> str:
 # The export
 
 
+@dataclass
+class _Plan:
+    """The validated arguments of one export (see :func:`export_checkpoint`)."""
+
+    weights: Path
+    out: Path
+    targets: dict[str, Path]  # flavour -> repository directory
+    data: Path | None
+    int8: bool
+    int8_heads: bool
+    trt: bool
+    only_heads: bool
+    parity_tol: float
+    opset: int
+    max_batch_size: int | None
+    cpu_threads: int | None
+    max_queue_size: int
+    max_drop: float
+    max_mae_increase: float
+    seed: int
+
+
+@dataclass
+class _Loaded:
+    """The checkpoint's model and what the export derives from it before writing anything."""
+
+    model: MultiTaskModel
+    fingerprint: dict[str, Any]
+    flops: dict[str, Any]
+    trunk: TrunkExport
+    heads: dict[str, HeadExport]
+    existing: dict[str, dict[str, Any]]  # --only-heads: flavour -> the repository's manifest
+    max_batch_size: int
+    clips: np.ndarray  # the parity inputs
+    clips_desc: str
+    reference: _Reference
+
+    @property
+    def graph(self) -> TaskGraph:
+        return self.model.graph
+
+
+@dataclass
+class _Shipment:
+    """What each flavour ships, per model: the file, its parity record (fp32 files), its precision and the
+    parity.json of a model that ships in a lower precision (checked by an accuracy gate instead); plus
+    the gates' results."""
+
+    files: dict[str, dict[str, Path]] = field(default_factory=dict)
+    parity: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    precision: dict[str, dict[str, str]] = field(default_factory=dict)
+    sidecars: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    gate: GateResult | None = None  # int8
+    trt_info: dict[str, Any] | None = None
+    trt_plan: Path | None = None  # the TensorRT engine of the native flavour's trunk
+
+
 def export_checkpoint(
     ckpt_dir: str | Path,
     out_repo: str | Path,
@@ -452,6 +510,9 @@ def export_checkpoint(
     progress lines. Raises :class:`UsageError` for bad arguments, :class:`ParityError`,
     :class:`GateRefused` (``Int8Refused``), :class:`~vmtl.export.tensorrt.TensorRTError` or
     :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
+
+    The steps are the functions below (plan, load, ONNX export, parity, gates, per-flavour write); this
+    one is a little over 80 lines only for its signature and the plan it passes on.
     """
     progress = _Progress(log)
     try:
@@ -459,15 +520,65 @@ def export_checkpoint(
     except CheckpointError as exc:
         raise UsageError(str(exc)) from exc
     out = Path(out_repo).expanduser()
-    data = Path(data_root).expanduser() if data_root is not None else None
     if flavour is None and trt and not only_heads:
         flavour = "native"
-    targets = _targets(out, flavour, only_heads)
+    plan = _Plan(
+        weights=weights,
+        out=out,
+        targets=_targets(out, flavour, only_heads),
+        data=Path(data_root).expanduser() if data_root is not None else None,
+        int8=int8,
+        int8_heads=int8_heads,
+        trt=trt,
+        only_heads=only_heads,
+        parity_tol=parity_tol,
+        opset=opset,
+        max_batch_size=max_batch_size,
+        cpu_threads=cpu_threads,
+        max_queue_size=max_queue_size,
+        max_drop=max_drop,
+        max_mae_increase=max_mae_increase,
+        seed=seed,
+    )
+    _check_plan(plan)
+    loaded = _load(plan, progress)
+    with tempfile.TemporaryDirectory(prefix="vmtl-export-") as tmp:
+        work = Path(tmp)
+        raw = _export_onnx(plan, loaded, work, progress)
+        ship = _parity_per_flavour(plan, loaded, raw, work, progress)
+        if int8 or trt:
+            _accuracy_gates(plan, loaded, raw, ship, work, progress)
+        with progress.step("write"):
+            models = [
+                row
+                for fl, target in plan.targets.items()
+                for row in _write_flavour(plan, loaded, raw, ship, fl, target, progress)
+            ]
+    return ExportReport(
+        checkpoint=checkpoint_dir(plan.weights),
+        out=plan.out,
+        repositories=dict(plan.targets),
+        tasks=list(loaded.graph.names),
+        models=models,
+        trunk_sha256=loaded.fingerprint["sha256"],
+        parity_tolerance=parity_tol,
+        parity_inputs=loaded.clips_desc,
+        only_heads=only_heads,
+        int8=ship.gate,
+        tensorrt=ship.trt_info,
+        seconds=time.perf_counter() - progress.t0,
+        steps=progress.steps,
+    )
+
+
+def _check_plan(plan: _Plan) -> None:
+    """Check the arguments together (UsageError says what does not fit), before anything is loaded."""
+    int8, trt, only_heads, targets, data = plan.int8, plan.trt, plan.only_heads, plan.targets, plan.data
     if only_heads and (int8 or trt):
         raise UsageError(
             "--only-heads keeps the existing backbone (and its precision); --int8 / --trt apply to a full export"
         )
-    if int8_heads and not int8:
+    if plan.int8_heads and not int8:
         raise UsageError("--int8-heads needs --int8")
     if int8 and "cpu" not in targets:
         raise UsageError(
@@ -484,218 +595,263 @@ def export_checkpoint(
     if data is not None and not data.is_dir():
         raise UsageError(f"--data {data} is not a directory")
     if trt:
-        from vmtl.export.tensorrt import tensorrt_unavailable
-
         reason = tensorrt_unavailable()
         if reason:
             raise UsageError(reason)
-    if parity_tol <= 0:
-        raise UsageError(f"the parity tolerance must be > 0, got {parity_tol}")
+    if plan.parity_tol <= 0:
+        raise UsageError(f"the parity tolerance must be > 0, got {plan.parity_tol}")
 
+
+def _load(plan: _Plan, progress: _Progress) -> _Loaded:
+    """Load the checkpoint, fingerprint its trunk (checked against the repository with --only-heads), and
+    run the PyTorch reference of the parity check."""
     with progress.step("load"):
         try:
-            model = MultiTaskModel.load_checkpoint(weights)
+            model = MultiTaskModel.load_checkpoint(plan.weights)
         except Exception as exc:
-            raise UsageError(f"cannot load checkpoint {weights}: {exc}") from exc
+            raise UsageError(f"cannot load checkpoint {plan.weights}: {exc}") from exc
         graph = model.graph
         fingerprint = trunk_fingerprint(model)
         flops = _flops(model)
         trunk_mod, head_mods = export_modules(model)
-    progress.say(f"loaded {weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
+    progress.say(f"loaded {plan.weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
 
     existing: dict[str, dict[str, Any]] = {}
-    if only_heads:
-        existing = {f: _check_only_heads(p, fingerprint) for f, p in targets.items()}
+    if plan.only_heads:
+        existing = {f: _check_only_heads(p, fingerprint) for f, p in plan.targets.items()}
         progress.say(f"--only-heads: trunk sha256 {fingerprint['sha256'][:16]}... matches the repository")
+    max_batch_size = plan.max_batch_size
     if max_batch_size is None:
         max_batch_size = int(next(iter(existing.values()))["max_batch_size"]) if existing else 8
 
     with progress.step("parity inputs"):
-        clips, clips_desc = _parity_clips(model, data, seed)
+        clips, clips_desc = _parity_clips(model, plan.data, plan.seed)
         reference = _torch_reference(graph, trunk_mod, head_mods, clips)
-
-    with tempfile.TemporaryDirectory(prefix="vmtl-export-") as tmp:
-        work = Path(tmp)
-        raw: dict[str, Path] = {}
-        # Only-heads needs the trunk ONNX only for the signature of a TensorRT backbone.
-        need_trunk = not only_heads or any(
-            (targets[f] / BACKBONE / "1" / "model.plan").is_file() for f in targets
-        )
-        with progress.step("onnx export"):
-            if need_trunk:
-                raw[BACKBONE] = export_onnx(trunk_mod, work / "backbone.onnx", opset=opset)
-                progress.say(f"exported {BACKBONE} ({_size(raw[BACKBONE].stat().st_size)})")
-            for name in graph.names:
-                path = export_onnx(head_mods[name], work / f"{head_model(name)}.onnx", opset=opset)
-                raw[head_model(name)] = path
-            progress.say(f"exported {len(graph.names)} heads")
-
-        files: dict[str, dict[str, Path]] = {}  # flavour -> model -> file shipped
-        parity: dict[str, dict[str, dict[str, Any]]] = {}  # flavour -> model -> parity record (fp32 files)
-        # parity.json of the models that ship in a lower precision (checked by an accuracy gate instead)
-        sidecars: dict[str, dict[str, dict[str, Any]]] = {fl: {} for fl in targets}
-        for fl in targets:
-            files[fl], parity[fl] = {}, {}
-            (work / fl).mkdir()
-            for name, path in raw.items():
-                if name == BACKBONE and only_heads:
-                    continue
-                if fl == "cpu":
-                    with progress.step("optimise"):
-                        path = optimize_model(path, work / fl / f"{name}.onnx")
-                cases = reference.trunk if name == BACKBONE else reference.heads[name.removeprefix("head_")]
-                with progress.step("parity"):
-                    parity[fl][name] = _check_parity(path, name, cases, parity_tol, f"{fl} flavour")
-                files[fl][name] = path
-            worst = max((p["max_abs"] for p in parity[fl].values()), default=0.0)
-            what = "optimised (ORT EXTENDED, offline) " if fl == "cpu" else ""
-            progress.say(f"{fl}: {what}models match PyTorch, worst max-abs {worst:.2e} (tol {parity_tol:g})")
-
-        precision = {fl: dict.fromkeys(files[fl], "fp32") for fl in files}
-        gate: GateResult | None = None
-        trt_info: dict[str, Any] | None = None
-        plan: Path | None = None
-        if int8 or trt:
-            assert data is not None
-            with progress.step("accuracy gate"):
-                gate_data = load_gate_data(data, graph, model.temporal_tokens)
-                n_clips = sum(len(c) for c in gate_data.values())
-                fp32_files = files["cpu"] if "cpu" in files else files["native"]
-                fp32 = evaluate_pipeline(
-                    OrtPipeline(graph, fp32_files[BACKBONE], _heads(fp32_files, graph)), graph, gate_data
-                )
-            if int8:
-                with progress.step("int8"):
-                    gate, q, tried = _int8_candidate(
-                        raw,
-                        files["cpu"],
-                        graph,
-                        fp32,
-                        gate_data,
-                        work / "int8",
-                        int8_heads,
-                        clips,
-                        max_drop=max_drop,
-                        max_mae_increase=max_mae_increase,
-                        say=progress.say,
-                    )
-                if not gate.passed:
-                    tried[0][1].details["tried"] = gate.details["tried"]  # the refusal shown lists them all
-                    raise Int8Refused(
-                        tried[0][1],
-                        note="Settings tried: "
-                        + "; ".join(
-                            f"{label} ({', '.join(t.task for t in g.failures)} failed)" for label, g in tried
-                        )
-                        + f". Shown: {tried[0][0]}.",
-                    )
-                files["cpu"].update(q)
-                precision["cpu"].update(dict.fromkeys(q, "int8"))
-                for name in q:
-                    sidecars["cpu"][name] = {
-                        "precision": "int8",
-                        "checked_by": "the int8 accuracy gate (vmtl.json metadata.int8)",
-                        "fp32_export_parity": parity["cpu"].pop(name),
-                    }
-            if trt:
-                from vmtl.export.tensorrt import TrtTrunk, build_engine
-
-                with progress.step("tensorrt"):
-                    (work / "trt").mkdir()
-                    plan = work / "trt" / "model.plan"
-                    trt_info = build_engine(raw[BACKBONE], plan, max_batch_size=max_batch_size)
-                    pipe = OrtPipeline(graph, TrtTrunk(plan), _heads(files["native"], graph))
-                    metrics = evaluate_pipeline(pipe, graph, gate_data)
-                    trt_gate = compare_metrics(
-                        graph,
-                        fp32,
-                        metrics,
-                        name="trt-fp16",
-                        max_drop=max_drop,
-                        max_mae_increase=max_mae_increase,
-                        clips=n_clips,
-                    )
-                    trt_info["gate"] = trt_gate.to_dict()
-                    trt_info["feature_max_abs_vs_torch"] = max(
-                        _max_abs(reference.trunk[2][1][k], v) for k, v in pipe.features(clips).items()
-                    )
-                progress.say(f"TensorRT fp16 accuracy gate on {n_clips} held-out clips:\n{trt_gate.table()}")
-                if not trt_gate.passed:
-                    raise GateRefused(trt_gate, "the TensorRT fp16 engine")
-                precision["native"][BACKBONE] = "fp16-trt"
-                sidecars["native"][BACKBONE] = {
-                    "precision": "fp16 (TensorRT)",
-                    "checked_by": "the TensorRT fp16 accuracy gate (backbone/tensorrt.json)",
-                    "fp32_export_parity": parity["native"].pop(BACKBONE),
-                }
-
-        # ---- write
-        report_models: list[ModelReport] = []
-        with progress.step("write"):
-            for fl, target in targets.items():
-                meta = _metadata(
-                    fl,
-                    weights,
-                    fingerprint,
-                    opset,
-                    parity,
-                    precision,
-                    clips_desc,
-                    parity_tol,
-                    gate,
-                    trt_info,
-                    flops,
-                    both=len(targets) == 2 and not only_heads,
-                    previous=existing.get(fl),
-                )
-                kept: dict[str, bytes] = {}
-                if only_heads:
-                    trunk_file, trunk_plan, kept, threads = _existing_backbone(target, raw.get(BACKBONE))
-                else:
-                    trunk_file = files[fl][BACKBONE] if not (fl == "native" and plan) else raw[BACKBONE]
-                    trunk_plan = plan if fl == "native" else None
-                    threads = cpu_threads
-                heads = {n: files[fl][head_model(n)] for n in graph.names}
-                write_repository(
-                    target,
-                    graph,
-                    trunk_file,
-                    heads,
-                    flavour=fl,
-                    max_batch_size=max_batch_size,  # type: ignore[arg-type]
-                    trunk_plan=trunk_plan,
-                    cpu_threads=threads if fl == "cpu" else None,
-                    metadata=meta,
-                    max_queue_size=max_queue_size,
-                )
-                for name, rec in {**parity[fl], **sidecars[fl]}.items():
-                    _write_json(target / name / PARITY_FILE, {"model": name, "inputs": clips_desc, **rec})
-                for rel, blob in kept.items():
-                    (target / rel).write_bytes(blob)
-                if fl == "native" and trt_info and not only_heads:
-                    from vmtl.export.tensorrt import write_engine_info
-
-                    write_engine_info(target / BACKBONE, {**trt_info, "built": _now()})
-                report_models += _model_reports(target, fl, graph, precision[fl], parity[fl], only_heads)
-                progress.say(f"wrote the {fl} repository {target}")
-
-    progress.steps["total"] = time.perf_counter() - progress.t0
-    total = progress.steps.pop("total")
-    return ExportReport(
-        checkpoint=checkpoint_dir(weights),
-        out=out,
-        repositories=dict(targets),
-        tasks=list(graph.names),
-        models=report_models,
-        trunk_sha256=fingerprint["sha256"],
-        parity_tolerance=parity_tol,
-        parity_inputs=clips_desc,
-        only_heads=only_heads,
-        int8=gate,
-        tensorrt=trt_info,
-        seconds=total,
-        steps=progress.steps,
+    return _Loaded(
+        model,
+        fingerprint,
+        flops,
+        trunk_mod,
+        head_mods,
+        existing,
+        max_batch_size,
+        clips,
+        clips_desc,
+        reference,
     )
+
+
+def _export_onnx(plan: _Plan, loaded: _Loaded, work: Path, progress: _Progress) -> dict[str, Path]:
+    """The plain ONNX export of the trunk and of every head into ``work``: {model name: file}."""
+    graph = loaded.graph
+    raw: dict[str, Path] = {}
+    # Only-heads needs the trunk ONNX only for the signature of a TensorRT backbone.
+    need_trunk = not plan.only_heads or any(
+        (target / BACKBONE / "1" / "model.plan").is_file() for target in plan.targets.values()
+    )
+    with progress.step("onnx export"):
+        if need_trunk:
+            raw[BACKBONE] = export_onnx(loaded.trunk, work / "backbone.onnx", opset=plan.opset)
+            progress.say(f"exported {BACKBONE} ({_size(raw[BACKBONE].stat().st_size)})")
+        for name in graph.names:
+            path = export_onnx(loaded.heads[name], work / f"{head_model(name)}.onnx", opset=plan.opset)
+            raw[head_model(name)] = path
+        progress.say(f"exported {len(graph.names)} heads")
+    return raw
+
+
+def _parity_per_flavour(
+    plan: _Plan, loaded: _Loaded, raw: Mapping[str, Path], work: Path, progress: _Progress
+) -> _Shipment:
+    """Each flavour's fp32 files (ORT-optimised offline for cpu), checked against PyTorch."""
+    ship = _Shipment(sidecars={fl: {} for fl in plan.targets})
+    for fl in plan.targets:
+        ship.files[fl], ship.parity[fl] = {}, {}
+        (work / fl).mkdir()
+        for name, path in raw.items():
+            if name == BACKBONE and plan.only_heads:
+                continue
+            if fl == "cpu":
+                with progress.step("optimise"):
+                    path = optimize_model(path, work / fl / f"{name}.onnx")
+            ref = loaded.reference
+            cases = ref.trunk if name == BACKBONE else ref.heads[name.removeprefix("head_")]
+            with progress.step("parity"):
+                ship.parity[fl][name] = _check_parity(path, name, cases, plan.parity_tol, f"{fl} flavour")
+            ship.files[fl][name] = path
+        worst = max((p["max_abs"] for p in ship.parity[fl].values()), default=0.0)
+        what = "optimised (ORT EXTENDED, offline) " if fl == "cpu" else ""
+        progress.say(f"{fl}: {what}models match PyTorch, worst max-abs {worst:.2e} (tol {plan.parity_tol:g})")
+    ship.precision = {fl: dict.fromkeys(ship.files[fl], "fp32") for fl in ship.files}
+    return ship
+
+
+def _accuracy_gates(
+    plan: _Plan,
+    loaded: _Loaded,
+    raw: Mapping[str, Path],
+    ship: _Shipment,
+    work: Path,
+    progress: _Progress,
+) -> None:
+    """The fp32 metrics on the held-out data, then the int8 and/or TensorRT candidates against them."""
+    assert plan.data is not None
+    graph = loaded.graph
+    with progress.step("accuracy gate"):
+        gate_data = load_gate_data(plan.data, graph, loaded.model.temporal_tokens)
+        fp32_files = ship.files["cpu"] if "cpu" in ship.files else ship.files["native"]
+        fp32 = evaluate_pipeline(
+            OrtPipeline(graph, fp32_files[BACKBONE], _heads(fp32_files, graph)), graph, gate_data
+        )
+    if plan.int8:
+        _int8_gate(plan, loaded, raw, ship, fp32, gate_data, work, progress)
+    if plan.trt:
+        _trt_gate(plan, loaded, raw, ship, fp32, gate_data, work, progress)
+
+
+def _int8_gate(
+    plan: _Plan,
+    loaded: _Loaded,
+    raw: Mapping[str, Path],
+    ship: _Shipment,
+    fp32: Mapping[str, Mapping[str, float]],
+    gate_data: dict,
+    work: Path,
+    progress: _Progress,
+) -> None:
+    """Quantise (:func:`_int8_candidate`); ship the int8 files in the cpu flavour, or raise Int8Refused."""
+    with progress.step("int8"):
+        gate, q, tried = _int8_candidate(
+            raw,
+            ship.files["cpu"],
+            loaded.graph,
+            fp32,
+            gate_data,
+            work / "int8",
+            plan.int8_heads,
+            loaded.clips,
+            max_drop=plan.max_drop,
+            max_mae_increase=plan.max_mae_increase,
+            say=progress.say,
+        )
+    if not gate.passed:
+        tried[0][1].details["tried"] = gate.details["tried"]  # the refusal shown lists them all
+        raise Int8Refused(
+            tried[0][1],
+            note="Settings tried: "
+            + "; ".join(f"{label} ({', '.join(t.task for t in g.failures)} failed)" for label, g in tried)
+            + f". Shown: {tried[0][0]}.",
+        )
+    ship.gate = gate
+    ship.files["cpu"].update(q)
+    ship.precision["cpu"].update(dict.fromkeys(q, "int8"))
+    for name in q:
+        ship.sidecars["cpu"][name] = {
+            "precision": "int8",
+            "checked_by": "the int8 accuracy gate (vmtl.json metadata.int8)",
+            "fp32_export_parity": ship.parity["cpu"].pop(name),
+        }
+
+
+def _trt_gate(
+    plan: _Plan,
+    loaded: _Loaded,
+    raw: Mapping[str, Path],
+    ship: _Shipment,
+    fp32: Mapping[str, Mapping[str, float]],
+    gate_data: dict,
+    work: Path,
+    progress: _Progress,
+) -> None:
+    """Build the trunk's fp16 TensorRT engine; ship it in the native flavour, or raise GateRefused."""
+    graph = loaded.graph
+    n_clips = sum(len(c) for c in gate_data.values())
+    with progress.step("tensorrt"):
+        (work / "trt").mkdir()
+        engine = work / "trt" / "model.plan"
+        trt_info = build_engine(raw[BACKBONE], engine, max_batch_size=loaded.max_batch_size)
+        pipe = OrtPipeline(graph, TrtTrunk(engine), _heads(ship.files["native"], graph))
+        metrics = evaluate_pipeline(pipe, graph, gate_data)
+        trt_gate = compare_metrics(
+            graph,
+            fp32,
+            metrics,
+            name="trt-fp16",
+            max_drop=plan.max_drop,
+            max_mae_increase=plan.max_mae_increase,
+            clips=n_clips,
+        )
+        trt_info["gate"] = trt_gate.to_dict()
+        trt_info["feature_max_abs_vs_torch"] = max(
+            _max_abs(loaded.reference.trunk[2][1][k], v) for k, v in pipe.features(loaded.clips).items()
+        )
+    progress.say(f"TensorRT fp16 accuracy gate on {n_clips} held-out clips:\n{trt_gate.table()}")
+    if not trt_gate.passed:
+        raise GateRefused(trt_gate, "the TensorRT fp16 engine")
+    ship.trt_info, ship.trt_plan = trt_info, engine
+    ship.precision["native"][BACKBONE] = "fp16-trt"
+    ship.sidecars["native"][BACKBONE] = {
+        "precision": "fp16 (TensorRT)",
+        "checked_by": "the TensorRT fp16 accuracy gate (backbone/tensorrt.json)",
+        "fp32_export_parity": ship.parity["native"].pop(BACKBONE),
+    }
+
+
+def _write_flavour(
+    plan: _Plan,
+    loaded: _Loaded,
+    raw: Mapping[str, Path],
+    ship: _Shipment,
+    fl: str,
+    target: Path,
+    progress: _Progress,
+) -> list[ModelReport]:
+    """Write flavour ``fl``'s repository ``target`` (models, config, manifest, parity.json files)."""
+    graph = loaded.graph
+    meta = _metadata(
+        fl,
+        plan.weights,
+        loaded.fingerprint,
+        plan.opset,
+        ship.parity,
+        ship.precision,
+        loaded.clips_desc,
+        plan.parity_tol,
+        ship.gate,
+        ship.trt_info,
+        loaded.flops,
+        both=len(plan.targets) == 2 and not plan.only_heads,
+        previous=loaded.existing.get(fl),
+    )
+    kept: dict[str, bytes] = {}
+    if plan.only_heads:
+        trunk_file, trunk_plan, kept, threads = _existing_backbone(target, raw.get(BACKBONE))
+    else:
+        trunk_file = ship.files[fl][BACKBONE] if not (fl == "native" and ship.trt_plan) else raw[BACKBONE]
+        trunk_plan = ship.trt_plan if fl == "native" else None
+        threads = plan.cpu_threads
+    heads = {n: ship.files[fl][head_model(n)] for n in graph.names}
+    write_repository(
+        target,
+        graph,
+        trunk_file,
+        heads,
+        flavour=fl,
+        max_batch_size=loaded.max_batch_size,
+        trunk_plan=trunk_plan,
+        cpu_threads=threads if fl == "cpu" else None,
+        metadata=meta,
+        max_queue_size=plan.max_queue_size,
+    )
+    for name, rec in {**ship.parity[fl], **ship.sidecars[fl]}.items():
+        _write_json(target / name / PARITY_FILE, {"model": name, "inputs": loaded.clips_desc, **rec})
+    for rel, blob in kept.items():
+        (target / rel).write_bytes(blob)
+    if fl == "native" and ship.trt_info and not plan.only_heads:
+        write_engine_info(target / BACKBONE, {**ship.trt_info, "built": _now()})
+    rows = _model_reports(target, fl, graph, ship.precision[fl], ship.parity[fl], plan.only_heads)
+    progress.say(f"wrote the {fl} repository {target}")
+    return rows
 
 
 def _flops(model: MultiTaskModel) -> dict[str, Any]:
