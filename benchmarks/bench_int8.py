@@ -28,17 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
+from vmtl.contract import BACKBONE
 from vmtl.export.onnx import export_checkpoint
 from vmtl.export.quantize import (
     INT8_SETTINGS,
     GateRefused,
     int8_setting,
     load_gate_data,
-    ort_session,
     quantize_model,
 )
-from vmtl.export.repository import BACKBONE
 from vmtl.models.multitask import MultiTaskModel
+from vmtl.runtime import ort_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import update_section

@@ -48,10 +48,10 @@ from google.protobuf import text_format
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import update_section
 
-from vmtl.bench.inprocess import RepoFiles, SharedOrt, cores
 from vmtl.bench.load import breakdown
+from vmtl.contract import load_configs
 from vmtl.demo import Demo, DemoError, sample_video
-from vmtl.export.repository import load_configs
+from vmtl.runtime import LocalModel, OrtPipeline, cores
 from vmtl.server.launcher import TritonServer
 from vmtl.video import read_clip
 
@@ -211,7 +211,7 @@ class Setup:
 
     repo_path: Path
     origin: str
-    repo: RepoFiles
+    repo: LocalModel
     video_path: Path
     video: np.ndarray
     subsets: dict[int, list[str]]  # K -> the first K tasks of the graph
@@ -237,7 +237,7 @@ class Measured:
 def setup(args: argparse.Namespace) -> Setup:
     """Find the repository, read the clip with its preprocessing, pick the task subsets."""
     repo_path, origin = find_repository(args.repo)
-    repo = RepoFiles.load(repo_path)
+    repo = LocalModel.load(repo_path)
     p = repo.graph.preprocess
     video_path = args.video or sample_video()
     if video_path is None:
@@ -264,7 +264,7 @@ def measure_serving(args: argparse.Namespace, s: Setup) -> Measured:
         f"repository {s.repo_path} ({s.origin}); {len(s.names)} tasks; clip {list(s.video.shape)}",
         file=sys.stderr,
     )
-    ort_pipe = SharedOrt(s.repo)
+    ort_pipe = s.repo.host_pipeline()
     CACHE.mkdir(parents=True, exist_ok=True)
     variant = (
         no_delay_copy(s.repo_path, CACHE / "repository-no-delay") if args.no_delay and any(s.delays) else None
@@ -310,11 +310,11 @@ def start_server(stack: contextlib.ExitStack, repo: Path, log_file: Path) -> str
 
 
 def configurations(
-    s: Setup, ort_pipe: SharedOrt, tri: TritonRunner, tri0: TritonRunner | None
+    s: Setup, ort_pipe: OrtPipeline, tri: TritonRunner, tri0: TritonRunner | None
 ) -> dict[str, Callable[[], object]]:
     """ "path|what" -> one request, inputs built once."""
     video, names = s.video, s.names
-    configs: dict[str, Callable[[], object]] = {"ort|trunk alone": lambda: ort_pipe.run(video, None)}
+    configs: dict[str, Callable[[], object]] = {"ort|trunk alone": lambda: ort_pipe.trunk_outputs(video)}
     for k, sub in s.subsets.items():
         configs[f"ort|trunk + {k} task{'s' if k > 1 else ''}"] = lambda sub=sub: ort_pipe.run(video, sub)
     feats = ort_pipe.features(video)
@@ -372,7 +372,7 @@ def _command(args: argparse.Namespace) -> str:
 
 def _header(args: argparse.Namespace, s: Setup, measured: Measured) -> list[str]:
     p, graph, names = s.repo.graph.preprocess, s.repo.graph, s.names
-    trunk_mb = s.repo.onnx["backbone"].stat().st_size / 1e6
+    trunk_mb = s.repo.trunk.stat().st_size / 1e6
     load0, load1 = measured.load
     return [
         args.section,

@@ -27,7 +27,7 @@ from vmtl.bench.load import (
 )
 from vmtl.bench.peak import manifest_flops, matmul_peak
 from vmtl.cli import main
-from vmtl.export.repository import load_configs, read_manifest, validate_repository
+from vmtl.contract import load_configs, read_manifest, validate_repository
 from vmtl.tasks import TaskGraph
 
 CONFIGS = "triton-ensemble,triton-trunk,triton-independent,ort-shared,ort-trunk,ort-independent,torch"

@@ -22,9 +22,10 @@ import pytest
 
 pytestmark = pytest.mark.triton
 
-pytest.importorskip("tritonclient.grpc")
+grpcclient = pytest.importorskip("tritonclient.grpc")
 from test_repository import FRAMES, SIZE, make_toy_models, ort_reference, toy_graph  # noqa: E402
 
+from vmtl import contract  # noqa: E402
 from vmtl.cli import main  # noqa: E402
 from vmtl.client import (  # noqa: E402
     ClientError,
@@ -132,10 +133,21 @@ def test_connect_reads_the_task_graph_from_the_server(served: Served) -> None:
     assert c.clip_shape == (FRAMES, SIZE, SIZE, 3)
     assert c.max_batch_size == 8 and c.server_version.startswith("2.")
     assert c.video_unavailable is None
-    # The client's copies of the repository's names agree with the writer's.
-    for name in ("CLIP_ENSEMBLE", "VIDEO_ENSEMBLE", "VIDEO_DECODE", "PARAM_GRAPH", "PARAM_PREPROCESS"):
-        assert getattr(client_mod, name) == getattr(repo_mod, name), name
-    assert client_mod.VIDEO_EXTRA_OUTPUTS == repo_mod.VIDEO_EXTRA_OUTPUTS
+    # The server serves exactly the models the contract names for this graph, under those names, and
+    # vmtl_video answers one output per task plus the contract's extra outputs.
+    with grpcclient.InferenceServerClient(served.url) as raw:
+        served_models = {m.name for m in raw.get_model_repository_index().models}
+        video_cfg = raw.get_model_config(contract.VIDEO_ENSEMBLE).config
+    models = contract.ModelNames.for_graph(served.graph)
+    assert served_models == {
+        models.backbone,
+        models.video_decode,
+        models.clip_ensemble,
+        models.video_ensemble,
+        *(models.head(n) for n in served.graph.names),
+    }
+    assert [o.name for o in video_cfg.output] == [*served.graph.names, *contract.VIDEO_EXTRA_OUTPUTS]
+    assert set(video_cfg.parameters) >= {contract.PARAM_GRAPH, contract.PARAM_PREPROCESS}
 
 
 def test_expected_preprocessing_is_checked_on_connect(served: Served) -> None:
@@ -464,8 +476,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
 
     repo = tmp_path_factory.mktemp("trained") / "repo"
     assert main(["export", str(tiny_checkpoint), "--out", str(repo), "--quiet"]) == 0
-    graph = TaskGraph.from_dict(repo_mod.read_manifest(repo)["graph"])
-    heads = {n: repo / repo_mod.head_model(n) / "1" / "model.onnx" for n in graph.names}
+    graph = TaskGraph.from_dict(contract.read_manifest(repo)["graph"])
+    heads = {n: repo / contract.head_model(n) / "1" / "model.onnx" for n in graph.names}
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=repo.parent / "triton.log")
     with server:
         server.wait_ready(120)

@@ -14,10 +14,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from vmtl.cli import main
-from vmtl.export import onnx as export_mod
-from vmtl.export.onnx import ExportError, ParityError, export_checkpoint, trunk_fingerprint
-from vmtl.export.quantize import GateRefused, GateResult, OrtPipeline, compare_metrics, ort_session
-from vmtl.export.repository import (
+from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
     VIDEO_ENSEMBLE,
@@ -26,6 +23,9 @@ from vmtl.export.repository import (
     read_manifest,
     validate_repository,
 )
+from vmtl.export import onnx as export_mod
+from vmtl.export.onnx import ExportError, ParityError, export_checkpoint, trunk_fingerprint
+from vmtl.export.quantize import GateRefused, GateResult, compare_metrics
 from vmtl.export.tensorrt import (
     TensorRTError,
     check_engine_info,
@@ -34,6 +34,7 @@ from vmtl.export.tensorrt import (
     tensorrt_unavailable,
 )
 from vmtl.models.multitask import MultiTaskModel
+from vmtl.runtime import OrtPipeline, ort_session
 from vmtl.tasks import TaskGraph
 
 TOL = 1e-4

@@ -33,6 +33,7 @@ from test_client import Served  # noqa: E402
 from test_repository import FRAMES, SIZE, make_toy_models, ort_reference, toy_graph  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from vmtl import contract  # noqa: E402
 from vmtl.client import ClientError, InferenceError, InputError, UnknownTaskError, VmtlClient  # noqa: E402
 from vmtl.client.client import QUEUE_FULL_MESSAGE, ServerBusyError  # noqa: E402
 from vmtl.export import repository as repo_mod  # noqa: E402
@@ -150,9 +151,9 @@ def _assert_still_serving(served: Served) -> None:
     raw = grpcclient.InferenceServerClient(served.url)
     try:
         assert raw.is_server_live() and raw.is_server_ready()
-        assert raw.is_model_ready(repo_mod.CLIP_ENSEMBLE) and raw.is_model_ready(repo_mod.VIDEO_ENSEMBLE)
+        assert raw.is_model_ready(contract.CLIP_ENSEMBLE) and raw.is_model_ready(contract.VIDEO_ENSEMBLE)
         clip = _good_clip()[None]
-        result = raw.infer(repo_mod.CLIP_ENSEMBLE, _raw_clip_input(clip, "UINT8"), client_timeout=30)
+        result = raw.infer(contract.CLIP_ENSEMBLE, _raw_clip_input(clip, "UINT8"), client_timeout=30)
     finally:
         raw.close()
     want = ort_reference(served.trunk, served.heads, served.graph, clip)
@@ -235,7 +236,7 @@ def test_wrong_clip_tensor_straight_to_the_ensemble(served: Served, case: str) -
     raw = grpcclient.InferenceServerClient(served.url)
     try:
         with pytest.raises(InferenceServerException) as info:
-            raw.infer(repo_mod.CLIP_ENSEMBLE, _raw_clip_input(array, dtype), client_timeout=30)
+            raw.infer(contract.CLIP_ENSEMBLE, _raw_clip_input(array, dtype), client_timeout=30)
     finally:
         raw.close()
     message = info.value.message() or ""
@@ -336,19 +337,19 @@ def test_queues_are_unbounded_by_default_and_a_bound_is_written_when_asked(
     served: Served, tmp_path: Path
 ) -> None:
     # Default: no queue policy anywhere (in Triton 2.51 one costs a 500 ms batcher stall under load).
-    configs = repo_mod.load_configs(Path(served.server.repo))  # type: ignore[attr-defined]
+    configs = contract.load_configs(Path(served.server.repo))  # type: ignore[attr-defined]
     assert repo_mod.DEFAULT_MAX_QUEUE_SIZE == 0
     assert not [m for m, c in configs.items() if c.dynamic_batching.HasField("default_queue_policy")]
     assert served.client.max_queue_size == 0
     graph = toy_graph()
     trunk, heads = make_toy_models(tmp_path / "onnx", graph)
     bounded = repo_mod.write_repository(tmp_path / "r0", graph, trunk, heads, max_queue_size=5)
-    configs = repo_mod.load_configs(bounded)
+    configs = contract.load_configs(bounded)
     limited = [m for m, c in configs.items() if c.dynamic_batching.default_queue_policy.max_queue_size]
-    assert sorted(limited) == ["backbone"] + [repo_mod.head_model(n) for n in graph.names]
+    assert sorted(limited) == ["backbone"] + [contract.head_model(n) for n in graph.names]
     assert {configs[m].dynamic_batching.default_queue_policy.max_queue_size for m in limited} == {5}
     assert "max_queue_size: 5" in (bounded / "backbone" / "config.pbtxt").read_text()
-    with pytest.raises(repo_mod.RepositoryError, match="max_queue_size must be >= 0"):
+    with pytest.raises(contract.RepositoryError, match="max_queue_size must be >= 0"):
         repo_mod.write_repository(tmp_path / "r1", graph, trunk, heads, max_queue_size=-1)
 
 

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from vmtl.export.repository import (
+from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
     MANIFEST,
@@ -24,8 +24,8 @@ from vmtl.export.repository import (
     load_configs,
     read_manifest,
     validate_repository,
-    write_repository,
 )
+from vmtl.export.repository import write_repository
 from vmtl.tasks import TaskGraph
 
 FRAMES, SIZE, DIM, PROMPTS = 4, 32, 8, 2

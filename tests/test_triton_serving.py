@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vmtl.export.repository import CLIP_ENSEMBLE, VIDEO_ENSEMBLE, WINDOW_OUTPUT, write_repository
+from vmtl.contract import CLIP_ENSEMBLE, VIDEO_ENSEMBLE, WINDOW_OUTPUT
+from vmtl.export.repository import write_repository
 from vmtl.tasks import TaskGraph
 
 pytestmark = pytest.mark.triton

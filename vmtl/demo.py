@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from vmtl.contract import MANIFEST
+
 STEPS = 5
 STATE_FILE = "demo.json"
 #: `vmtl data synth` settings of --quick (the full demo uses the generator's defaults).
@@ -384,7 +386,7 @@ class Demo:
         if not weights.is_file():
             raise DemoError(f"export: no trained weights at {weights}")
         digest = _sha256(weights)
-        if (self.repo_dir / "vmtl.json").is_file() and self._state().get("repository_from") == digest:
+        if (self.repo_dir / MANIFEST).is_file() and self._state().get("repository_from") == digest:
             self.say(f"  reusing the repository in {self.repo_dir} (exported from this checkpoint)")
             return
         if self.repo_dir.exists():
@@ -400,7 +402,7 @@ class Demo:
             detail = err.getvalue().strip().splitlines()
             reason = detail[-1] if detail else f"exit status {code}"
             raise DemoError(f"export failed: {reason}")
-        if not (self.repo_dir / "vmtl.json").is_file():
+        if not (self.repo_dir / MANIFEST).is_file():
             raise DemoError(f"export: `vmtl export` wrote no model repository to {self.repo_dir}")
         self._save_state(repository_from=digest, checkpoint=str(self.ckpt_dir))
 

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from vmtl.bench.independent import write_independent_repository
-from vmtl.bench.inprocess import RepoFiles
 from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
 from vmtl.bench.plot import plot_sweep
 from vmtl.bench.suite import CONFIGS, DEFAULT_CONFIGS, BenchError, BenchResult, run_suite
-from vmtl.client.engines import BatchError
+from vmtl.contract import RepositoryError
 from vmtl.demo import sample_video
+from vmtl.runtime import LocalModel
 from vmtl.server.launcher import TritonServer
 from vmtl.tasks import Preprocess, TaskGraph
 from vmtl.video import VideoError, read_clip
@@ -203,14 +203,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
     if args.requests < 1 or args.warmup < 0:
         return _fail("--requests must be >= 1 and --warmup >= 0")
-    if not (args.repo / "vmtl.json").is_file():
-        return _fail(
-            f"{args.repo} is not a vmtl model repository (no vmtl.json); write one with `vmtl export`"
-        )
     try:
-        repo = RepoFiles.load(args.repo)
-    except (BatchError, OSError, ValueError, KeyError) as exc:
-        return _fail(f"cannot read {args.repo}: {exc}")
+        repo = LocalModel.load(args.repo)
+    except (RepositoryError, OSError) as exc:
+        return _fail(str(exc))
     graph = repo.graph
     tasks = graph.names if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in graph.names]
@@ -264,7 +260,7 @@ def _check_matplotlib() -> None:
 
 def _sweep(
     args: argparse.Namespace,
-    repo: RepoFiles,
+    repo: LocalModel,
     video: np.ndarray,
     tasks: list[str],
     configs: list[str],

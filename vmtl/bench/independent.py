@@ -16,7 +16,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from vmtl.export.repository import BACKBONE, CLIP_ENSEMBLE, head_model, load_configs, validate_repository
+from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, head_model, load_configs, validate_repository
 from vmtl.tasks import TaskGraph
 
 SINGLE_PREFIX = "single_"

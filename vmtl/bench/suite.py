@@ -25,10 +25,11 @@ import numpy as np
 
 from vmtl.bench.eager import EagerTorch
 from vmtl.bench.independent import single_model
-from vmtl.bench.inprocess import IndependentOrt, RepoFiles, SharedOrt, cores
+from vmtl.bench.inprocess import IndependentOrt
 from vmtl.bench.load import LoadError, Measurement, run_load
 from vmtl.bench.peak import Peak, manifest_flops, matmul_peak
-from vmtl.export.repository import BACKBONE, CLIP_ENSEMBLE
+from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, feat_output
+from vmtl.runtime import LocalModel, cores
 
 CONFIGS = (
     "triton-ensemble",
@@ -103,7 +104,7 @@ class BenchResult:
         ens_low = self.at(label("triton-ensemble", k), low)
         if ens and ens_low and top > low:
             r = ens.throughput / ens_low.throughput
-            batch = ens.server.get("backbone")
+            batch = ens.server.get(BACKBONE)
             how = f" (backbone avg batch {batch.avg_batch:.2f})" if batch else ""
             rows.append((f"dynamic batching: ensemble @{top} > @{low}", f"{r:.2f}x{how}", r > 1.0))
         eff = self.efficiency
@@ -218,7 +219,7 @@ Call = tuple[Callable[[], object], str | None, Callable[[], dict] | None]
 
 
 def run_suite(
-    repo: RepoFiles,
+    repo: LocalModel,
     video: np.ndarray,
     *,
     tasks: Sequence[str],
@@ -257,7 +258,7 @@ def run_suite(
 
 
 def prepare_calls(
-    repo: RepoFiles,
+    repo: LocalModel,
     video: np.ndarray,
     tasks: Sequence[str],
     configs: Sequence[str],
@@ -269,7 +270,7 @@ def prepare_calls(
     configuration that cannot run here goes to ``skipped`` with the reason."""
     calls: dict[str, Call] = {}
     triton = TritonCalls(url) if url and any(c.startswith("triton") for c in configs) else None
-    shared = SharedOrt(repo) if {"ort-shared", "ort-trunk"} & set(configs) else None
+    shared = repo.host_pipeline() if {"ort-shared", "ort-trunk"} & set(configs) else None
     for c in configs:
         if c.startswith("triton"):
             if triton is None:
@@ -285,7 +286,7 @@ def prepare_calls(
             calls[c] = (lambda: shared.run(video, tasks), None, None)
         elif c == "ort-trunk":
             assert shared is not None
-            calls[c] = (lambda: shared.run(video, None), None, None)
+            calls[c] = (lambda: shared.trunk_outputs(video), None, None)
         elif c == "ort-independent":
             ind = IndependentOrt(repo, tasks)
             calls[c] = (lambda ind=ind: ind.run(video), None, None)
@@ -301,13 +302,13 @@ def prepare_calls(
 
 
 def _triton_call(
-    config: str, triton: TritonCalls, repo: RepoFiles, video: np.ndarray, tasks: Sequence[str]
+    config: str, triton: TritonCalls, repo: LocalModel, video: np.ndarray, tasks: Sequence[str]
 ) -> Call | str:
     """A triton-* configuration's request, or why the server cannot serve it."""
     if config == "triton-ensemble":
         return (triton.infer(CLIP_ENSEMBLE, video, tasks), CLIP_ENSEMBLE, triton.stats)
     if config == "triton-trunk":
-        feats = [f"feat_{n}" for n in repo.graph.names]
+        feats = [feat_output(n) for n in repo.graph.names]
         return (triton.infer(BACKBONE, video, feats), BACKBONE, triton.stats)
     missing = [t for t in tasks if not triton.ready(single_model(t))]
     if missing:
@@ -347,7 +348,7 @@ def sweep(
 
 
 def trunk_efficiency(
-    repo: RepoFiles,
+    repo: LocalModel,
     video: np.ndarray,
     measurements: Sequence[Measurement],
     k: int,
@@ -356,12 +357,13 @@ def trunk_efficiency(
 ) -> TrunkEfficiency | None:
     """The machine's matmul peak against the in-process trunk at batch 1 and max_batch_size, and the
     served trunk's throughput at concurrency ``top``; None when the manifest has no trunk FLOPs."""
-    flops = manifest_flops(repo.metadata)
+    flops = manifest_flops(repo.metadata.to_dict())
     if flops is None:
         return None
     log("measuring the matmul peak and the in-process trunk at batch 1 and max_batch_size")
     efficiency = TrunkEfficiency(flops[0], matmul_peak())
-    trunk = SharedOrt(repo).trunk
+    trunk = repo.host_pipeline().trunk
+    assert trunk is not None
     for b in sorted({1, repo.max_batch_size}):
         batch = np.ascontiguousarray(np.repeat(video, b, axis=0))
         m = run_load(

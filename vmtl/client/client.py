@@ -46,6 +46,15 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
+from vmtl.contract import (
+    BACKBONE,
+    CLIP_ENSEMBLE,
+    PARAM_GRAPH,
+    PARAM_PREPROCESS,
+    VIDEO_DECODE,
+    VIDEO_ENSEMBLE,
+    VIDEO_EXTRA_OUTPUTS,
+)
 from vmtl.tasks import Preprocess, TaskGraph, TaskGraphError, TaskResult, combine_windows, postprocess
 from vmtl.video import Clip, VideoError, parse_sampling, probe, read_clip, sliding_windows
 
@@ -65,15 +74,6 @@ __all__ = [
 ]
 
 DEFAULT_URL = "localhost:8001"
-# These mirror vmtl.export.repository (a test checks they agree); not imported from there so that the
-# client never depends on the export package.
-CLIP_ENSEMBLE = "vmtl_clip"
-VIDEO_ENSEMBLE = "vmtl_video"
-VIDEO_DECODE = "video_decode"
-PARAM_GRAPH = "vmtl_task_graph"
-PARAM_PREPROCESS = "vmtl_preprocess"
-WINDOW_OUTPUT = "clip_window"
-VIDEO_EXTRA_OUTPUTS = ("timestamps", "crop", WINDOW_OUTPUT)
 #: Keys of :meth:`VideoResult.to_dict` besides the task names.
 RESULT_KEYS = frozenset({"path", "windows", "error", "start", "end"})
 SERVE_HINT = (
@@ -353,7 +353,7 @@ class VmtlClient:
             except ValueError:
                 self.max_video_bytes = 0
         self.max_queue_size = 0  # the backbone's, for ServerBusyError's message (0: unbounded/unknown)
-        backbone_cfg = self._model_config("backbone")
+        backbone_cfg = self._model_config(BACKBONE)
         if backbone_cfg is not None and backbone_cfg.HasField("dynamic_batching"):
             self.max_queue_size = int(backbone_cfg.dynamic_batching.default_queue_policy.max_queue_size)
         if expect is not None:

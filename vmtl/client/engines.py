@@ -11,14 +11,15 @@ is there only with sliding windows; ``tasks`` is then the windows combined by
 are not the video's (a lost server, a broken model) raise :class:`BatchError` and stop the run.
 
 - :class:`LocalEngine`: decodes with :mod:`vmtl.video` (the repository's preprocessing spec) in a thread
-  pool, runs the repository's ONNX graphs with :class:`OrtRunner` (trunk once per batch of clips, then
-  only the heads the asked tasks need, in stage order), post-processes with :mod:`vmtl.tasks`.
+  pool, runs the repository's ONNX graphs with :class:`OrtRunner` (:class:`vmtl.runtime.OrtPipeline`:
+  trunk once per batch of clips, then only the heads the asked tasks need, in stage order),
+  post-processes with :mod:`vmtl.tasks`.
 - :class:`TritonEngine`: :meth:`vmtl.client.VmtlClient.iter_analyze` against a running server.
 - :class:`RayEngine`: ``ray.data.read_binary_files`` -> decode (``map``) -> ``map_batches`` over an
   actor pool whose actors hold an :class:`OrtRunner` -> records, streamed back to the driver (Ray Data
   fuses the decode into the actors).
 
-No torch here; onnxruntime and ray are imported only by the engines that use them.
+No torch here (ONNX Runtime through :mod:`vmtl.runtime`); ray is imported only by the engine that uses it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from vmtl.tasks import ClipLike, Preprocess, TaskGraph, TaskGraphError, combine_windows, postprocess
+from vmtl.contract import CLIP_ENSEMBLE, VIDEO_ENSEMBLE, RepositoryError
+from vmtl.runtime import LocalModel, cores
+from vmtl.tasks import ClipLike, Preprocess, TaskGraph, combine_windows, postprocess
 from vmtl.video import Clip, VideoError, read_clip, sliding_windows
 
 __all__ = [
@@ -53,15 +55,12 @@ __all__ = [
     "TritonEngine",
     "decode_clips",
     "error_record",
+    "load_model",
     "select_tasks",
     "video_record",
 ]
 
 ENGINES = ("local", "triton", "ray")
-#: Mirrors vmtl.export.repository.MANIFEST / MANIFEST_FORMAT (the client does not import the export package).
-MANIFEST = "vmtl.json"
-MANIFEST_FORMAT = "vmtl-model-repository"
-DEFAULT_BATCH_SIZE = 8
 
 
 class BatchError(Exception):
@@ -173,65 +172,12 @@ def _describe(exc: BaseException) -> str:
 # The repository's ONNX graphs in this process
 
 
-@dataclass(frozen=True)
-class LocalModel:
-    """A model repository's task graph and the ONNX files of its trunk and heads."""
-
-    path: Path
-    graph: TaskGraph
-    trunk: Path
-    heads: dict[str, Path]
-    max_batch_size: int
-
-    @classmethod
-    def load(cls, repo: str | os.PathLike[str]) -> LocalModel:
-        """Read ``vmtl.json`` and find ``backbone/<v>/model.onnx`` and ``head_<task>/<v>/model.onnx``."""
-        path = Path(repo)
-        if not path.is_dir():
-            raise BatchError(
-                f"model repository {path} does not exist; write one with `vmtl export` (see model_repository/README.md)"
-            )
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise BatchError(
-                f"{path} is not a vmtl model repository (no {MANIFEST}); write one with `vmtl export`"
-            )
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BatchError(f"{manifest_path} is not readable JSON: {exc}") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise BatchError(f"{manifest_path} is not a vmtl repository manifest")
-        try:
-            graph = TaskGraph.from_dict(manifest["graph"])
-        except (KeyError, TaskGraphError, TypeError, ValueError) as exc:
-            raise BatchError(f"{manifest_path}: cannot read the task graph: {exc}") from exc
-        models = manifest.get("models") or {}
-        trunk = _onnx_file(path, str(models.get("backbone", "backbone")))
-        heads_map = models.get("heads") or {}
-        heads = {n: _onnx_file(path, str(heads_map.get(n, f"head_{n}"))) for n in graph.names}
-        return cls(
-            path, graph, trunk, heads, max(int(manifest.get("max_batch_size") or DEFAULT_BATCH_SIZE), 1)
-        )
-
-
-def _onnx_file(repo: Path, model: str) -> Path:
-    """``<repo>/<model>/<highest version>/model.onnx``."""
-    model_dir = repo / model
-    versions = sorted(
-        (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.is_dir() else [],
-        key=lambda p: int(p.name),
-        reverse=True,
-    )
-    for version in versions:
-        if (version / "model.onnx").is_file():
-            return version / "model.onnx"
-    if any((v / "model.plan").is_file() for v in versions):
-        raise BatchError(
-            f"{model_dir}: only a TensorRT plan, no model.onnx; the local and ray engines run ONNX files "
-            "(use --engine triton with a server that serves this repository)"
-        )
-    raise BatchError(f"{repo}: model {model!r} has no <version>/model.onnx; re-export the repository")
+def load_model(repo: str | os.PathLike[str]) -> LocalModel:
+    """:meth:`vmtl.runtime.LocalModel.load`, a repository problem raised as :class:`BatchError`."""
+    try:
+        return LocalModel.load(repo)
+    except RepositoryError as exc:
+        raise BatchError(str(exc)) from exc
 
 
 class OrtRunner:
@@ -242,36 +188,34 @@ class OrtRunner:
     """
 
     def __init__(self, model: LocalModel, tasks: Sequence[str], *, threads: int | None = None) -> None:
-        from vmtl.export.quantize import OrtPipeline  # the export gate's runner: one trunk-then-heads loop
-
         self.graph = model.graph
         self.tasks = list(tasks)
-        needed = self.graph.closure(self.tasks)
         pre = self.graph.preprocess
         self.clip_shape = (pre.num_frames, pre.size, pre.size, 3)
         try:
-            self.pipeline = OrtPipeline(
-                self.graph, model.trunk, {n: model.heads[n] for n in needed}, threads=threads
-            )
+            self.pipeline = model.pipeline(self.tasks, threads=threads)
         except Exception as exc:
             raise BatchError(f"{model.path}: ONNX Runtime cannot load the model: {exc}") from exc
 
     def run(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs ``{task: [B,...]}`` of the asked tasks for uint8 clips ``[B,T,S,S,3]``."""
+        self._check(frames)
+        return self.pipeline.run(frames, self.tasks)
+
+    def _check(self, frames: np.ndarray) -> None:
         if frames.dtype != np.uint8 or frames.shape[1:] != self.clip_shape:
             raise ValueError(
                 f"clips must be uint8 [B,{','.join(map(str, self.clip_shape))}], got {frames.dtype} {list(frames.shape)}"
             )
-        return self.pipeline.run(frames, self.tasks)
 
     def run_batched(self, frames: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
         """:meth:`run` in chunks of at most ``batch_size`` clips, concatenated. A failure of ONNX Runtime
         (a model problem, not a video's: every clip has the validated shape) is a BatchError."""
         try:
-            parts = [self.run(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size)]
+            self._check(frames)
+            return self.pipeline.run_batched(frames, batch_size, self.tasks)
         except Exception as exc:
             raise BatchInterrupted(f"ONNX Runtime failed on a batch of {len(frames)} clip(s): {exc}") from exc
-        return {n: np.concatenate([p[n] for p in parts], axis=0) for n in self.tasks}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,11 +265,11 @@ class LocalEngine:
         batch_size: int | None = None,
         threads: int | None = None,
     ) -> None:
-        self.model = LocalModel.load(repo)
+        self.model = load_model(repo)
         self.graph = self.model.graph
         self.tasks = select_tasks(self.graph, tasks)
         self.window, self.stride = window, stride
-        self.workers = max(int(workers or _cores()), 1)
+        self.workers = max(int(workers or cores()), 1)
         self.batch_size = max(int(batch_size or self.model.max_batch_size), 1)
         self.runner = OrtRunner(self.model, self.tasks, threads=threads)
 
@@ -420,7 +364,7 @@ class TritonEngine:
         try:
             self.graph = self.client.graph
             if repo is not None:
-                local = LocalModel.load(repo).graph
+                local = load_model(repo).graph
                 if local != self.graph:
                     raise BatchError(
                         f"the server at {url} serves task graph {self.graph.name!r} ({', '.join(self.graph.names)}) "
@@ -481,7 +425,7 @@ class TritonEngine:
         """The server is ready and serves the ensemble this run uses."""
         import tritonclient.grpc as grpcclient
 
-        model = "vmtl_video" if self.mode == "bytes" else "vmtl_clip"
+        model = VIDEO_ENSEMBLE if self.mode == "bytes" else CLIP_ENSEMBLE
         try:
             with grpcclient.InferenceServerClient(self.client.url) as health:
                 return bool(
@@ -548,7 +492,7 @@ class _RayInfer:
     def __init__(
         self, repo: str, tasks: list[str], batch_size: int, window: float | None, threads: int
     ) -> None:
-        self.model = LocalModel.load(repo)
+        self.model = load_model(repo)
         self.graph = self.model.graph
         self.tasks = tasks
         self.batch_size = batch_size
@@ -618,7 +562,7 @@ class RayEngine:
         threads: int = 1,
     ) -> None:
         self.ray = _import_ray()
-        self.model = LocalModel.load(repo)
+        self.model = load_model(repo)
         self.graph = self.model.graph
         self.tasks = select_tasks(self.graph, tasks)
         self.window, self.stride = window, stride
@@ -630,7 +574,7 @@ class RayEngine:
             if address:
                 kw["address"] = address
             else:
-                kw["num_cpus"] = int(num_cpus or _cores())
+                kw["num_cpus"] = int(num_cpus or cores())
             try:
                 self.ray.init(**kw)
             except Exception as exc:
@@ -716,10 +660,3 @@ def _import_ray() -> Any:
             "install it with `pip install 'vmtl[ray]'` (or `pip install \"ray[data]\"`)"
         ) from exc
     return ray
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

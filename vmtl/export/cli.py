@@ -123,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
         if reason:
             return _fail(reason, 2)
 
+    from vmtl.contract import RepositoryError
     from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
-    from vmtl.export.repository import RepositoryError
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

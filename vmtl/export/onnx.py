@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vmtl.contract import BACKBONE, MANIFEST, RepositoryError, head_model, load_configs, read_manifest
 from vmtl.data.clips import load_clipset
 from vmtl.export.quantize import (
     INT8_SETTINGS,
@@ -49,29 +50,19 @@ from vmtl.export.quantize import (
     GateRefused,
     GateResult,
     Int8Refused,
-    OrtPipeline,
     compare_metrics,
     evaluate_pipeline,
     int8_setting,
     load_gate_data,
     optimize_model,
-    ort_session,
     quantize_model,
 )
-from vmtl.export.repository import (
-    BACKBONE,
-    DEFAULT_MAX_QUEUE_SIZE,
-    MANIFEST,
-    RepositoryError,
-    head_model,
-    load_configs,
-    read_manifest,
-    write_repository,
-)
+from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, write_repository
 from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
 from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
 from vmtl.models.multitask import MultiTaskModel, run_heads
+from vmtl.runtime import OrtPipeline, ort_session
 from vmtl.tasks import TaskGraph
 
 __all__ = [
@@ -783,7 +774,7 @@ def _trt_gate(
         )
         trt_info["gate"] = trt_gate.to_dict()
         trt_info["feature_max_abs_vs_torch"] = max(
-            _max_abs(loaded.reference.trunk[2][1][k], v) for k, v in pipe.features(loaded.clips).items()
+            _max_abs(loaded.reference.trunk[2][1][k], v) for k, v in pipe.trunk_outputs(loaded.clips).items()
         )
     progress.say(f"TensorRT fp16 accuracy gate on {n_clips} held-out clips:\n{trt_gate.table()}")
     if not trt_gate.passed:
@@ -934,7 +925,7 @@ def _feature_error(pipe: OrtPipeline, fp32_trunk: Path, clips: np.ndarray) -> fl
     sess = ort_session(fp32_trunk)
     names = [o.name for o in sess.get_outputs()]
     want = dict(zip(names, sess.run(names, {"video": clips}), strict=True))
-    got = pipe.features(clips)
+    got = pipe.trunk_outputs(clips)
     return max(_max_abs(want[k], got[k]) for k in names)
 
 

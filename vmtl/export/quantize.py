@@ -1,5 +1,5 @@
-"""The ONNX Runtime side of `vmtl export` (torch-free): sessions, offline graph optimisation, the ORT
-inference pipeline (trunk once, heads in stage order), int8 dynamic quantisation and its accuracy gate.
+"""The ONNX Runtime side of `vmtl export` (torch-free): offline graph optimisation, int8 dynamic
+quantisation and its accuracy gate (sessions and the trunk-then-heads pipeline are :mod:`vmtl.runtime`'s).
 
 Accuracy gate (int8 here, TensorRT fp16 in :mod:`vmtl.export.tensorrt`): every task's primary metric is
 computed on the held-out split (``val``) of ``--data`` twice, through the fp32 models and through the
@@ -19,7 +19,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 
 from vmtl.data.clips import load_clipset
 from vmtl.metrics.evaluate import task_metrics
+from vmtl.runtime import OrtPipeline, ort_session
 from vmtl.tasks import TaskGraph
 
 __all__ = [
@@ -36,13 +37,11 @@ __all__ = [
     "GateRefused",
     "GateResult",
     "Int8Refused",
-    "OrtPipeline",
     "TaskGate",
     "compare_metrics",
     "evaluate_pipeline",
     "load_gate_data",
     "optimize_model",
-    "ort_session",
     "quantize_model",
     "trunk_latency",
 ]
@@ -62,50 +61,13 @@ INT8_SETTINGS: tuple[tuple[str, bool], ...] = (
 )
 GATE_SPLIT = "val"
 
-TrunkRunner = Callable[[np.ndarray], dict[str, np.ndarray]]
-
 
 class ExportError(RuntimeError):
     """`vmtl export` cannot proceed; the message says what failed and what to do."""
 
 
 # --------------------------------------------------------------------------------------------------
-# Sessions and offline optimisation
-
-
-def _level(name: str) -> Any:
-    import onnxruntime as ort
-
-    levels = {
-        "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    if name not in levels:
-        raise ValueError(f"optimisation level must be one of {sorted(levels)}, not {name!r}")
-    return levels[name]
-
-
-def ort_session(
-    path: str | Path,
-    *,
-    optimization: str = "all",
-    threads: int | None = None,
-    save_to: str | Path | None = None,
-) -> Any:
-    """A CPU ``InferenceSession``; ``optimization`` off|basic|extended|all; ``save_to`` writes the optimised
-    graph (ORT's offline optimisation)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = _level(optimization)
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    if save_to is not None:
-        opts.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+# Offline optimisation
 
 
 def optimize_model(src: str | Path, dst: str | Path, *, level: str = OPTIMIZATION_LEVEL) -> Path:
@@ -175,48 +137,7 @@ def quantize_model(
 
 
 # --------------------------------------------------------------------------------------------------
-# The ORT pipeline
-
-
-class OrtPipeline:
-    """Trunk once, then the needed heads in stage order, every model an ORT session (or a trunk callable)."""
-
-    def __init__(
-        self,
-        graph: TaskGraph,
-        trunk: str | Path | TrunkRunner,
-        heads: Mapping[str, str | Path],
-        *,
-        optimization: str = "all",
-        threads: int | None = None,
-    ) -> None:
-        self.graph = graph
-        if callable(trunk):
-            self._trunk: TrunkRunner = trunk
-        else:
-            sess = ort_session(trunk, optimization=optimization, threads=threads)
-            names = [o.name for o in sess.get_outputs()]
-            self._trunk = lambda video: dict(zip(names, sess.run(names, {"video": video}), strict=True))
-        self._heads = {
-            n: ort_session(p, optimization=optimization, threads=threads) for n, p in heads.items()
-        }
-
-    def features(self, video: np.ndarray) -> dict[str, np.ndarray]:
-        """``feat_<task>`` arrays of a uint8 clip batch."""
-        return self._trunk(np.ascontiguousarray(video, dtype=np.uint8))
-
-    def run(self, video: np.ndarray, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Raw head outputs {task: [B, ...]} of ``tasks`` (default all) for a uint8 batch [B,T,S,S,3]."""
-        feats = self.features(video)
-        wanted = self.graph.closure(tasks or self.graph.names)
-        outs: dict[str, np.ndarray] = {}
-        reprs: dict[str, np.ndarray] = {}
-        for name in wanted:
-            task = self.graph.task(name)
-            feed = {"features": feats[f"feat_{name}"]}
-            feed.update({f"repr_{a}": reprs[a] for a in task.auxiliaries})
-            outs[name], reprs[name] = self._heads[name].run(["output", "repr"], feed)
-        return {n: outs[n] for n in (tasks or self.graph.names)}
+# The accuracy gate's data and metrics
 
 
 def load_gate_data(data_root: str | Path, graph: TaskGraph, num_tokens: int, split: str = GATE_SPLIT) -> dict:

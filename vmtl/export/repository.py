@@ -1,4 +1,4 @@
-"""Write and validate the Triton model repository that serves a task graph.
+"""Write the Triton model repository that serves a task graph.
 
 Layout written by :func:`write_repository` (``cpu`` flavour; ``native`` swaps the python-backend ORT hosts
 for ``onnxruntime_onnx`` / ``tensorrt_plan`` models)::
@@ -12,19 +12,19 @@ for ``onnxruntime_onnx`` / ``tensorrt_plan`` models)::
       vmtl_video/                ensemble: video_bytes (+ window) -> decode -> same fan-out
                                  + timestamps, crop, clip_window
 
-Every ``config.pbtxt`` is built as Triton's ``ModelConfig`` protobuf and re-parsed by
-:func:`validate_repository`, which also checks the ensembles' wiring (producers, shapes, dtypes, batch
-sizes, model files). No torch here: the module needs only numpy, onnx and tritonclient's protobufs.
+The names, the manifest and the validation are the repository contract (:mod:`vmtl.contract`); this
+module builds every ``config.pbtxt`` as Triton's ``ModelConfig`` protobuf, stages the repository, runs
+:func:`vmtl.contract.validate_repository` on it and installs it. No torch here: the module needs only
+numpy, onnx and tritonclient's protobufs.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,38 +32,33 @@ from typing import Any, Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-import vmtl
+from vmtl.contract import (
+    BACKBONE,
+    CLIP_ENSEMBLE,
+    MANIFEST,
+    PARAM_GRAPH,
+    PARAM_PREPROCESS,
+    VIDEO_DECODE,
+    VIDEO_ENSEMBLE,
+    WINDOW_OUTPUT,
+    ExportRecord,
+    Manifest,
+    ModelNames,
+    RepositoryError,
+    feat_output,
+    head_model,
+    repr_input,
+    validate_repository,
+)
 from vmtl.tasks import TaskGraph, TaskSpec
 
 __all__ = [
-    "BACKBONE",
-    "CLIP_ENSEMBLE",
-    "MANIFEST",
-    "PARAM_GRAPH",
-    "PARAM_PREPROCESS",
-    "VIDEO_DECODE",
-    "VIDEO_ENSEMBLE",
-    "VIDEO_EXTRA_OUTPUTS",
-    "WINDOW_OUTPUT",
-    "RepositoryError",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_VIDEO_BYTES",
     "TensorSig",
-    "head_model",
-    "load_configs",
     "onnx_signature",
-    "read_manifest",
-    "validate_repository",
     "write_repository",
 ]
-
-BACKBONE = "backbone"
-VIDEO_DECODE = "video_decode"
-CLIP_ENSEMBLE = "vmtl_clip"
-VIDEO_ENSEMBLE = "vmtl_video"
-MANIFEST = "vmtl.json"
-MANIFEST_FORMAT = "vmtl-model-repository"
-PARAM_GRAPH = "vmtl_task_graph"
-PARAM_PREPROCESS = "vmtl_preprocess"
-#: Ensemble tensor names a task may not take (its output tensor is named after the task).
 
 #: Files a directory may hold and still be written into although it is no vmtl repository yet.
 _TOLERATED = ("README", "readme", ".")
@@ -79,21 +74,6 @@ DEFAULT_MAX_VIDEO_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_QUEUE_SIZE = 0
 # Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
 _VIDEO_TENSOR = "_video"
-#: vmtl_video's output carrying the (start, end) seconds actually sampled. Not "window": Triton 2.51 treats
-#: an ensemble output named like an ensemble input as that input (it echoes the request's window, or is
-#: missing when the optional input is not sent), so video_decode's `window` output is renamed here.
-WINDOW_OUTPUT = "clip_window"
-#: vmtl_video's outputs besides one per task.
-VIDEO_EXTRA_OUTPUTS = ("timestamps", "crop", WINDOW_OUTPUT)
-
-
-class RepositoryError(ValueError):
-    """A model repository cannot be written or is invalid; the message names the model and the problem."""
-
-
-def head_model(task: str) -> str:
-    """Triton model name of a task's head."""
-    return f"head_{task}"
 
 
 def _feat(task: str) -> str:
@@ -258,13 +238,13 @@ def _read_trunk(graph: TaskGraph, path: Path) -> _Trunk:
     video = TensorSig("video", video.dtype, (-1, pre.num_frames, pre.size, pre.size, 3))
     feats = {}
     for name in graph.names:
-        out = outputs.get(f"feat_{name}")
+        out = outputs.get(feat_output(name))
         if out is None:
             raise RepositoryError(
-                f"{where}: no output 'feat_{name}' for task {name!r} (has {sorted(outputs)})"
+                f"{where}: no output {feat_output(name)!r} for task {name!r} (has {sorted(outputs)})"
             )
         if out.dtype != "TYPE_FP32" or len(out.shape) != 3:
-            raise RepositoryError(f"{where}: output 'feat_{name}' must be float32 [B,N,D], got {out}")
+            raise RepositoryError(f"{where}: output {feat_output(name)!r} must be float32 [B,N,D], got {out}")
         _batched(out, where)
         feats[name] = out
     return _Trunk(video, feats)
@@ -273,7 +253,7 @@ def _read_trunk(graph: TaskGraph, path: Path) -> _Trunk:
 def _read_head(task: TaskSpec, path: Path) -> _Head:
     inputs, outputs, _ = onnx_signature(path)
     where = f"head {task.name!r} ({path.name})"
-    want_inputs = ["features", *(f"repr_{a}" for a in task.auxiliaries)]
+    want_inputs = ["features", *(repr_input(a) for a in task.auxiliaries)]
     if sorted(inputs) != sorted(want_inputs):
         raise RepositoryError(f"{where}: inputs must be {want_inputs}, got {sorted(inputs)}")
     for name in ("output", "repr"):
@@ -296,12 +276,44 @@ def _read_head(task: TaskSpec, path: Path) -> _Head:
             f"{where}: output has {out.shape[-1]} values per item but kind {task.kind} "
             f"with this task's labels/dim needs {task.out_dim}"
         )
-    reprs = {a: inputs[f"repr_{a}"] for a in task.auxiliaries}
+    reprs = {a: inputs[repr_input(a)] for a in task.auxiliaries}
     return _Head(task, inputs["features"], reprs, out, outputs["repr"])
 
 
 # --------------------------------------------------------------------------------------------------
 # The writer
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How write_repository was asked to serve the models."""
+
+    flavour: str
+    max_batch_size: int
+    cpu_threads: int | None
+    max_video_bytes: int
+    decode_instances: int
+    queue_delay_us: int
+    max_queue_size: int
+    tensorrt: bool  # the backbone is a TensorRT plan
+
+    @property
+    def native(self) -> bool:
+        return self.flavour == "native"
+
+    def check(self) -> None:
+        if self.flavour not in ("cpu", "native"):
+            raise RepositoryError(f"flavour must be 'cpu' or 'native', not {self.flavour!r}")
+        if self.max_batch_size < 1:
+            raise RepositoryError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise RepositoryError(f"cpu_threads must be >= 1 (or None for all cores), got {self.cpu_threads}")
+        if self.tensorrt and not self.native:
+            raise RepositoryError("trunk_plan (a TensorRT engine) needs flavour='native'")
+        if self.decode_instances < 1 or self.queue_delay_us < 0:
+            raise RepositoryError("decode_instances must be >= 1 and queue_delay_us >= 0")
+        if self.max_queue_size < 0:
+            raise RepositoryError(f"max_queue_size must be >= 0 (0: unbounded), got {self.max_queue_size}")
 
 
 def write_repository(
@@ -314,7 +326,7 @@ def write_repository(
     max_batch_size: int = 8,
     trunk_plan: Path | None = None,
     cpu_threads: int | None = None,
-    metadata: Mapping[str, Any] | None = None,
+    metadata: ExportRecord | Mapping[str, Any] | None = None,
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
     decode_instances: int = 2,
     queue_delay_us: int = 2000,
@@ -328,33 +340,34 @@ def write_repository(
     or ``tensorrt_plan`` for the backbone when ``trunk_plan`` is given. ``max_video_bytes`` caps
     ``video_decode``'s payload (0: no cap). ``max_queue_size`` bounds the requests waiting at the
     backbone and each head (0, the default: unbounded); past it Triton refuses new ones at once (see
-    :data:`DEFAULT_MAX_QUEUE_SIZE` for what a bound costs in Triton 2.51). The repository is staged in a temporary directory, validated,
+    :data:`DEFAULT_MAX_QUEUE_SIZE` for what a bound costs in Triton 2.51). ``metadata`` is the
+    exporter's record for the manifest. The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
     """
     out = Path(out)
-    if flavour not in ("cpu", "native"):
-        raise RepositoryError(f"flavour must be 'cpu' or 'native', not {flavour!r}")
-    if max_batch_size < 1:
-        raise RepositoryError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    if cpu_threads is not None and cpu_threads < 1:
-        raise RepositoryError(f"cpu_threads must be >= 1 (or None for all cores), got {cpu_threads}")
-    if trunk_plan is not None and flavour != "native":
-        raise RepositoryError("trunk_plan (a TensorRT engine) needs flavour='native'")
+    opts = _Options(
+        flavour,
+        max_batch_size,
+        cpu_threads,
+        max_video_bytes,
+        decode_instances,
+        queue_delay_us,
+        max_queue_size,
+        trunk_plan is not None,
+    )
+    opts.check()
     missing = [n for n in graph.names if n not in head_onnx]
     extra = sorted(set(head_onnx) - set(graph.names))
     if missing or extra:
         raise RepositoryError(
             f"head_onnx must have one file per task: missing {missing}, not in the graph {extra}"
         )
+    record = metadata if isinstance(metadata, ExportRecord) else ExportRecord.from_dict(metadata)
     try:
-        json.dumps(dict(metadata or {}))
+        json.dumps(record.to_dict())
     except (TypeError, ValueError) as exc:
         raise RepositoryError(f"metadata must be JSON-serialisable: {exc}") from exc
-    if decode_instances < 1 or queue_delay_us < 0:
-        raise RepositoryError("decode_instances must be >= 1 and queue_delay_us >= 0")
-    if max_queue_size < 0:
-        raise RepositoryError(f"max_queue_size must be >= 0 (0: unbounded), got {max_queue_size}")
     _check_target(out)
 
     trunk_onnx = Path(trunk_onnx)
@@ -364,124 +377,99 @@ def write_repository(
     if trunk_plan is not None and not Path(trunk_plan).is_file():
         raise RepositoryError(f"TensorRT plan not found: {trunk_plan}")
 
-    graph_json = json.dumps(graph.to_dict(), separators=(",", ":"))
-    pre_json = json.dumps(asdict(graph.preprocess), separators=(",", ":"))
-    shared = {PARAM_GRAPH: graph_json, PARAM_PREPROCESS: pre_json}
-    configs: dict[str, mc.ModelConfig] = {}
-    native = flavour == "native"
+    configs = _model_configs(graph, trunk, heads, opts)
+    manifest = Manifest(
+        graph=graph,
+        flavour=flavour,
+        max_batch_size=max_batch_size,
+        models=ModelNames.for_graph(graph),
+        entries=sorted([*configs, MANIFEST]),
+        metadata=record,
+    )
 
-    # backbone
-    cfg = mc.ModelConfig(name=BACKBONE, max_batch_size=max_batch_size)
-    if not native:
+    def files(stage: Path) -> None:
+        _stage_models(stage, graph, configs, trunk_onnx, head_onnx, trunk_plan, opts.native)
+
+    _stage_and_install(out, manifest, files)
+    return out
+
+
+def _model_configs(
+    graph: TaskGraph, trunk: _Trunk, heads: Mapping[str, _Head], opts: _Options
+) -> dict[str, mc.ModelConfig]:
+    """Every model's config, by model name."""
+    shared = {
+        PARAM_GRAPH: json.dumps(graph.to_dict(), separators=(",", ":")),
+        PARAM_PREPROCESS: json.dumps(asdict(graph.preprocess), separators=(",", ":")),
+    }
+    configs = {BACKBONE: _backbone_config(graph, trunk, opts)}
+    for name in graph.names:
+        configs[head_model(name)] = _head_config(heads[name], opts)
+    configs[VIDEO_DECODE] = _decode_config(graph, shared, opts)
+    configs[CLIP_ENSEMBLE] = _ensemble(CLIP_ENSEMBLE, graph, heads, opts.max_batch_size, shared, video=False)
+    configs[VIDEO_ENSEMBLE] = _ensemble(VIDEO_ENSEMBLE, graph, heads, opts.max_batch_size, shared, video=True)
+    return configs
+
+
+def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=BACKBONE, max_batch_size=opts.max_batch_size)
+    if not opts.native:
         cfg.backend = "python"
-        _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(cpu_threads or 0)})
-    elif trunk_plan is not None:
+        _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(opts.cpu_threads or 0)})
+    elif opts.tensorrt:
         cfg.platform = "tensorrt_plan"
     else:
         cfg.platform = "onnxruntime_onnx"
     cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", trunk.video.shape[1:]))
     for name in graph.names:
         sig = trunk.feats[name]
-        cfg.output.append(_io(mc.ModelOutput, f"feat_{name}", sig.dtype, sig.shape[1:]))
-    _dynamic_batching(cfg, max_batch_size, queue_delay_us, max_queue_size)
-    _instances(cfg, 1, native)
-    configs[BACKBONE] = cfg
+        cfg.output.append(_io(mc.ModelOutput, feat_output(name), sig.dtype, sig.shape[1:]))
+    _dynamic_batching(cfg, opts.max_batch_size, opts.queue_delay_us, opts.max_queue_size)
+    _instances(cfg, 1, opts.native)
+    return cfg
 
-    # heads
-    for name in graph.names:
-        head = heads[name]
-        cfg = mc.ModelConfig(name=head_model(name), max_batch_size=max_batch_size)
-        if native:
-            cfg.platform = "onnxruntime_onnx"
-            _set_params(cfg, {"intra_op_thread_count": "1", "inter_op_thread_count": "1"})
-        else:
-            cfg.backend = "python"
-            _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": "1"})
-        cfg.input.append(_io(mc.ModelInput, "features", "TYPE_FP32", head.features.shape[1:]))
-        for aux, sig in head.reprs.items():
-            cfg.input.append(_io(mc.ModelInput, f"repr_{aux}", "TYPE_FP32", sig.shape[1:]))
-        labelled = head.task.kind_spec.scored
-        cfg.output.append(
-            _io(
-                mc.ModelOutput,
-                "output",
-                "TYPE_FP32",
-                head.output.shape[1:],
-                label_filename="labels.txt" if labelled else "",
-            )
-        )
-        cfg.output.append(_io(mc.ModelOutput, "repr", "TYPE_FP32", head.repr.shape[1:]))
-        # No waiting at the heads: the backbone's batch reaches them all at once, so whatever queued is
-        # batched anyway, and a lone request would only pay the delay once per ensemble step.
-        _dynamic_batching(cfg, max_batch_size, 0, max_queue_size)
-        _instances(cfg, 1, native)
-        configs[head_model(name)] = cfg
 
-    # video_decode (python backend in both flavours)
-    pre = graph.preprocess
-    cfg = mc.ModelConfig(name=VIDEO_DECODE, backend="python", max_batch_size=max_batch_size)
+def _head_config(head: _Head, opts: _Options) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=head_model(head.task.name), max_batch_size=opts.max_batch_size)
+    if opts.native:
+        cfg.platform = "onnxruntime_onnx"
+        _set_params(cfg, {"intra_op_thread_count": "1", "inter_op_thread_count": "1"})
+    else:
+        cfg.backend = "python"
+        _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": "1"})
+    cfg.input.append(_io(mc.ModelInput, "features", "TYPE_FP32", head.features.shape[1:]))
+    for aux, sig in head.reprs.items():
+        cfg.input.append(_io(mc.ModelInput, repr_input(aux), "TYPE_FP32", sig.shape[1:]))
+    labels = "labels.txt" if _labelled(head.task) else ""
+    cfg.output.append(
+        _io(mc.ModelOutput, "output", "TYPE_FP32", head.output.shape[1:], label_filename=labels)
+    )
+    cfg.output.append(_io(mc.ModelOutput, "repr", "TYPE_FP32", head.repr.shape[1:]))
+    # No waiting at the heads: the backbone's batch reaches them all at once, so whatever queued is
+    # batched anyway, and a lone request would only pay the delay once per ensemble step.
+    _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
+    _instances(cfg, 1, opts.native)
+    return cfg
+
+
+def _decode_config(graph: TaskGraph, shared: Mapping[str, str], opts: _Options) -> mc.ModelConfig:
+    """video_decode: a python-backend model in both flavours."""
+    cfg = mc.ModelConfig(name=VIDEO_DECODE, backend="python", max_batch_size=opts.max_batch_size)
     cfg.input.append(_io(mc.ModelInput, "video_bytes", "TYPE_STRING", [1]))
     cfg.input.append(_io(mc.ModelInput, "window", "TYPE_FP32", [2], optional=True))
-    t, s = pre.num_frames, pre.size
+    t, s = graph.preprocess.num_frames, graph.preprocess.size
     cfg.output.append(_io(mc.ModelOutput, "video", "TYPE_UINT8", [t, s, s, 3]))
     cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [t]))
     cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
     cfg.output.append(_io(mc.ModelOutput, "window", "TYPE_FP32", [2]))
-    _set_params(cfg, {**shared, "max_video_bytes": str(max_video_bytes)})
-    _instances(cfg, decode_instances, False)
-    configs[VIDEO_DECODE] = cfg
+    _set_params(cfg, {**shared, "max_video_bytes": str(opts.max_video_bytes)})
+    _instances(cfg, opts.decode_instances, False)
+    return cfg
 
-    # ensembles
-    configs[CLIP_ENSEMBLE] = _ensemble(CLIP_ENSEMBLE, graph, heads, max_batch_size, shared, video=False)
-    configs[VIDEO_ENSEMBLE] = _ensemble(VIDEO_ENSEMBLE, graph, heads, max_batch_size, shared, video=True)
 
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "format_version": 1,
-        "vmtl_version": vmtl.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "flavour": flavour,
-        "max_batch_size": max_batch_size,
-        "graph": graph.to_dict(),
-        "models": {
-            "backbone": BACKBONE,
-            "video_decode": VIDEO_DECODE,
-            "heads": {n: head_model(n) for n in graph.names},
-            "clip_ensemble": CLIP_ENSEMBLE,
-            "video_ensemble": VIDEO_ENSEMBLE,
-        },
-        "entries": sorted([*configs, MANIFEST]),
-        "metadata": dict(metadata or {}),
-    }
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        os.chmod(stage, 0o755)  # mkdtemp makes it private; the repository may be mounted into a container
-        for name, cfg in configs.items():
-            _write_config(stage / name, cfg)
-        if trunk_plan is None:
-            _copy_onnx(trunk_onnx, stage / BACKBONE / "1", "model.onnx")
-        else:  # the ONNX file only served to read the I/O signature
-            shutil.copy2(trunk_plan, stage / BACKBONE / "1" / "model.plan")
-        for name in graph.names:
-            _copy_onnx(head_onnx[name], stage / head_model(name) / "1", "model.onnx")
-        if not native:
-            for model in [BACKBONE, *(head_model(n) for n in graph.names)]:
-                _copy_source(_ORT_HOST, stage / model / "1")
-        _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
-        for task in graph.tasks:
-            if task.kind_spec.scored:
-                text = "\n".join(task.labels) + "\n"
-                (stage / head_model(task.name) / "labels.txt").write_text(text)
-                for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE):
-                    (stage / ens / f"labels_{task.name}.txt").write_text(text)
-        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        validate_repository(stage)
-        _install(stage, out, manifest["entries"])
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out
+def _labelled(task: TaskSpec) -> bool:
+    """Whether a task's output carries a labels file (one label per output value)."""
+    return task.kind_spec.scored
 
 
 def _ensemble(
@@ -515,28 +503,22 @@ def _ensemble(
     step = steps.add(model_name=BACKBONE, model_version=-1)
     step.input_map["video"] = clip_tensor
     for task in graph.names:
-        step.output_map[f"feat_{task}"] = _feat(task)
+        step.output_map[feat_output(task)] = _feat(task)
     for stage in graph.stages():
         for task in stage:
             head = heads[task]
             step = steps.add(model_name=head_model(task), model_version=-1)
             step.input_map["features"] = _feat(task)
             for aux in head.task.auxiliaries:
-                step.input_map[f"repr_{aux}"] = _repr(aux)
+                step.input_map[repr_input(aux)] = _repr(aux)
             step.output_map["output"] = task
             if graph.dependents(task):
                 step.output_map["repr"] = _repr(task)
     for task in graph.names:
         head = heads[task]
-        labelled = head.task.kind_spec.scored
+        labels = f"labels_{task}.txt" if _labelled(head.task) else ""
         cfg.output.append(
-            _io(
-                mc.ModelOutput,
-                task,
-                "TYPE_FP32",
-                head.output.shape[1:],
-                label_filename=f"labels_{task}.txt" if labelled else "",
-            )
+            _io(mc.ModelOutput, task, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
         )
     if video:
         cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [pre.num_frames]))
@@ -544,6 +526,36 @@ def _ensemble(
         cfg.output.append(_io(mc.ModelOutput, WINDOW_OUTPUT, "TYPE_FP32", [2]))
     _set_params(cfg, params)
     return cfg
+
+
+def _stage_models(
+    stage: Path,
+    graph: TaskGraph,
+    configs: Mapping[str, mc.ModelConfig],
+    trunk_onnx: Path,
+    head_onnx: Mapping[str, Path],
+    trunk_plan: Path | None,
+    native: bool,
+) -> None:
+    """Write every model directory into ``stage``: configs, model files, python sources, labels."""
+    for name, cfg in configs.items():
+        _write_config(stage / name, cfg)
+    if trunk_plan is None:
+        _copy_onnx(trunk_onnx, stage / BACKBONE / "1", "model.onnx")
+    else:  # the ONNX file only served to read the I/O signature
+        shutil.copy2(trunk_plan, stage / BACKBONE / "1" / "model.plan")
+    for name in graph.names:
+        _copy_onnx(head_onnx[name], stage / head_model(name) / "1", "model.onnx")
+    if not native:
+        for model in [BACKBONE, *(head_model(n) for n in graph.names)]:
+            _copy_source(_ORT_HOST, stage / model / "1")
+    _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
+    for task in graph.tasks:
+        if _labelled(task):
+            text = "\n".join(task.labels) + "\n"
+            (stage / head_model(task.name) / "labels.txt").write_text(text)
+            for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE):
+                (stage / ens / f"labels_{task.name}.txt").write_text(text)
 
 
 def _write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
@@ -580,6 +592,21 @@ def _copy_source(filename: str, version_dir: Path) -> None:
 # Installing the staged repository
 
 
+def _stage_and_install(out: Path, manifest: Manifest, write_models: Callable[[Path], None]) -> None:
+    """Stage the repository beside ``out`` (``write_models`` fills the model directories, then the
+    manifest is written), validate it and move it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; the repository may be mounted into a container
+        write_models(stage)
+        manifest.write(stage)
+        validate_repository(stage)
+        _install(stage, out, manifest.entries)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RepositoryError(f"{out} exists and is not a directory")
@@ -603,7 +630,7 @@ def _install(stage: Path, out: Path, entries: list[str]) -> None:
     old: list[str] = []
     if (out / MANIFEST).is_file():
         try:
-            old = list(read_manifest(out).get("entries", []))
+            old = Manifest.read(out).entries
         except RepositoryError:
             old = []
     trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -620,230 +647,3 @@ def _install(stage: Path, out: Path, entries: list[str]) -> None:
                 os.rename(stage / name, out / name)
     finally:
         shutil.rmtree(trash, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading and validating
-
-
-def read_manifest(repo: Path) -> dict[str, Any]:
-    """The ``vmtl.json`` of a repository."""
-    path = Path(repo) / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise RepositoryError(f"{repo} is not a vmtl model repository: no {MANIFEST}") from exc
-    except json.JSONDecodeError as exc:
-        raise RepositoryError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise RepositoryError(f"{path} is not a vmtl repository manifest")
-    return data
-
-
-def load_configs(repo: Path) -> dict[str, mc.ModelConfig]:
-    """Parse every ``<model>/config.pbtxt`` of a repository into ``ModelConfig`` (model name -> config)."""
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise RepositoryError(f"model repository {repo} does not exist")
-    configs: dict[str, mc.ModelConfig] = {}
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        path = model_dir / "config.pbtxt"
-        if not path.is_file():
-            raise RepositoryError(f"model {model_dir.name!r}: no config.pbtxt in {model_dir}")
-        cfg = mc.ModelConfig()
-        try:
-            text_format.Parse(path.read_text(), cfg)
-        except text_format.ParseError as exc:
-            raise RepositoryError(f"model {model_dir.name!r}: config.pbtxt does not parse: {exc}") from exc
-        if cfg.name and cfg.name != model_dir.name:
-            raise RepositoryError(
-                f"model {model_dir.name!r}: config.pbtxt names the model {cfg.name!r}; "
-                "Triton needs it to match the directory name"
-            )
-        configs[model_dir.name] = cfg
-    return configs
-
-
-def _full_shape(dims: Iterable[int], max_batch_size: int) -> tuple[int, ...]:
-    return ((-1,) if max_batch_size > 0 else ()) + tuple(dims)
-
-
-def _compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
-
-
-def _dtype_name(value: int) -> str:
-    return _short(mc.DataType.Name(value))
-
-
-def _model_files(name: str, cfg: mc.ModelConfig) -> list[str]:
-    """Files each version directory of a (non-ensemble) model must hold."""
-    backend = cfg.backend or {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt"}.get(
-        cfg.platform, ""
-    )
-    default = {"python": "model.py", "onnxruntime": "model.onnx", "tensorrt": "model.plan"}.get(backend)
-    if default is None:
-        raise RepositoryError(
-            f"model {name!r}: unsupported platform/backend {cfg.platform or cfg.backend or '(none)'!r}"
-        )
-    files = [cfg.default_model_filename or default]
-    if backend == "python" and "onnx_file" in cfg.parameters:
-        files.append(cfg.parameters["onnx_file"].string_value)
-    return files
-
-
-def validate_repository(path: Path) -> None:
-    """Re-parse every config.pbtxt of a repository and check its models and the ensembles' wiring.
-
-    Raises :class:`RepositoryError` naming the model and the problem: a config that does not parse, a
-    missing model/labels file, an ensemble step naming an unknown model, a step input that no ensemble
-    input or step output produces, a tensor produced twice, a shape or dtype mismatch between producer
-    and consumer, an ensemble ``max_batch_size`` above a member's, an ensemble output nothing produces.
-    """
-    repo = Path(path)
-    configs = load_configs(repo)
-    if not configs:
-        raise RepositoryError(f"model repository {repo} holds no models")
-    for name, cfg in configs.items():
-        model_dir = repo / name
-        where = f"model {name!r}"
-        if cfg.max_batch_size < 0:
-            raise RepositoryError(f"{where}: max_batch_size must be >= 0, got {cfg.max_batch_size}")
-        for kind, items in (("input", cfg.input), ("output", cfg.output)):
-            seen: set[str] = set()
-            for item in items:
-                if item.name in seen:
-                    raise RepositoryError(f"{where}: duplicate {kind} {item.name!r}")
-                seen.add(item.name)
-                if item.data_type == mc.TYPE_INVALID:
-                    raise RepositoryError(f"{where}: {kind} {item.name!r} has no data_type")
-                if any(d == 0 or d < -1 for d in item.dims):
-                    raise RepositoryError(f"{where}: {kind} {item.name!r} has invalid dims {list(item.dims)}")
-        for out in cfg.output:
-            if out.label_filename and not (model_dir / out.label_filename).is_file():
-                raise RepositoryError(
-                    f"{where}: missing labels file {out.label_filename!r} for output {out.name!r}"
-                )
-        versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-        if not versions:
-            raise RepositoryError(f"{where}: no numeric version directory (e.g. {model_dir / '1'})")
-        if cfg.platform == "ensemble":
-            continue
-        for version in versions:
-            for filename in _model_files(name, cfg):
-                if not (version / filename).is_file():
-                    raise RepositoryError(f"{where}: missing model file {version.name}/{filename}")
-    for name, cfg in configs.items():
-        if cfg.platform == "ensemble":
-            _validate_ensemble(name, cfg, configs)
-
-
-def _validate_ensemble(name: str, cfg: mc.ModelConfig, configs: Mapping[str, mc.ModelConfig]) -> None:
-    where = f"ensemble {name!r}"
-    steps = list(cfg.ensemble_scheduling.step)
-    if not steps:
-        raise RepositoryError(f"{where}: ensemble_scheduling has no steps")
-    # tensor -> (producer description, dtype, full shape)
-    produced: dict[str, tuple[str, int, tuple[int, ...]]] = {}
-    for inp in cfg.input:
-        produced[inp.name] = (
-            f"ensemble input {inp.name!r}",
-            inp.data_type,
-            _full_shape(inp.dims, cfg.max_batch_size),
-        )
-    for i, step in enumerate(steps):
-        member = configs.get(step.model_name)
-        label = f"{where}: step {i} ({step.model_name})"
-        if member is None:
-            raise RepositoryError(f"{label}: names a model that does not exist in the repository")
-        if member.max_batch_size < cfg.max_batch_size:
-            raise RepositoryError(
-                f"{label}: ensemble max_batch_size {cfg.max_batch_size} is above the member's "
-                f"max_batch_size {member.max_batch_size}"
-            )
-        outputs = {o.name: o for o in member.output}
-        for key, tensor in step.output_map.items():
-            out = outputs.get(key)
-            if out is None:
-                raise RepositoryError(
-                    f"{label}: output_map key {key!r} is not an output of {step.model_name!r}"
-                )
-            if tensor in produced:
-                hint = (
-                    "; Triton would pass the request's input on instead of this step's output"
-                    if produced[tensor][0].startswith("ensemble input")
-                    else ""
-                )
-                raise RepositoryError(
-                    f"{label}: tensor {tensor!r} is produced twice (also by {produced[tensor][0]}){hint}"
-                )
-            produced[tensor] = (
-                f"{step.model_name!r} output {key!r}",
-                out.data_type,
-                _full_shape(out.dims, member.max_batch_size),
-            )
-    ready = {inp.name for inp in cfg.input}
-    pending = list(range(len(steps)))
-    while pending:  # every step must become runnable from ensemble inputs and earlier outputs
-        progressed = False
-        for i in list(pending):
-            step = steps[i]
-            if all(t in ready for t in step.input_map.values()):
-                ready.update(step.output_map.values())
-                pending.remove(i)
-                progressed = True
-        if not progressed:
-            break
-    for i, step in enumerate(steps):
-        member = configs[step.model_name]
-        label = f"{where}: step {i} ({step.model_name})"
-        inputs = {x.name: x for x in member.input}
-        for key, tensor in step.input_map.items():
-            inp = inputs.get(key)
-            if inp is None:
-                raise RepositoryError(
-                    f"{label}: input_map key {key!r} is not an input of {step.model_name!r}"
-                )
-            if tensor not in produced:
-                raise RepositoryError(
-                    f"{label}: input {key!r} reads tensor {tensor!r} that nobody produces "
-                    "(no ensemble input or step output has that name)"
-                )
-            source, dtype, shape = produced[tensor]
-            want = _full_shape(inp.dims, member.max_batch_size)
-            if dtype != inp.data_type:
-                raise RepositoryError(
-                    f"{label}: dtype mismatch on tensor {tensor!r}: {source} is {_dtype_name(dtype)} but input "
-                    f"{key!r} expects {_dtype_name(inp.data_type)}"
-                )
-            if not _compatible(shape, want):
-                raise RepositoryError(
-                    f"{label}: shape mismatch on tensor {tensor!r}: {source} has shape {list(shape)} but "
-                    f"input {key!r} expects {list(want)}"
-                )
-        unmapped = [x.name for x in member.input if x.name not in step.input_map and not x.optional]
-        if unmapped:
-            raise RepositoryError(f"{label}: required inputs {unmapped} are not in its input_map")
-        if i in pending:
-            raise RepositoryError(f"{label}: its inputs can never all be ready (a cycle between steps)")
-    input_names = {x.name for x in cfg.input}
-    for out in cfg.output:
-        if out.name in input_names:
-            raise RepositoryError(
-                f"{where}: output {out.name!r} has the name of an ensemble input; Triton would answer with "
-                "the request's input (or nothing when it is optional) instead of the step's output"
-            )
-        if out.name not in produced:
-            raise RepositoryError(f"{where}: output {out.name!r} is not produced by any step")
-        source, dtype, shape = produced[out.name]
-        want = _full_shape(out.dims, cfg.max_batch_size)
-        if dtype != out.data_type:
-            raise RepositoryError(
-                f"{where}: dtype mismatch on output {out.name!r}: {source} is {_dtype_name(dtype)} but the "
-                f"ensemble declares {_dtype_name(out.data_type)}"
-            )
-        if not _compatible(shape, want):
-            raise RepositoryError(
-                f"{where}: shape mismatch on output {out.name!r}: {source} has shape {list(shape)} but the "
-                f"ensemble declares {list(want)}"
-            )

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from vmtl.contract import ENGINE_INFO
 from vmtl.export.quantize import ExportError
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "write_engine_info",
 ]
 
-ENGINE_INFO = "tensorrt.json"
 #: ONNX ops kept in fp32 in the fp16 engine (LayerNorm statistics and softmax overflow in fp16).
 FP32_OPS: tuple[str, ...] = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Erf")
 

@@ -20,17 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vmtl.server.launcher import (
-    ServerError,
-    TritonServer,
-    check_repository,
+from vmtl.contract import (
+    ENGINE_INFO,
+    MANIFEST,
+    TRITON_VERSION,
+    Manifest,
+    RepositoryError,
     is_model_repository,
-    prepare_backend_dir,
 )
+from vmtl.server.launcher import ServerError, TritonServer, check_repository, prepare_backend_dir
 
 #: Triton release inside nvidia-pytriton 0.7.0; its NGC container is tritonserver:24.10-py3.
-BUNDLED_TRITON_VERSION = "2.51.0"
-FLAVOURS = ("cpu", "native")
+BUNDLED_TRITON_VERSION = TRITON_VERSION
 # Model platforms and the backend directory each needs.
 _PLATFORM_BACKEND = {
     "onnxruntime_onnx": "onnxruntime",
@@ -127,7 +128,7 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
         echo_log=args.verbose,
     )
     print(f"vmtl serve: starting Triton on {served.resolve()} ({len(info.models)} models)", flush=True)
-    if meta:
+    if meta is not None:
         print(f"vmtl serve: {_describe_meta(meta)}", flush=True)
     progress = _Progress(len(info.models), enabled=not args.verbose)
     try:
@@ -295,7 +296,7 @@ def _print_native(repo: Path, args: argparse.Namespace) -> int:
         )
     info = check_repository(native)
     meta = _read_meta(native)
-    version = str(meta.get("triton_version") or BUNDLED_TRITON_VERSION)
+    version = (meta.triton_version if meta is not None else None) or BUNDLED_TRITON_VERSION
     image = args.image or f"nvcr.io/nvidia/tritonserver:{ngc_release(version)}-py3"
     bind = "" if args.host in ("0.0.0.0", "") else f"{args.host}:"
     lines = [
@@ -330,8 +331,6 @@ def _plan_notes(native: Path) -> list[str]:
     """What each TensorRT plan of the repository needs of the container and GPU (from the engine info
     `vmtl export --trt` writes beside it): a plan runs only on the TensorRT version and GPU model it was
     built for, which cannot be checked from here (this machine is not where the container runs)."""
-    from vmtl.export.tensorrt import ENGINE_INFO
-
     notes = []
     for plan in sorted(native.glob("*/*/model.plan")):
         model = plan.parent.parent
@@ -364,32 +363,30 @@ def _imports_vmtl(model_dir: Path) -> bool:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _read_meta(repo: Path) -> dict[str, Any]:
-    """The repository's vmtl.json (written by `vmtl export`), {} when absent or unreadable."""
-    path = repo / "vmtl.json"
-    if not path.is_file():
-        return {}
+def _read_meta(repo: Path) -> Manifest | None:
+    """The repository's manifest (written by `vmtl export`); None when absent or unreadable."""
+    if not (repo / MANIFEST).is_file():
+        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        print(f"vmtl serve: warning: ignoring unreadable {path}: {exc}", file=sys.stderr)
-        return {}
-    return data if isinstance(data, dict) else {}
+        return Manifest.read(repo)
+    except RepositoryError as exc:
+        print(f"vmtl serve: warning: ignoring {repo / MANIFEST}: {exc}", file=sys.stderr)
+        return None
 
 
 def _flavour_dir(repo: Path, flavour: str) -> Path | None:
     """The repository of ``flavour`` for REPO.
 
     REPO/<flavour>/ when REPO holds the flavours; REPO itself when it is a repository (always, for ``cpu``:
-    the one given is the one served); for ``native``, else the one vmtl.json's ``flavours`` names or the
-    sibling ``../native``.
+    the one given is the one served); for ``native``, else the one vmtl.json's ``metadata.flavours``
+    names (relative to REPO) or the sibling ``../native``.
     """
     if not is_model_repository(repo):
         return repo / flavour if is_model_repository(repo / flavour) else None
     if flavour == "cpu" or _own_flavour(repo) == flavour:
         return repo
-    flavours = _read_meta(repo).get("flavours")
-    declared = flavours.get(flavour) if isinstance(flavours, dict) else None
+    meta = _read_meta(repo)
+    declared = (meta.metadata.flavours or {}).get(flavour) if meta is not None else None
     for candidate in ([repo / str(declared)] if declared else []) + [repo.parent / flavour]:
         if candidate.resolve() != repo.resolve() and is_model_repository(candidate):
             return candidate
@@ -398,20 +395,19 @@ def _flavour_dir(repo: Path, flavour: str) -> Path | None:
 
 def _own_flavour(repo: Path) -> str:
     meta = _read_meta(repo)
-    return str(meta.get("flavour") or meta.get("flavor") or ("native" if repo.name == "native" else "cpu"))
+    return meta.flavour if meta is not None else ("native" if repo.name == "native" else "cpu")
 
 
-def _describe_meta(meta: dict[str, Any]) -> str:
-    parts = []
-    for key in ("flavour", "triton_version", "created", "checkpoint"):
-        if isinstance(meta.get(key), str | int | float):
-            parts.append(f"{key} {meta[key]}")
-    tasks = meta.get("tasks")
-    if isinstance(tasks, dict):
-        tasks = list(tasks)
-    if isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
-        parts.append("tasks " + ", ".join(tasks))
-    return "vmtl.json: " + ("; ".join(parts) if parts else "present")
+def _describe_meta(meta: Manifest) -> str:
+    parts = [f"flavour {meta.flavour}"]
+    if meta.triton_version:
+        parts.append(f"triton_version {meta.triton_version}")
+    if meta.created:
+        parts.append(f"created {meta.created}")
+    if meta.metadata.checkpoint:
+        parts.append(f"checkpoint {meta.metadata.checkpoint}")
+    parts.append("tasks " + ", ".join(meta.tasks))
+    return "vmtl.json: " + "; ".join(parts)
 
 
 def _fail(message: str) -> int:

@@ -13,7 +13,8 @@ Typical use::
         server.wait_ready(60)
         client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
-This module must stay light: no torch, no tritonclient at import time.
+This module must stay light: no torch, no onnxruntime; of tritonclient only the ``ModelConfig``
+protobuf that :mod:`vmtl.contract` validates repositories with.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from vmtl.contract import RepositoryError, RepositoryInfo, is_model_repository, validate_repository
 
 __all__ = [
     "DEFAULT_BACKEND_CONFIG",
@@ -250,93 +252,29 @@ def _check_numpy() -> None:
 # Model repository checks
 
 
-@dataclass
-class RepositoryInfo:
-    """What :func:`check_repository` found: model name -> backend/platform, plus non-fatal warnings."""
-
-    path: Path
-    models: dict[str, str] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
-def is_model_repository(path: Path) -> bool:
-    """True if ``path`` is a directory with at least one ``<model>/config.pbtxt``."""
-    return path.is_dir() and any(p.is_dir() and (p / "config.pbtxt").is_file() for p in path.iterdir())
-
-
 def check_repository(repo: Path | str) -> RepositoryInfo:
     """Check that ``repo`` is a Triton model repository Triton will load; raise :class:`ServerError` if not.
 
-    Every ``config.pbtxt`` is parsed into Triton's ``ModelConfig`` protobuf (when tritonclient is
-    installed); names must match directories, each model needs a numeric version directory, and ensemble
-    steps must name models of the repository. Warns about ensemble outputs that also feed another step:
-    Triton 2.51 cannot then serve a request for only some of the ensemble's outputs (its pruning drops
-    the producing step and the request fails with "unexpected deadlock").
+    :func:`vmtl.contract.validate_repository`, the check `vmtl export` runs before installing a
+    repository: every ``config.pbtxt`` parsed into Triton's ``ModelConfig`` protobuf, names matching
+    directories, version directories and model files present, ensembles wired to models of the
+    repository with matching tensors. Its warnings name ensemble outputs that also feed another step
+    (Triton 2.51 cannot then serve a request for only some of the ensemble's outputs).
     """
     repo = Path(repo)
     if not repo.exists():
         raise ServerError(f"model repository {repo} does not exist")
     if not repo.is_dir():
         raise ServerError(f"model repository {repo} is not a directory")
-    model_dirs = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
-    with_config = [p for p in model_dirs if (p / "config.pbtxt").is_file()]
-    if not with_config:
+    if not is_model_repository(repo):
         raise ServerError(
             f"{repo} is not a Triton model repository: no <model>/config.pbtxt under it "
             "(write one with `vmtl export`)"
         )
     try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:  # pragma: no cover - tritonclient is a dependency of vmtl
-        text_format = model_config_pb2 = None  # type: ignore[assignment]
-
-    info = RepositoryInfo(path=repo)
-    problems: list[str] = []
-    configs = {}
-    for model_dir in model_dirs:
-        name = model_dir.name
-        config_path = model_dir / "config.pbtxt"
-        if not config_path.is_file():
-            problems.append(f"{name}/: no config.pbtxt")
-            continue
-        if not any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir()):
-            problems.append(f"{name}/: no version directory (e.g. {name}/1/)")
-        if model_config_pb2 is None:
-            info.models[name] = "?"
-            continue
-        try:
-            config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
-        except text_format.ParseError as exc:
-            problems.append(f"{name}/config.pbtxt: {exc}")
-            continue
-        if config.name and config.name != name:
-            problems.append(f"{name}/config.pbtxt: name {config.name!r} differs from its directory {name!r}")
-        info.models[name] = config.platform or config.backend or "?"
-        configs[name] = config
-    for name, config in configs.items():
-        if not config.HasField("ensemble_scheduling"):
-            continue
-        produced: dict[str, str] = {}
-        consumed: set[str] = set()
-        for step in config.ensemble_scheduling.step:
-            if step.model_name not in info.models:
-                problems.append(
-                    f"{name}: ensemble step uses model {step.model_name!r}, not in the repository"
-                )
-            consumed.update(step.input_map.values())
-            produced.update({tensor: step.model_name for tensor in step.output_map.values()})
-        for output in config.output:
-            if output.name in consumed:
-                info.warnings.append(
-                    f"{name}: ensemble output {output.name!r} (from {produced.get(output.name, '?')}) also "
-                    "feeds another step; Triton 2.51 then fails requests that ask for only some outputs"
-                )
-    if problems:
-        raise ServerError(
-            f"{repo} is not a valid model repository:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-    return info
+        return validate_repository(repo)
+    except RepositoryError as exc:
+        raise ServerError(f"{repo} is not a valid model repository: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,13 +1,10 @@
 """Triton python-backend model hosting one ONNX Runtime CPU session (vmtl ``cpu`` repository flavour).
 
 Copied by ``vmtl.export.repository.write_repository`` to ``<model>/1/model.py`` next to ``model.onnx``.
-Config parameters (all optional):
-
-- ``onnx_file``: file name in the version directory (default ``model.onnx``)
-- ``intra_op_threads``: ORT intra-op threads; ``0`` = all cores available to the process (default 1)
-- ``inter_op_threads``: ORT inter-op threads (default 1)
-- ``allow_spinning``: ``1`` lets ORT's pool threads spin between runs (default ``0``: they sleep, so the
-  backbone and the heads don't starve each other on a small CPU)
+Config parameters (all optional): ``onnx_file``, the file name in the version directory (default
+``model.onnx``), and the session options :func:`vmtl.runtime.host_session` reads (``intra_op_threads``,
+``inter_op_threads``, ``allow_spinning``). It runs inside Triton's python stub, where ``vmtl`` is importable
+(``vmtl.server.launcher.server_env`` puts it on the stub's path).
 
 ``execute`` concatenates every request it receives (each may carry its own batch) along axis 0, runs ORT
 once, and splits the outputs back. A request whose tensors have the wrong dtype or shape gets its own
@@ -17,24 +14,17 @@ once, and splits the outputs back. A request whose tensors have the wrong dtype 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+
+from vmtl.runtime import host_session
 
 
 class _BadRequest(Exception):
     """A request that cannot be run; the message is sent back to its client."""
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _shape_str(shape: Any) -> str:
@@ -58,17 +48,8 @@ class TritonPythonModel:
         path = _version_dir(args) / (params.get("onnx_file") or "model.onnx")
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
-        threads = int(params.get("intra_op_threads") or 1)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads if threads > 0 else _cores()
-        opts.inter_op_num_threads = int(params.get("inter_op_threads") or 1)
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        spin = "1" if params.get("allow_spinning", "0") == "1" else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        self.threads = opts.intra_op_num_threads
+        self.session = host_session(path, params)
+        self.threads = self.session.get_session_options().intra_op_num_threads
 
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.inputs = [
