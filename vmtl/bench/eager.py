@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vmtl.contract import feat_output
 from vmtl.models.checkpoint import WEIGHTS_FILE
 from vmtl.models.multitask import MultiTaskModel
 
@@ -31,5 +32,5 @@ class EagerTorch:
         with self.torch.inference_mode():
             x = self.torch.from_numpy(video)
             if tasks is None:
-                return {f"feat_{n}": f.numpy() for n, f in self.model.trunk(x).items()}
+                return {feat_output(n): f.numpy() for n, f in self.model.trunk(x).items()}
             return {n: v.numpy() for n, v in self.model(x, list(tasks)).items()}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vmtl.bench.inprocess import cores
+from vmtl.runtime import cores
 
 
 @dataclass(frozen=True)
