@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vmtl.models.backbone import CheckpointError
+from vmtl.models.checkpoint import CheckpointError
 from vmtl.models.efficientnet_lite import (
     WEIGHTS_PACKAGE,
     EfficientNetLite0,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import CheckpointError
+from .checkpoint import CheckpointError
 
 __all__ = [
     "STAGES",
