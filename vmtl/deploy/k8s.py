@@ -21,13 +21,14 @@ imports :mod:`vmtl.video`). :func:`render` returns plain objects, one file each:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vmtl.contract import MANIFEST, Manifest
 
 __all__ = [
     "APP_NAME",
@@ -68,35 +69,25 @@ class ServedRepository:
     python_models: tuple[str, ...]
 
 
-def _read_manifest(repo: Path) -> dict[str, Any]:
-    """REPO/vmtl.json as written by `vmtl export` (keys "graph", "models", "flavour", ...)."""
-    return json.loads((repo / "vmtl.json").read_text(encoding="utf-8"))
-
-
 def read_repository(repo: Path) -> ServedRepository:
     """The served models of REPO's ``native`` flavour (REPO itself, or REPO/native/ when REPO holds both).
 
-    Raises ValueError when REPO has no vmtl.json or it does not name its models.
+    Raises ValueError (:class:`vmtl.contract.RepositoryError`) when REPO has no valid vmtl.json.
     """
-    if not (repo / "vmtl.json").is_file() and (repo / "native" / "vmtl.json").is_file():
+    if not (repo / MANIFEST).is_file() and (repo / "native" / MANIFEST).is_file():
         repo = repo / "native"
-    if not (repo / "vmtl.json").is_file():
-        raise ValueError(f"{repo} has no vmtl.json: not a model repository written by `vmtl export`")
-    manifest = _read_manifest(repo)
-    models = manifest.get("models")
-    if not isinstance(models, dict) or "backbone" not in models:
-        raise ValueError(f"{repo / 'vmtl.json'} does not list the repository's models")
-    heads = models.get("heads") or {}
-    names = [str(v) for k, v in models.items() if k != "heads" and isinstance(v, str)]
-    names += [str(v) for v in heads.values()]
-    python = [str(models["video_decode"])] if "video_decode" in models else []
-    if manifest.get("flavour", "cpu") != "native":  # the cpu flavour hosts ONNX Runtime in python models
-        python += [str(models["backbone"]), *(str(v) for v in heads.values())]
+    manifest = Manifest.read(repo)
+    models = manifest.models
+    heads = [models.head(task) for task in manifest.tasks]
+    names = [models.backbone, models.video_decode, models.clip_ensemble, models.video_ensemble, *heads]
+    python = [models.video_decode]
+    if manifest.flavour != "native":  # the cpu flavour hosts ONNX Runtime in python-backend models
+        python += [models.backbone, *heads]
     return ServedRepository(
-        flavour=str(manifest.get("flavour", "cpu")),
+        flavour=manifest.flavour,
         models=tuple(sorted(names)),
-        tasks=tuple(str(t) for t in heads),
-        trunk=str(models["backbone"]),
+        tasks=tuple(manifest.tasks),
+        trunk=models.backbone,
         python_models=tuple(sorted(python)),
     )
 
