@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("vmtl.client.cli", "analyse videos through a running server over gRPC"),
     "batch": ("vmtl.client.batch_cli", "offline batch inference over many videos (local, triton or ray)"),
     "bench": ("vmtl.bench.cli", "latency/throughput benchmark in perf_analyzer's vocabulary"),
+    "deploy": ("vmtl.deploy.cli", "Kubernetes manifests and the Grafana dashboard for a repository"),
     "demo": ("vmtl.demo", "the whole path: data, train, export, serve, analyse a real video"),
 }
 

@@ -474,6 +474,7 @@ class TritonServer:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
+            "--metrics-config=summary_latencies=true",  # p50..p99 per model (deploy/prometheus)
             # Graceful shutdown waits at most this long for in-flight requests before unloading models.
             f"--exit-timeout-secs={self.exit_timeout_secs}",
             f"--log-verbose={self.log_verbose}",
