@@ -4,7 +4,8 @@ Every function takes raw head outputs stacked over N clips, exactly as the model
 and returns a dict of named floats. `PRIMARY_METRIC` names the one number reported per kind (higher is
 better except for those in `LOWER_IS_BETTER`, regress MAE).
 
-Beside these: :mod:`vmtl.metrics.evaluate` (a task's metrics and chance level on a labelled clip set) and
+Beside these: :mod:`vmtl.metrics.kinds` (``KIND_METRICS``: which of these functions scores each kind,
+and how), :mod:`vmtl.metrics.evaluate` (a task's metrics and chance level on a labelled clip set) and
 :mod:`vmtl.metrics.records` (a task's metrics from post-processed result records, for `vmtl batch`).
 """
 
