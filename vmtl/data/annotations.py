@@ -17,6 +17,7 @@ Paths in a file are relative to the file's directory; records carry them resolve
 coordinates are continuous pixel coordinates: a box ``[x1, y1, x2, y2]`` covers pixel columns
 ``x1 .. x2-1`` and rows ``y1 .. y2-1``. Every error is an :class:`AnnotationError` whose message starts
 with ``FILE:LINE:``. The writers put one video per line in the JSON files, so JSON errors carry a line too.
+``KIND_ANNOTATIONS`` says which reader reads each kind's files and what it checks them against.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Union
 
 import numpy as np
 
-from vmtl.tasks import KINDS, kind_spec
+from vmtl.tasks import KINDS, TaskSpec, kind_spec
 
 
 class AnnotationError(ValueError):
@@ -372,6 +374,91 @@ def read_labels(path: str | os.PathLike[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+class KindAnnotations:
+    """How one kind's annotation files are read (a subclass per kind; ``KIND_ANNOTATIONS`` holds one each).
+
+    ``bound`` is what the reader checks the records against: the number of classes for kinds that give
+    label indices (scored kinds, embed's identities when the manifest knows them), the number of values
+    for regress; None checks nothing.
+    """
+
+    def read(
+        self, path: str | os.PathLike[str], bound: int | None, labels: Sequence[str] | None
+    ) -> list[Any]:
+        raise NotImplementedError
+
+    def bound(self, task: TaskSpec) -> int | None:
+        """The reader's bound for a task of this kind."""
+        return task.num_classes if task.kind_spec.scored else None
+
+    def manifest_bound(self, info: Mapping[str, Any], labels: Sequence[str] | None) -> int | None:
+        """The reader's bound from a dataset manifest's entry for a task of this kind."""
+        return len(labels) if labels and kind_spec(info["kind"]).scored else info.get("num_classes")
+
+
+class _LabelList(KindAnnotations):
+    def read(
+        self, path: str | os.PathLike[str], bound: int | None, labels: Sequence[str] | None
+    ) -> list[Any]:
+        return read_label_list(path, bound)
+
+
+class _TagList(KindAnnotations):
+    def read(
+        self, path: str | os.PathLike[str], bound: int | None, labels: Sequence[str] | None
+    ) -> list[Any]:
+        return read_tag_list(path, bound)
+
+
+class _RegressList(KindAnnotations):
+    def read(
+        self, path: str | os.PathLike[str], bound: int | None, labels: Sequence[str] | None
+    ) -> list[Any]:
+        return read_regress_list(path, bound)
+
+    def bound(self, task: TaskSpec) -> int | None:
+        return task.dim
+
+    def manifest_bound(self, info: Mapping[str, Any], labels: Sequence[str] | None) -> int | None:
+        return len(info.get("value_names", [])) or None
+
+
+class _LocalizeJson(KindAnnotations):
+    def read(
+        self, path: str | os.PathLike[str], bound: int | None, labels: Sequence[str] | None
+    ) -> list[Any]:
+        """Labels default to the file's sibling ``labels.txt``, if any."""
+        if labels is None and (Path(path).parent / "labels.txt").is_file():
+            labels = read_labels(Path(path).parent / "labels.txt")
+        return read_localize_json(path, labels)
+
+
+class _TrackJson(KindAnnotations):
+    def read(
+        self, path: str | os.PathLike[str], bound: int | None, labels: Sequence[str] | None
+    ) -> list[Any]:
+        return read_track_json(path)
+
+
+KIND_ANNOTATIONS: Mapping[str, KindAnnotations] = MappingProxyType(
+    {
+        "classify": _LabelList(),
+        "tag": _TagList(),
+        "localize": _LocalizeJson(),
+        "embed": _LabelList(),
+        "regress": _RegressList(),
+        "track": _TrackJson(),
+    }
+)
+
+
+def kind_annotations(kind: str) -> KindAnnotations:
+    """A kind's row of ``KIND_ANNOTATIONS``; ValueError naming the known kinds for an unknown one."""
+    if kind not in KIND_ANNOTATIONS:
+        raise ValueError(f"unknown task kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return KIND_ANNOTATIONS[kind]
+
+
 def read_annotations(
     kind: str,
     path: str | os.PathLike[str],
@@ -383,19 +470,14 @@ def read_annotations(
     ``num_classes`` bounds label indices (classify, tag, embed) or fixes the number of values (regress);
     ``labels`` are the class names a localize file may use (default: its sibling ``labels.txt`` if any).
     """
-    if kind in ("classify", "embed"):
-        return read_label_list(path, num_classes)
-    if kind == "tag":
-        return read_tag_list(path, num_classes)
-    if kind == "regress":
-        return read_regress_list(path, num_classes)
-    if kind == "localize":
-        if labels is None and (Path(path).parent / "labels.txt").is_file():
-            labels = read_labels(Path(path).parent / "labels.txt")
-        return read_localize_json(path, labels)
-    if kind == "track":
-        return read_track_json(path)
-    raise ValueError(f"unknown task kind {kind!r}; choose one of {', '.join(KINDS)}")
+    return kind_annotations(kind).read(path, num_classes, labels)
+
+
+def read_task_annotations(task: TaskSpec, path: str | os.PathLike[str]) -> list[Any]:
+    """Read a task's annotation file, checked against the task (its labels, classes or values)."""
+    return kind_annotations(task.kind).read(
+        path, kind_annotations(task.kind).bound(task), task.labels or None
+    )
 
 
 def annotation_suffix(kind: str) -> str:
@@ -430,9 +512,7 @@ def read_split(root: str | os.PathLike[str], task: str, split: str = "train") ->
         raise KeyError(f"task {task!r} has no split {split!r}; it has: {', '.join(files)}")
     kind = info["kind"]
     labels = info.get("labels") or None
-    num = len(labels) if labels and kind_spec(kind).scored else info.get("num_classes")
-    if kind == "regress":
-        num = len(info.get("value_names", [])) or None
+    num = kind_annotations(kind).manifest_bound(info, labels)
     return read_annotations(kind, Path(root) / files[split], num_classes=num, labels=labels)
 
 

@@ -3,7 +3,8 @@
 Decoding is the slow part of training on a small machine, so a split is decoded once with the graph's
 preprocessing and cached as an `.npz` beside the data (keyed by the preprocessing, the number of
 temporal tokens and the annotation file's content). Targets are built per kind from the annotation
-records and the clip geometry (timestamps and crop) that `vmtl.video.read_clip` reports:
+records and the clip geometry (timestamps and crop) that `vmtl.video.read_clip` reports (each kind's row
+of ``KIND_TARGETS``):
 
 | kind | target |
 | --- | --- |
@@ -18,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from vmtl.data.annotations import annotation_suffix, read_annotations
+from vmtl.data.annotations import annotation_suffix, read_task_annotations
 from vmtl.tasks import Preprocess, Segment, TaskSpec, temporal_token_bounds
 from vmtl.video import Clip, read_clip
 
@@ -93,8 +97,8 @@ def load_clipset(
             arrays = {k: z[k] for k in z.files}
         return _from_arrays(task, arrays)
 
-    num_classes = task.num_classes if task.kind_spec.scored else None
-    records = read_annotations(task.kind, ann, num_classes=num_classes, labels=task.labels or None)
+    records = read_task_annotations(task, ann)
+    targets = KIND_TARGETS[task.kind]
     if not records:
         raise ValueError(f"task {task.name!r}: {ann} has no records")
 
@@ -118,11 +122,12 @@ def load_clipset(
         "crops": np.array([c.crop for c in clips], dtype=np.float64),
         "windows": np.array([(c.start, c.end) for c in clips], dtype=np.float64),
         "sizes": np.array([c.source_size for c in clips], dtype=np.int64),
-        "targets": np.stack([_target(task, r, c, num_tokens) for r, c in zip(records, clips, strict=True)]),
+        "targets": np.stack(
+            [targets.target(task, r, c, num_tokens) for r, c in zip(records, clips, strict=True)]
+        ),
         "paths": np.array([str(r.path) for r in records]),
+        **targets.truth_arrays(records),
     }
-    if task.kind == "localize":
-        arrays["seg_video"], arrays["seg_bounds"], arrays["seg_label"] = _flatten_segments(records)
     if cache:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may decode concurrently
@@ -132,11 +137,6 @@ def load_clipset(
 
 
 def _from_arrays(task: TaskSpec, a: dict[str, np.ndarray]) -> ClipSet:
-    truths: list[list[Segment]] = []
-    if task.kind == "localize":
-        truths = [[] for _ in range(len(a["frames"]))]
-        for v, (s, e), lab in zip(a["seg_video"], a["seg_bounds"], a["seg_label"], strict=True):
-            truths[int(v)].append(Segment(str(lab), float(s), float(e), 1.0))
     return ClipSet(
         task=task.name,
         frames=a["frames"],
@@ -146,38 +146,92 @@ def _from_arrays(task: TaskSpec, a: dict[str, np.ndarray]) -> ClipSet:
         sizes=a["sizes"],
         targets=a["targets"],
         paths=[str(p) for p in a["paths"]],
-        truths=truths,
+        truths=KIND_TARGETS[task.kind].truths(a, len(a["frames"])),
     )
 
 
-def _flatten_segments(records: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = [(i, g.start, g.end, g.label) for i, r in enumerate(records) for g in r.segments]
-    return (
-        np.array([r[0] for r in rows], dtype=np.int64),
-        np.array([(r[1], r[2]) for r in rows], dtype=np.float64).reshape(-1, 2),
-        np.array([r[3] for r in rows], dtype=str),
-    )
+class KindTargets:
+    """How one kind's training targets (and evaluation ground truth) come from its annotation records (a
+    subclass per kind; ``KIND_TARGETS`` holds one each)."""
+
+    def target(self, task: TaskSpec, rec: Any, clip: Clip, num_tokens: int) -> np.ndarray:
+        """One clip's target (see the module docstring)."""
+        raise NotImplementedError
+
+    def truth_arrays(self, records: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Ground truth the metrics need beyond the targets, as arrays for the cache (none by default)."""
+        return {}
+
+    def truths(self, arrays: Mapping[str, np.ndarray], n: int) -> list[list[Segment]]:
+        """``ClipSet.truths`` from those arrays (empty by default)."""
+        return []
 
 
-def _target(task: TaskSpec, rec: object, clip: Clip, num_tokens: int) -> np.ndarray:
-    k = task.kind
-    if k in ("classify", "embed"):
-        return np.array(rec.label, dtype=np.int64)  # type: ignore[attr-defined]
-    if k == "tag":
+class _Index(KindTargets):
+    def target(self, task: TaskSpec, rec: Any, clip: Clip, num_tokens: int) -> np.ndarray:
+        return np.array(rec.label, dtype=np.int64)
+
+
+class _MultiHot(KindTargets):
+    def target(self, task: TaskSpec, rec: Any, clip: Clip, num_tokens: int) -> np.ndarray:
         hot = np.zeros(task.num_classes, dtype=np.float32)
-        hot[list(rec.labels)] = 1.0  # type: ignore[attr-defined]
+        hot[list(rec.labels)] = 1.0
         return hot
-    if k == "regress":
-        return np.asarray(rec.values, dtype=np.float32)  # type: ignore[attr-defined]
-    centres = temporal_token_bounds(clip.timestamps, num_tokens, clip.start, clip.end).mean(axis=1)
-    if k == "localize":
+
+
+class _Values(KindTargets):
+    def target(self, task: TaskSpec, rec: Any, clip: Clip, num_tokens: int) -> np.ndarray:
+        return np.asarray(rec.values, dtype=np.float32)
+
+
+def _token_centres(clip: Clip, num_tokens: int) -> np.ndarray:
+    return temporal_token_bounds(clip.timestamps, num_tokens, clip.start, clip.end).mean(axis=1)
+
+
+class _TokenLabels(KindTargets):
+    def target(self, task: TaskSpec, rec: Any, clip: Clip, num_tokens: int) -> np.ndarray:
+        centres = _token_centres(clip, num_tokens)
         out = np.zeros(num_tokens, dtype=np.int64)
-        for g in rec.segments:  # type: ignore[attr-defined]
+        for g in rec.segments:
             out[(centres >= g.start) & (centres < g.end)] = task.labels.index(g.label) + 1
         return out
-    # track: the annotated box nearest each token's centre time, normalised to the crop.
-    boxes = rec.array()  # type: ignore[attr-defined]
-    nearest = np.abs(boxes[:, :1] - centres[None, :]).argmin(axis=0)
-    x0, y0, side = clip.crop
-    norm = (boxes[nearest, 1:] - np.array([x0, y0, x0, y0])) / side
-    return np.clip(norm, 0.0, 1.0).astype(np.float32)
+
+    def truth_arrays(self, records: Sequence[Any]) -> dict[str, np.ndarray]:
+        """The segments flattened: their video index, bounds and label."""
+        rows = [(i, g.start, g.end, g.label) for i, r in enumerate(records) for g in r.segments]
+        return {
+            "seg_video": np.array([r[0] for r in rows], dtype=np.int64),
+            "seg_bounds": np.array([(r[1], r[2]) for r in rows], dtype=np.float64).reshape(-1, 2),
+            "seg_label": np.array([r[3] for r in rows], dtype=str),
+        }
+
+    def truths(self, arrays: Mapping[str, np.ndarray], n: int) -> list[list[Segment]]:
+        truths: list[list[Segment]] = [[] for _ in range(n)]
+        for v, (s, e), lab in zip(
+            arrays["seg_video"], arrays["seg_bounds"], arrays["seg_label"], strict=True
+        ):
+            truths[int(v)].append(Segment(str(lab), float(s), float(e), 1.0))
+        return truths
+
+
+class _TokenBoxes(KindTargets):
+    def target(self, task: TaskSpec, rec: Any, clip: Clip, num_tokens: int) -> np.ndarray:
+        """The annotated box nearest each token's centre time, normalised to the crop."""
+        centres = _token_centres(clip, num_tokens)
+        boxes = rec.array()
+        nearest = np.abs(boxes[:, :1] - centres[None, :]).argmin(axis=0)
+        x0, y0, side = clip.crop
+        norm = (boxes[nearest, 1:] - np.array([x0, y0, x0, y0])) / side
+        return np.clip(norm, 0.0, 1.0).astype(np.float32)
+
+
+KIND_TARGETS: Mapping[str, KindTargets] = MappingProxyType(
+    {
+        "classify": _Index(),
+        "tag": _MultiHot(),
+        "localize": _TokenLabels(),
+        "embed": _Index(),
+        "regress": _Values(),
+        "track": _TokenBoxes(),
+    }
+)
