@@ -32,9 +32,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from vmtl.client.engines import (
@@ -46,6 +47,7 @@ from vmtl.client.engines import (
     RayEngine,
     TritonEngine,
 )
+from vmtl.data.annotations import AnnotationError, read_task_annotations
 from vmtl.metrics import format_table
 from vmtl.metrics.records import record_metrics
 from vmtl.tasks import TaskGraph, TaskSpec
@@ -180,29 +182,37 @@ class Labels:
     truths: dict[str, Any]
 
 
-def _fitting_kinds(path: Path) -> set[str]:
-    """Task kinds whose annotation format the file has."""
+@dataclass(frozen=True)
+class LabelShape:
+    """What an annotation file's labels look like: which kinds' formats it can be in."""
+
+    json_keys: frozenset[str] | None = None  # a JSON file: the keys every video entry has (None: a text list)
+    ints: bool = False  # a text list: every line has labels and all of them are integers
+    floats: bool = False  # ... all of them are numbers
+    widths: frozenset[int] = frozenset()  # ... the numbers of labels per line
+
+
+def _label_shape(path: Path) -> LabelShape:
     if path.suffix.lower() == ".json":
         entries = [e for e in _json_entries(path).values() if isinstance(e, dict)]
-        if entries and all("annotations" in e for e in entries):
-            return {"localize"}
-        if entries and all("boxes" in e for e in entries):
-            return {"track"}
-        return set()
+        keys = frozenset.intersection(*(frozenset(e) for e in entries)) if entries else frozenset()
+        return LabelShape(json_keys=keys)
     lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
     rows = [parts[1:] for parts in lines if parts and not parts[0].startswith("#")]
     if not rows or any(not r for r in rows):
-        return set()
+        return LabelShape()
     tokens = [t for r in rows for t in r]
-    counts = {len(r) for r in rows}
-    if all(_is_int(t) for t in tokens):
-        kinds = {"tag"}
-        if counts == {1}:
-            kinds |= {"classify", "embed"}
-        return kinds | ({"regress"} if len(counts) == 1 else set())
-    if all(_is_float(t) for t in tokens) and len(counts) == 1:
-        return {"regress"}
-    return set()
+    return LabelShape(
+        ints=all(_is_int(t) for t in tokens),
+        floats=all(_is_float(t) for t in tokens),
+        widths=frozenset(len(r) for r in rows),
+    )
+
+
+def _fitting_kinds(path: Path) -> set[str]:
+    """Task kinds whose annotation format the file has."""
+    shape = _label_shape(path)
+    return {kind for kind, row in KIND_BATCH.items() if row.fits(shape)}
 
 
 def _is_int(t: str) -> bool:
@@ -222,16 +232,8 @@ def _is_float(t: str) -> bool:
 
 
 def _read_truths(task: TaskSpec, path: Path) -> dict[str, Any]:
-    from vmtl.data.annotations import AnnotationError, read_annotations
-
-    if task.kind_spec.scored:
-        num: int | None = task.num_classes
-    elif task.kind == "regress":
-        num = task.dim
-    else:
-        num = None
     try:
-        records = read_annotations(task.kind, path, num_classes=num, labels=task.labels or None)
+        records = read_task_annotations(task, path)
     except AnnotationError as exc:
         raise BatchError(f"labels for task {task.name!r} ({task.kind}): {exc}") from exc
     return {_norm(r.path): r for r in records}
@@ -450,20 +452,9 @@ def write_parquet(jsonl: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     for name, kind in kinds.items():
         results = [(r.get("tasks") or {}).get(name) for r in records]
         cols[name] = pa.array([json.dumps(x) if x is not None else None for x in results], pa.string())
-        if kind == "classify":
-            cols[f"{name}.label"] = pa.array([x and x.get("label") for x in results], pa.string())
-            top = [x["top_k"][0]["score"] if x and x.get("top_k") else None for x in results]
-            cols[f"{name}.score"] = pa.array(top, pa.float64())
-        elif kind == "tag":
-            cols[f"{name}.labels"] = pa.array([x and x.get("labels") for x in results], pa.list_(pa.string()))
-        elif kind == "regress":
-            cols[f"{name}.values"] = pa.array(
-                [x and x.get("values") for x in results], pa.list_(pa.float64())
-            )
-        elif kind == "embed":
-            cols[f"{name}.embedding"] = pa.array(
-                [x and x.get("embedding") for x in results], pa.list_(pa.float32())
-            )
+        row = KIND_BATCH.get(kind)
+        if row is not None and row.columns is not None:
+            cols.update(row.columns(pa, name, results))
     cols["windows"] = pa.array(
         [json.dumps(r["windows"]) if "windows" in r else None for r in records], pa.string()
     )
@@ -473,6 +464,63 @@ def write_parquet(jsonl: str | os.PathLike[str], out: str | os.PathLike[str]) ->
     pq.write_table(pa.table(cols), tmp)
     os.replace(tmp, out)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Per kind
+
+
+@dataclass(frozen=True)
+class KindBatch:
+    """What `vmtl batch` does per task kind: whether an annotation file of a given shape can hold its
+    labels (``fits``) and its typed Parquet columns (``columns(pa, task_name, results)``; results are
+    the task's JSON results, None where a record has none)."""
+
+    fits: Callable[[LabelShape], bool]
+    columns: Callable[[Any, str, list[dict[str, Any] | None]], dict[str, Any]] | None = None
+
+
+def _classify_columns(pa: Any, name: str, results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    top = [x["top_k"][0]["score"] if x and x.get("top_k") else None for x in results]
+    return {
+        f"{name}.label": pa.array([x and x.get("label") for x in results], pa.string()),
+        f"{name}.score": pa.array(top, pa.float64()),
+    }
+
+
+def _tag_columns(pa: Any, name: str, results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    return {f"{name}.labels": pa.array([x and x.get("labels") for x in results], pa.list_(pa.string()))}
+
+
+def _regress_columns(pa: Any, name: str, results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    return {f"{name}.values": pa.array([x and x.get("values") for x in results], pa.list_(pa.float64()))}
+
+
+def _embed_columns(pa: Any, name: str, results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    return {
+        f"{name}.embedding": pa.array([x and x.get("embedding") for x in results], pa.list_(pa.float32()))
+    }
+
+
+def _one_index(s: LabelShape) -> bool:
+    return s.ints and s.widths == {1}
+
+
+def _json_with(key: str, *, without: str | None = None) -> Callable[[LabelShape], bool]:
+    """A JSON file whose every entry has `key` (and, if given, not every entry has `without`)."""
+    return lambda s: s.json_keys is not None and key in s.json_keys and without not in s.json_keys
+
+
+KIND_BATCH: Mapping[str, KindBatch] = MappingProxyType(
+    {
+        "classify": KindBatch(_one_index, _classify_columns),
+        "tag": KindBatch(lambda s: s.ints, _tag_columns),
+        "localize": KindBatch(_json_with("annotations")),
+        "embed": KindBatch(_one_index, _embed_columns),
+        "regress": KindBatch(lambda s: s.floats and len(s.widths) == 1, _regress_columns),
+        "track": KindBatch(_json_with("boxes", without="annotations")),  # entries with both: localize
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------------
