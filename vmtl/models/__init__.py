@@ -4,12 +4,14 @@ from .backbone import VideoTrunk, build_videomae
 from .checkpoint import CheckpointError, HFVideoMAE, load_hf_videomae
 from .config import PRESETS, ModelConfig, ModelConfigError
 from .dlm import DoubleLayerMapper
-from .heads import TaskHead
-from .losses import TaskLoss, build_loss
+from .heads import HEADS, TaskHead, build_head
+from .losses import KIND_LOSSES, TaskLoss, build_loss
 from .multitask import MultiTaskModel, MultiTaskOutput
 from .vmt_adapter import AdaptedLayer, KnowledgeExtraction, VMTAdapter
 
 __all__ = [
+    "HEADS",
+    "KIND_LOSSES",
     "PRESETS",
     "AdaptedLayer",
     "CheckpointError",
@@ -24,6 +26,7 @@ __all__ = [
     "TaskLoss",
     "VMTAdapter",
     "VideoTrunk",
+    "build_head",
     "build_loss",
     "build_videomae",
     "load_hf_videomae",

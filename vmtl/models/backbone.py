@@ -26,6 +26,7 @@ from transformers import VideoMAEConfig, VideoMAEModel
 from ..tasks import Preprocess, TaskSpec
 from .checkpoint import load_hf_videomae, square_dim
 from .config import PRESETS, ModelConfig, ModelConfigError
+from .heads import head_grid
 from .vmt_adapter import AdaptedLayer, VMTAdapter
 
 __all__ = ["ModelConfig", "VideoTrunk", "build_videomae", "pool_matrix"]
@@ -216,7 +217,7 @@ class VideoTrunk(nn.Module):
                 norm.load_state_dict(init)
         self.grids: dict[str, int] = {}
         for t in tasks:
-            g = cfg.track_grid if t.kind == "track" else cfg.feature_grid
+            g = head_grid(t, cfg)
             g = self.patch_grid if g == 0 else min(g, self.patch_grid)
             self.grids[t.name] = g
         for g in sorted(set(self.grids.values())):

@@ -9,6 +9,8 @@
                                                                                          [B, T', 4]
 The DLM prompt outputs are dropped before the output layer. Embed outputs are L2-normalised in the graph
 (switch `embed_normalize`). A head is self-contained (it owns its DLMs) so it exports to ONNX on its own.
+Each kind has its head class (``HEADS``; `build_head` picks it): what it changes is its grid, its readout
+of the cells, its output layer's initialisation and its activation.
 
 DLMs off (`dlm_enabled = False`, stages 0 and 1): the prompt slots stay in the sequence but hold zeros,
 which is exactly what an untrained DLM emits (its last projection is zero-initialised); auxiliaries are
@@ -18,6 +20,8 @@ then not needed. So a head trained in stage 1 starts stage 2 with exactly the sa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +58,7 @@ class TaskHead(nn.Module):
         self.num_queries = cfg.head_queries
         self.out_dim = task.out_dim
         self.pooled = task.kind_spec.pooled
-        self.embed_normalize = cfg.embed_normalize and task.kind == "embed"
+        self.embed_normalize = False  # EmbedHead: L2-normalise the output in the graph
         self.track_readout = cfg.track_readout
 
         self.in_proj: nn.Module = (
@@ -69,17 +73,11 @@ class TaskHead(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(self.dim, eps=1e-6)
-        if task.kind == "track" and cfg.track_readout == "concat":
-            self.out = nn.Linear(grid * grid * self.dim, self.out_dim)
-        else:
-            self.out = nn.Linear(self.dim, self.out_dim)
+        self.out = nn.Linear(self.readout_width(), self.out_dim)
         self.apply(init_linear)
         nn.init.trunc_normal_(self.pos, std=0.02)
         nn.init.trunc_normal_(self.queries, std=0.02)
-        if task.kind == "track":  # start at a centred box covering half the crop
-            nn.init.zeros_(self.out.weight)
-            with torch.no_grad():
-                self.out.bias.copy_(torch.logit(torch.tensor([0.25, 0.25, 0.75, 0.75])))
+        self.init_output()
 
         # DLMs: one per auxiliary, in task.auxiliaries order.
         self.aux_names: tuple[str, ...] = tuple(task.auxiliaries) if cfg.dlm else ()
@@ -98,6 +96,27 @@ class TaskHead(nn.Module):
                 frozen_block=frozen_block_factory() if frozen_block_factory else None,
             )
         self.dlm_enabled = True
+
+    # -- what a kind's head class changes --------------------------------------------------------------
+    @staticmethod
+    def grid_size(cfg: ModelConfig) -> int:
+        """The spatial cells per side of the features this kind's head reads (0: the full patch grid)."""
+        return cfg.feature_grid
+
+    def readout_width(self) -> int:
+        """Input width of the output layer."""
+        return self.dim
+
+    def init_output(self) -> None:
+        """Initialise the output layer beyond `init_linear` (nothing by default)."""
+
+    def cells(self, cells: Tensor) -> Tensor:
+        """Per-token readout: a temporal token's cell outputs [B, T', G*G, dim] -> the output layer's input."""
+        return cells.mean(dim=2)
+
+    def activation(self, out: Tensor) -> Tensor:
+        """The output layer's activation, inside the exported graph (none by default: logits/values)."""
+        return out
 
     # -- shapes ------------------------------------------------------------------------------------------
     @property
@@ -161,18 +180,91 @@ class TaskHead(nn.Module):
 
     def readout(self, rep: Tensor, feats: Tensor) -> Tensor:
         if self.pooled:
-            out = self.out(rep.mean(dim=1))
-            return F.normalize(out, dim=-1) if self.embed_normalize else out
+            return self.activation(self.out(rep.mean(dim=1)))
         cells = feats.reshape(-1, self.temporal_tokens, self.grid * self.grid, self.dim)
-        if self.kind == "track" and self.track_readout == "concat":
-            return torch.sigmoid(
-                self.out(cells.reshape(-1, self.temporal_tokens, self.grid * self.grid * self.dim))
-            )
-        out = self.out(cells.mean(dim=2))
-        return torch.sigmoid(out) if self.kind == "track" else out
+        return self.activation(self.out(self.cells(cells)))
 
     def extra_repr(self) -> str:
         return (
             f"task={self.task.name}, kind={self.kind}, dim={self.dim}, tokens={self.num_queries}+"
             f"{self.num_prompt_tokens}+{self.num_features}, aux={list(self.aux_names)}"
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# One head class per kind
+
+
+class ClassifyHead(TaskHead):
+    """Logits [B, C] from the pooled queries."""
+
+
+class TagHead(TaskHead):
+    """Logits [B, C] from the pooled queries (sigmoid in post-processing)."""
+
+
+class LocalizeHead(TaskHead):
+    """Logits [B, T', C+1] from each temporal token's averaged cells (index 0 = background)."""
+
+
+class EmbedHead(TaskHead):
+    """A vector [B, E] from the pooled queries, L2-normalised in the graph (switch `embed_normalize`)."""
+
+    def __init__(self, task: TaskSpec, cfg: ModelConfig, **kw: Any) -> None:
+        super().__init__(task, cfg, **kw)
+        self.embed_normalize = cfg.embed_normalize
+
+    def activation(self, out: Tensor) -> Tensor:
+        return F.normalize(out, dim=-1) if self.embed_normalize else out
+
+
+class RegressHead(TaskHead):
+    """Raw values [B, K] from the pooled queries (post-processing applies scale and offset)."""
+
+
+class TrackHead(TaskHead):
+    """Boxes [B, T', 4] in [0, 1] of the crop from each temporal token's cells, on the finer track grid;
+    `track_readout` concat reads the cells side by side, mean averages them."""
+
+    @staticmethod
+    def grid_size(cfg: ModelConfig) -> int:
+        return cfg.track_grid
+
+    def readout_width(self) -> int:
+        return self.grid * self.grid * self.dim if self.track_readout == "concat" else self.dim
+
+    def init_output(self) -> None:
+        """Start at a centred box covering half the crop."""
+        nn.init.zeros_(self.out.weight)
+        with torch.no_grad():
+            self.out.bias.copy_(torch.logit(torch.tensor([0.25, 0.25, 0.75, 0.75])))
+
+    def cells(self, cells: Tensor) -> Tensor:
+        if self.track_readout == "concat":
+            return cells.reshape(-1, self.temporal_tokens, self.grid * self.grid * self.dim)
+        return cells.mean(dim=2)
+
+    def activation(self, out: Tensor) -> Tensor:
+        return torch.sigmoid(out)
+
+
+HEADS: Mapping[str, type[TaskHead]] = MappingProxyType(
+    {
+        "classify": ClassifyHead,
+        "tag": TagHead,
+        "localize": LocalizeHead,
+        "embed": EmbedHead,
+        "regress": RegressHead,
+        "track": TrackHead,
+    }
+)
+
+
+def build_head(task: TaskSpec, cfg: ModelConfig, **kw: Any) -> TaskHead:
+    """The head of `task`: its kind's class of ``HEADS`` (keyword arguments as for `TaskHead`)."""
+    return HEADS[task.kind](task, cfg, **kw)
+
+
+def head_grid(task: TaskSpec, cfg: ModelConfig) -> int:
+    """The spatial cells per side of the trunk features `task`'s head reads (0: the full patch grid)."""
+    return HEADS[task.kind].grid_size(cfg)

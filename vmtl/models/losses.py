@@ -9,6 +9,8 @@
 | regress  | values [B, K]     | raw values [B, K] (normalised here: (v - offset) / scale) | smooth L1               |
 | track    | boxes [B, T', 4] in [0, 1] | boxes [B, T', 4] (x1, y1, x2, y2 of the crop); NaN rows / `mask` = absent | L1 + GIoU |
 
+Each kind's loss is its row of ``KIND_LOSSES``, which `TaskLoss` looks up.
+
 Embed: the normalised-softmax classifier trains reliably on small batches (no need for two clips of one
 identity in a batch, as supervised contrastive needs); its prototypes live in the loss module (include
 `loss.parameters()` in the optimiser), not in the exported head, whose unit-norm output is retrieval-ready.
@@ -16,8 +18,10 @@ identity in a batch, as supervised contrastive needs); its prototypes live in th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -131,7 +135,8 @@ class NormSoftmaxLoss(nn.Module):
 
 
 class TaskLoss(nn.Module):
-    """`loss(output, target, mask=None)` for one task; holds parameters only for the embed prototypes."""
+    """`loss(output, target, mask=None)` for one task (its kind's row of ``KIND_LOSSES``); holds
+    parameters only for the embed prototypes."""
 
     def __init__(
         self,
@@ -152,37 +157,89 @@ class TaskLoss(nn.Module):
         self.temperature = temperature
         self.embed_loss = embed_loss
         self.norm_softmax: NormSoftmaxLoss | None = None
-        if task.kind == "embed":
-            if embed_loss not in ("normsoftmax", "supcon"):
-                raise ValueError(f"embed_loss must be 'normsoftmax' or 'supcon', got {embed_loss!r}")
-            if embed_loss == "normsoftmax":
-                n = num_identities or len(task.labels)
-                if not n:
-                    raise ValueError(
-                        f"task {task.name!r}: the normalised-softmax embed loss needs num_identities "
-                        "(the number of identity labels in its training data)"
-                    )
-                self.norm_softmax = NormSoftmaxLoss(n, task.out_dim)
+        self.kind_loss = KIND_LOSSES[task.kind]
+        self.kind_loss.setup(self, num_identities)
 
     def forward(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        k = self.kind
-        if k == "classify":
-            return classify_loss(output, target, label_smoothing=self.label_smoothing)
-        if k == "tag":
-            return tag_loss(output, target)
-        if k == "localize":
-            return localize_loss(output, target)
-        if k == "regress":
-            return regress_loss(output, target, self.task)
-        if k == "track":
-            return track_loss(output, target, mask, l1_weight=self.l1_weight, giou_weight=self.giou_weight)
-        if self.norm_softmax is not None:
-            return self.norm_softmax(output, target)
-        return supcon_loss(output, target, temperature=self.temperature)
+        return self.kind_loss(self, output, target, mask)
 
 
-def build_loss(task: TaskSpec, **kw: object) -> TaskLoss:
-    """The loss module for `task` (see `TaskLoss` for options)."""
+class KindLoss:
+    """One kind's training loss on its head's raw outputs (a subclass per kind; ``KIND_LOSSES`` holds one
+    each). It reads its options from the :class:`TaskLoss` it serves."""
+
+    identities = False  # learns one prototype per identity (build_loss counts them from the targets)
+
+    def setup(self, loss: TaskLoss, num_identities: int | None) -> None:
+        """Check the kind's options and create its parameters on `loss` (nothing by default)."""
+
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+
+class _Classify(KindLoss):
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        return classify_loss(output, target, label_smoothing=loss.label_smoothing)
+
+
+class _Tag(KindLoss):
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        return tag_loss(output, target)
+
+
+class _Localize(KindLoss):
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        return localize_loss(output, target)
+
+
+class _Embed(KindLoss):
+    identities = True
+
+    def setup(self, loss: TaskLoss, num_identities: int | None) -> None:
+        if loss.embed_loss not in ("normsoftmax", "supcon"):
+            raise ValueError(f"embed_loss must be 'normsoftmax' or 'supcon', got {loss.embed_loss!r}")
+        if loss.embed_loss == "normsoftmax":
+            n = num_identities or len(loss.task.labels)
+            if not n:
+                raise ValueError(
+                    f"task {loss.task.name!r}: the normalised-softmax embed loss needs num_identities "
+                    "(the number of identity labels in its training data)"
+                )
+            loss.norm_softmax = NormSoftmaxLoss(n, loss.task.out_dim)
+
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        if loss.norm_softmax is not None:
+            return loss.norm_softmax(output, target)
+        return supcon_loss(output, target, temperature=loss.temperature)
+
+
+class _Regress(KindLoss):
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        return regress_loss(output, target, loss.task)
+
+
+class _Track(KindLoss):
+    def __call__(self, loss: TaskLoss, output: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        return track_loss(output, target, mask, l1_weight=loss.l1_weight, giou_weight=loss.giou_weight)
+
+
+KIND_LOSSES: Mapping[str, KindLoss] = MappingProxyType(
+    {
+        "classify": _Classify(),
+        "tag": _Tag(),
+        "localize": _Localize(),
+        "embed": _Embed(),
+        "regress": _Regress(),
+        "track": _Track(),
+    }
+)
+
+
+def build_loss(task: TaskSpec, *, targets: np.ndarray | Tensor | None = None, **kw: object) -> TaskLoss:
+    """The loss module for `task` (see `TaskLoss` for options). Given the task's training `targets`, a
+    kind that learns per-identity parameters gets `num_identities` from them (unless it is given)."""
+    if targets is not None and KIND_LOSSES[task.kind].identities and kw.get("num_identities") is None:
+        kw["num_identities"] = int(targets.max()) + 1
     return TaskLoss(task, **kw)  # type: ignore[arg-type]
 
 

@@ -32,7 +32,7 @@ from ..tasks import TaskGraph
 from .backbone import VideoTrunk, build_videomae
 from .checkpoint import CheckpointError
 from .config import ModelConfig, ModelConfigError
-from .heads import TaskHead
+from .heads import TaskHead, build_head
 
 __all__ = ["HeadCall", "MultiTaskModel", "MultiTaskOutput", "run_heads"]
 
@@ -98,7 +98,7 @@ class MultiTaskModel(nn.Module):
         for stage in graph.stages():
             for name in stage:
                 task = graph.task(name)
-                heads[name] = TaskHead(
+                heads[name] = build_head(
                     task,
                     cfg,
                     feature_dim=width,

@@ -96,13 +96,10 @@ def lr_at(step: int, steps: int, base: float, warmup: int) -> float:
 
 
 def build_losses(cfg: TrainConfig, train: dict[str, ClipSet]) -> dict[str, TaskLoss]:
-    losses = {}
-    for t in cfg.graph.tasks:
-        kw: dict[str, Any] = {}
-        if t.kind == "embed":
-            kw = {"embed_loss": cfg.train.embed_loss, "num_identities": int(train[t.name].targets.max()) + 1}
-        losses[t.name] = build_loss(t, **kw)
-    return losses
+    return {
+        t.name: build_loss(t, embed_loss=cfg.train.embed_loss, targets=train[t.name].targets)
+        for t in cfg.graph.tasks
+    }
 
 
 @torch.no_grad()
