@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from vmtl.client.batch import KIND_BATCH, _fitting_kinds
 from vmtl.data.annotations import (
+    KIND_ANNOTATIONS,
     FrameBox,
     GtSegment,
+    KindAnnotations,
     LabelRecord,
     LocalizeRecord,
     RegressRecord,
     TagRecord,
     TrackRecord,
     annotation_suffix,
+    read_task_annotations,
+    write_records,
 )
-from vmtl.data.clips import ClipSet
+from vmtl.data.clips import KIND_TARGETS, ClipSet, KindTargets
 from vmtl.metrics import LOWER_IS_BETTER, PRIMARY_METRIC, is_better
 from vmtl.metrics.evaluate import task_metrics
+from vmtl.metrics.kinds import KIND_METRICS, KindMetrics
 from vmtl.metrics.records import record_metrics
+from vmtl.models.heads import HEADS, TaskHead
+from vmtl.models.losses import KIND_LOSSES, KindLoss
 from vmtl.tasks import (
     KIND_SPECS,
     KINDS,
@@ -88,10 +96,18 @@ def _truths(task: TaskSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[
         records = [LocalizeRecord(p.stem, p, 4.0, None, tuple(segs)) for p in paths]
         truths = [[Segment(g.label, g.start, g.end, 1.0) for g in segs] for _ in paths]
         return y, records, truths
-    boxes = rng.random((N, TOKENS, 4)).astype(np.float32)
+    corners = rng.random((N, TOKENS, 4)).astype(np.float32)
+    boxes = np.concatenate(
+        [np.minimum(corners[..., :2], corners[..., 2:]), np.maximum(corners[..., :2], corners[..., 2:])], -1
+    )
     records = [
         TrackRecord(
-            p.stem, p, 100, 100, None, tuple(FrameBox(0.25 + t, *(b * 100)) for t, b in enumerate(bs))
+            p.stem,
+            p,
+            100,
+            100,
+            None,
+            tuple(FrameBox(0.25 + t, *map(float, b * 100)) for t, b in enumerate(bs)),
         )
         for p, bs in zip(paths, boxes, strict=True)
     ]
@@ -163,3 +179,51 @@ def test_the_metrics_compute_every_kinds_primary_metric(kind: str) -> None:
     assert metric in task_metrics(task, outputs, clips)
     preds = [postprocess(task, o, clips.clip(i)).to_dict() for i, o in enumerate(outputs)]
     assert metric in record_metrics(task, preds, records)
+
+
+# Every layer's per-kind table, and what each row must define: a new kind fails here, naming the table.
+LAYER_TABLES: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
+    "vmtl.data.annotations.KIND_ANNOTATIONS": (KIND_ANNOTATIONS, KindAnnotations, ("read",)),
+    "vmtl.data.clips.KIND_TARGETS": (KIND_TARGETS, KindTargets, ("target",)),
+    "vmtl.metrics.kinds.KIND_METRICS": (KIND_METRICS, KindMetrics, ("clips", "chance", "records")),
+    "vmtl.models.losses.KIND_LOSSES": (KIND_LOSSES, KindLoss, ("__call__",)),
+    "vmtl.models.heads.HEADS": (HEADS, TaskHead, ()),
+    "vmtl.client.batch.KIND_BATCH": (KIND_BATCH, None, ()),
+}
+
+
+@pytest.mark.parametrize("table", LAYER_TABLES)
+def test_every_layer_has_a_row_for_every_kind(table: str) -> None:
+    rows, base, methods = LAYER_TABLES[table]
+    missing = [k for k in KINDS if k not in rows]
+    assert not missing, (
+        f"kind(s) {missing} have no row in {table}: add one there "
+        "(docs/task-graph.md, 'Adding a task kind', lists every table)"
+    )
+    unknown = [k for k in rows if k not in KIND_SPECS]
+    assert not unknown, f"{table} has rows for kinds {unknown} that vmtl.tasks.KIND_SPECS does not know"
+    for kind, row in rows.items():
+        cls = row if isinstance(row, type) else type(row)
+        if base is not None:
+            assert issubclass(cls, base), f"{table}[{kind!r}] is not a {base.__name__}"
+        for method in methods:
+            assert getattr(cls, method) is not getattr(base, method), f"{table}[{kind!r}] has no {method}"
+    if table.endswith(".HEADS"):
+        assert len(set(rows.values())) == len(rows), "one head class per kind"
+        assert all(cls is not TaskHead for cls in rows.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kinds_annotations_read_back_into_targets(kind: str, tmp_path: Path) -> None:
+    """A kind's annotation file round-trips through its reader, `vmtl batch` recognises its format, and
+    its records give targets shaped like the ones the metrics and losses take."""
+    task = TASKS[kind]
+    targets, records, _ = _truths(task, np.random.default_rng(2))
+    records = [replace(r, path=tmp_path / r.path) for r in records]
+    path = tmp_path / f"val{annotation_suffix(kind)}"
+    write_records(path, records)
+    assert read_task_annotations(task, path) == records
+    assert kind in _fitting_kinds(path)
+    rows = KIND_TARGETS[kind]
+    got = np.stack([rows.target(task, r, CLIP, TOKENS) for r in records])  # type: ignore[arg-type]
+    assert got.shape == targets.shape and got.dtype.kind == np.asarray(targets).dtype.kind
