@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from vmtl.runtime import cores
 
@@ -50,9 +52,6 @@ def _best_rate(fn: Callable[[], object], flops: float, seconds: float) -> float:
 
 
 def _ort_matmul(n: int, threads: int) -> Callable[[], object]:
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])
     c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])

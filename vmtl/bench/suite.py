@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from vmtl.bench.eager import EagerTorch
 from vmtl.bench.independent import single_model
@@ -138,9 +139,6 @@ class TritonCalls:
     """Request makers for one server; one gRPC client per calling thread."""
 
     def __init__(self, url: str) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self.grpc = grpcclient
         self.url = url
         self._local = threading.local()
         try:
@@ -154,7 +152,7 @@ class TritonCalls:
     def client(self) -> Any:
         c = getattr(self._local, "client", None)
         if c is None:
-            c = self._local.client = self.grpc.InferenceServerClient(self.url)
+            c = self._local.client = grpcclient.InferenceServerClient(self.url)
         return c
 
     def ready(self, model: str) -> bool:
@@ -164,13 +162,13 @@ class TritonCalls:
             return False
 
     def _inputs(self, video: np.ndarray) -> list[Any]:
-        inp = self.grpc.InferInput("video", list(video.shape), "UINT8")
+        inp = grpcclient.InferInput("video", list(video.shape), "UINT8")
         inp.set_data_from_numpy(video)
         return [inp]
 
     def infer(self, model: str, video: np.ndarray, outputs: Sequence[str]) -> Callable[[], object]:
         inputs = self._inputs(video)
-        outs = [self.grpc.InferRequestedOutput(n) for n in outputs]
+        outs = [grpcclient.InferRequestedOutput(n) for n in outputs]
 
         def call() -> object:
             return self.client.infer(model, inputs, outputs=outs, client_timeout=600)
@@ -182,7 +180,7 @@ class TritonCalls:
     ) -> Callable[[], object]:
         """All ``(model, outputs)`` requests sent at once (async), returning when every one has answered."""
         inputs = self._inputs(video)
-        prepared = [(m, [self.grpc.InferRequestedOutput(n) for n in outs]) for m, outs in requests]
+        prepared = [(m, [grpcclient.InferRequestedOutput(n) for n in outs]) for m, outs in requests]
 
         def call() -> object:
             done = threading.Event()
