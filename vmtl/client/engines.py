@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
+from vmtl.client.client import ClientError, InputError, ServerUnavailableError, VmtlClient
 from vmtl.contract import CLIP_ENSEMBLE, VIDEO_ENSEMBLE, RepositoryError
 from vmtl.runtime import LocalModel, cores
 from vmtl.tasks import ClipLike, Preprocess, TaskGraph, combine_windows, postprocess
@@ -355,8 +357,6 @@ class TritonEngine:
         timeout: float = 300.0,
         repo: str | os.PathLike[str] | None = None,
     ) -> None:
-        from vmtl.client.client import ClientError, VmtlClient
-
         try:
             self.client = VmtlClient(url, timeout=timeout)
         except ClientError as exc:
@@ -380,8 +380,6 @@ class TritonEngine:
         self.mode = mode
 
     def run(self, paths: Sequence[str]) -> Iterator[dict[str, Any]]:
-        from vmtl.client.client import ClientError
-
         results = self.client.iter_analyze(
             paths,
             self.tasks,
@@ -409,8 +407,6 @@ class TritonEngine:
     def _server_problem(self, exc: Exception) -> bool:
         """Whether a failed request says something about the server rather than the video: then the
         run stops (to be resumed) instead of recording an error for a video that may be fine."""
-        from vmtl.client.client import InputError, ServerUnavailableError
-
         if isinstance(exc, ServerUnavailableError):
             return True
         if isinstance(exc, InputError):  # decided on this side: the file itself
@@ -423,8 +419,6 @@ class TritonEngine:
 
     def _healthy(self) -> bool:
         """The server is ready and serves the ensemble this run uses."""
-        import tritonclient.grpc as grpcclient
-
         model = VIDEO_ENSEMBLE if self.mode == "bytes" else CLIP_ENSEMBLE
         try:
             with grpcclient.InferenceServerClient(self.client.url) as health:
