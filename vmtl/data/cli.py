@@ -7,8 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from vmtl.data.images import SOURCES
-from vmtl.data.synth import SynthConfig
+from vmtl.data.annotations import AnnotationError, read_manifest, read_split
+from vmtl.data.images import SOURCES, ImageSourceError
+from vmtl.data.render import decode_mp4
+from vmtl.data.synth import TASKS, SynthConfig, generate
 
 _SYNTH_EPILOG = """\
 Tasks (one dataset each, on disjoint videos; every video is labelled for one task only):
@@ -96,9 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from vmtl.data.images import ImageSourceError
-    from vmtl.data.synth import TASKS, generate
-
     try:
         config = SynthConfig(
             seed=args.seed,
@@ -146,8 +145,6 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from vmtl.data.annotations import AnnotationError, read_manifest, read_split
-
     t0 = time.perf_counter()
     try:
         manifest = read_manifest(args.dir)
@@ -189,8 +186,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _decode_problems(path: Path, video: dict) -> list[str]:
-    from vmtl.data.render import decode_mp4
-
     try:
         frames = decode_mp4(path)
     except Exception as exc:  # any decoder failure is a problem to report

@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 
 BACKGROUNDS: tuple[str, ...] = ("gradient", "blobs", "stripes", "checker")
@@ -182,8 +183,6 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike[str], fps: int, crf: 
 
     Written to a temporary name and renamed, so a file that exists is complete. Returns its size in bytes.
     """
-    import av
-
     p = Path(path)
     tmp = p.with_name(f".{p.name}.tmp.mp4")
     T, H, W = frames.shape[:3]
@@ -210,7 +209,5 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike[str], fps: int, crf: 
 
 def decode_mp4(path: str | os.PathLike[str]) -> np.ndarray:
     """All frames of a video as uint8 [T, H, W, 3] RGB (for checks and tests)."""
-    import av
-
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])

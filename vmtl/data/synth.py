@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from vmtl.data.annotations import (
     FrameBox,
@@ -572,8 +573,6 @@ def generate(
     boxes: dict[str, list[list[float]]] = {}
     total_bytes = 0
     workers = max(1, min(int(workers), len(jobs)))
-
-    from tqdm import tqdm
 
     bar = tqdm(
         total=len(jobs), desc="vmtl data synth", unit="video", disable=not progress, dynamic_ncols=True
