@@ -50,8 +50,9 @@ from results import update_section
 
 from vmtl.bench.load import breakdown
 from vmtl.contract import load_configs
-from vmtl.demo import Demo, DemoError, sample_video
+from vmtl.demo import Demo, DemoError
 from vmtl.runtime import LocalModel, OrtPipeline, cores
+from vmtl.samples import sample_video
 from vmtl.server.launcher import TritonServer
 from vmtl.video import read_clip
 

