@@ -2,7 +2,7 @@
 
 Exit status: 0 written; 1 refused (parity check, accuracy gate, --only-heads trunk mismatch, TensorRT
 build) with nothing written; 2 bad arguments (missing checkpoint, --int8 without --data, --trt without a
-GPU...). torch is imported only when the export runs.
+GPU...).
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from vmtl.contract import RepositoryError
+from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
+from vmtl.export.tensorrt import tensorrt_unavailable
 
 _EPILOG = """\
 examples:
@@ -117,14 +121,9 @@ def run(args: argparse.Namespace) -> int:
             2,
         )
     if args.trt:
-        from vmtl.export.tensorrt import tensorrt_unavailable
-
         reason = tensorrt_unavailable()
         if reason:
             return _fail(reason, 2)
-
-    from vmtl.contract import RepositoryError
-    from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

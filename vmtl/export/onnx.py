@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
 from vmtl.contract import BACKBONE, MANIFEST, RepositoryError, head_model, load_configs, read_manifest
@@ -399,9 +401,6 @@ def _targets(out: Path, flavour: str | None, only_heads: bool) -> dict[str, Path
 
 
 def _versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from vmtl.data.clips import load_clipset
 from vmtl.metrics.evaluate import task_metrics
@@ -115,8 +116,6 @@ def quantize_model(
 
     `vmtl export --int8` tries the settings of :data:`INT8_SETTINGS` behind the accuracy gate.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     types = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
     if weight_type not in types:
         raise ValueError(f"weight_type must be qint8 or quint8, not {weight_type!r}")

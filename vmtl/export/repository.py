@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -123,8 +124,6 @@ def _short(dtype: str) -> str:
 
 def onnx_signature(path: Path) -> tuple[dict[str, TensorSig], dict[str, TensorSig], list[str]]:
     """(inputs, outputs, external data files) of an ONNX model, read without loading its weights."""
-    import onnx
-
     path = Path(path)
     if not path.is_file():
         raise RepositoryError(f"ONNX file not found: {path}")

@@ -9,8 +9,8 @@ the FP16 builder flag with LayerNorm/Softmax layers constrained to fp32 (``OBEY_
 
 One optimisation profile: batch min 1 / opt 4 / max ``max_batch_size``. A plan only runs on the TensorRT
 version and GPU model it was built with, so :func:`write_engine_info` records both in ``tensorrt.json``
-beside the plan and :func:`check_engine_info` refuses a mismatch with a clear error (torch-free: a server
-can call it before loading a repository). Nothing here imports torch or tensorrt at module import time.
+beside the plan and :func:`check_engine_info` refuses a mismatch with a clear error. ``tensorrt`` is an
+optional extra (``vmtl[gpu]``): it is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import torch
+from onnxruntime.transformers.float16 import convert_float_to_float16
 
 from vmtl.contract import ENGINE_INFO
 from vmtl.export.quantize import ExportError
@@ -52,13 +54,8 @@ class TensorRTError(ExportError):
 def tensorrt_unavailable() -> str | None:
     """Why ``--trt`` cannot run here (no CUDA GPU, no tensorrt package), or None when it can."""
     reasons = []
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            reasons.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    except ImportError:  # pragma: no cover - torch is a dependency
-        reasons.append("torch is not installed")
+    if not torch.cuda.is_available():
+        reasons.append("no CUDA GPU is visible (torch.cuda.is_available() is False)")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -69,7 +66,7 @@ def tensorrt_unavailable() -> str | None:
 
 
 def _gpu_name() -> str:
-    """Name of GPU 0: nvidia-smi, else torch when the caller already imported it (servers never do)."""
+    """Name of GPU 0: nvidia-smi, else torch."""
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -80,8 +77,7 @@ def _gpu_name() -> str:
                 return out.stdout.strip().splitlines()[0].strip()
         except (OSError, subprocess.SubprocessError):
             pass
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
+    if torch.cuda.is_available():
         return str(torch.cuda.get_device_name(0))
     return "unknown"
 
@@ -132,9 +128,6 @@ def check_engine_info(model_dir: Path, *, current: dict[str, str] | None = None)
 
 def fp16_onnx(src: Path, dst: Path, *, keep_fp32: Sequence[str] = FP32_OPS) -> Path:
     """Mixed-precision copy of an fp32 ONNX model: fp16 everywhere except ``keep_fp32`` ops; I/O types kept."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=list(keep_fp32))
     onnx.save(model, str(dst))
     return Path(dst)
@@ -206,8 +199,6 @@ def build_engine(
 
 def onnx_input_shape(path: Path, name: str) -> list[int]:
     """Non-batch dims of input ``name`` (must be static)."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     for value in model.graph.input:
         if value.name == name:
@@ -223,9 +214,7 @@ class TrtTrunk:
 
     def __init__(self, plan_path: Path) -> None:
         import tensorrt as trt
-        import torch
 
-        self._torch = torch
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         if self.engine is None:
@@ -235,10 +224,9 @@ class TrtTrunk:
         mode = trt.TensorIOMode.INPUT
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) != mode]
-        self._dtypes = {n: _torch_dtype(torch, trt, self.engine.get_tensor_dtype(n)) for n in names}
+        self._dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
 
     def __call__(self, video: np.ndarray) -> dict[str, np.ndarray]:
-        torch = self._torch
         name = self.inputs[0]
         x = torch.from_numpy(np.ascontiguousarray(video)).cuda()
         self.context.set_input_shape(name, tuple(x.shape))
@@ -255,7 +243,7 @@ class TrtTrunk:
         return {n: t.float().cpu().numpy() for n, t in outs.items()}
 
 
-def _torch_dtype(torch: Any, trt: Any, dtype: Any) -> Any:
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     table = {
         trt.float32: torch.float32,
         trt.float16: torch.float16,
