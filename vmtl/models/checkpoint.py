@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 from transformers import VideoMAEConfig, VideoMAEModel
 
@@ -109,12 +110,8 @@ def square_dim(v: Any, what: str, path: Path) -> int:
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
     if (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
         return load_file(str(path / "model.safetensors"))
     if (path / "model.safetensors.index.json").is_file():
-        from safetensors.torch import load_file
-
         index = json.loads((path / "model.safetensors.index.json").read_text())
         out: dict[str, Tensor] = {}
         for shard in sorted(set(index.get("weight_map", {}).values())):

@@ -26,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..tasks import TaskGraph
 from .backbone import VideoTrunk, build_videomae
@@ -265,8 +268,6 @@ class MultiTaskModel(nn.Module):
 
         The trunk counts every task's features; each head counts its DLMs (DLMs on, the inference path).
         """
-        from torch.utils.flop_counter import FlopCounterMode
-
         was_training = self.training
         self.eval()
         try:
@@ -333,8 +334,6 @@ class MultiTaskModel(nn.Module):
     def save_checkpoint(self, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
         """Write all weights to one .safetensors file; the resolved ModelConfig and the task graph go into
         its metadata (plus `metadata`, string to string)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {
@@ -349,9 +348,6 @@ class MultiTaskModel(nn.Module):
     @classmethod
     def load_checkpoint(cls, path: str | Path, *, graph: TaskGraph | None = None) -> MultiTaskModel:
         """Rebuild a model saved by `save_checkpoint` (the HF directory is not needed)."""
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"vmtl checkpoint not found: {path}")
