@@ -41,9 +41,12 @@ import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+import tritonclient.grpc as grpcclient
 
 from vmtl.contract import RepositoryError, RepositoryInfo, is_model_repository, validate_repository
 
@@ -233,11 +236,9 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _check_numpy() -> None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        major = int(version("numpy").split(".")[0])
-    except (PackageNotFoundError, ValueError):
+        major = int(metadata.version("numpy").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
         return
     if major >= 2:
         warnings.warn(
@@ -610,8 +611,6 @@ class TritonServer:
         """(Triton version, repository index: one {name, version, state, reason} per model), over HTTP like
         the readiness probe (gRPC when HTTP is disabled), so a caller needs no gRPC client of its own."""
         if not self.http_enabled:
-            import tritonclient.grpc as grpcclient
-
             with grpcclient.InferenceServerClient(self.grpc_url) as client:
                 version = client.get_server_metadata().version
                 return version, client.get_model_repository_index(as_json=True).get("models", [])
@@ -631,8 +630,6 @@ class TritonServer:
         """Ready, and really this server: another one on the same port would answer too (``--id`` check)."""
         if not self.http_enabled:
             try:
-                import tritonclient.grpc as grpcclient
-
                 with grpcclient.InferenceServerClient(self.grpc_url) as client:
                     if not client.is_server_ready(client_timeout=2):
                         return False
