@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from vmtl.models.checkpoint import CheckpointError
+from vmtl.training.config import ConfigError, load_config
+from vmtl.training.trainer import Trainer, summarise
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -38,8 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmtl.training.config import ConfigError, load_config
-
     try:
         cfg = load_config(args.config, data_root=args.data)
     except ConfigError as exc:
@@ -54,9 +56,6 @@ def run(args: argparse.Namespace) -> int:
             sc = cfg.train.stage(i)
             sc.steps = max(1, round(sc.steps * args.steps_scale)) if sc.steps else 0
     out = args.out or Path("runs") / cfg.name
-    from vmtl.models.checkpoint import CheckpointError
-    from vmtl.training.trainer import Trainer, summarise
-
     try:
         trainer = Trainer(
             cfg, out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress

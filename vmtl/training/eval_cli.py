@@ -7,6 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+from vmtl.data.clips import load_clipset
+from vmtl.metrics import format_table
+from vmtl.metrics.evaluate import chance_level, task_metrics
+from vmtl.models.checkpoint import WEIGHTS_FILE, CheckpointError
+from vmtl.models.multitask import MultiTaskModel
+from vmtl.training.trainer import predict
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint directory written by `vmtl train`")
@@ -18,13 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmtl.data.clips import load_clipset
-    from vmtl.metrics import format_table
-    from vmtl.metrics.evaluate import chance_level, task_metrics
-    from vmtl.models.checkpoint import WEIGHTS_FILE, CheckpointError
-    from vmtl.models.multitask import MultiTaskModel
-    from vmtl.training.trainer import predict
-
     try:
         model = MultiTaskModel.load_checkpoint(args.checkpoint / WEIGHTS_FILE)
     except CheckpointError as exc:
