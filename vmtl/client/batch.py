@@ -38,6 +38,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from tqdm import tqdm
+
+from vmtl.client.client import DEFAULT_URL
 from vmtl.client.engines import (
     ENGINES,
     BatchError,
@@ -584,8 +587,6 @@ def make_engine(
         if value is not None and not value > 0:
             raise BatchError(f"{flag} must be > 0 seconds, got {value}")
     if kind == "triton":
-        from vmtl.client.client import DEFAULT_URL
-
         return TritonEngine(
             url or DEFAULT_URL,
             tasks,
@@ -626,8 +627,6 @@ def run_batch(
 ) -> BatchSummary:
     """Run ``engine`` over the inputs not yet in ``out``, appending one record per video; then metrics
     (with ``labels``) and the Parquet copy (with ``parquet``)."""
-    from tqdm import tqdm
-
     if parquet is not None:
         require_pyarrow()
     throttle = float(os.environ.get(THROTTLE_ENV) or 0)
