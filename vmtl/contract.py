@@ -39,10 +39,13 @@ __all__ = [
     "ENGINE_INFO",
     "FLAVOURS",
     "FORMAT_VERSION",
+    "HEADS_MODEL",
+    "HEAD_LAYOUTS",
     "MANIFEST",
     "MANIFEST_FORMAT",
     "PARAM_GRAPH",
     "PARAM_PREPROCESS",
+    "PARAM_TASKS",
     "TRITON_VERSION",
     "VIDEO_DECODE",
     "VIDEO_ENSEMBLE",
@@ -54,7 +57,9 @@ __all__ = [
     "RepositoryError",
     "RepositoryInfo",
     "feat_output",
+    "fused_head_file",
     "head_model",
+    "head_onnx_file",
     "is_model_repository",
     "load_configs",
     "onnx_file",
@@ -94,6 +99,14 @@ VIDEO_INPUT = "video"
 HEAD_FEATURES = "features"
 HEAD_OUTPUT = "output"
 HEAD_REPR = "repr"
+#: The ``cpu`` flavour's fused heads model: every head's ONNX file (:func:`fused_head_file`) in one
+#: python-backend step, inputs ``feat_<task>``, one output per task named after it.
+HEADS_MODEL = "heads"
+#: Request parameter naming the tasks to run (comma-separated); Triton forwards an ensemble request's
+#: parameters to every step, so the fused heads model reads it and every other model ignores it.
+PARAM_TASKS = "vmtl_tasks"
+#: The heads' layouts: one python step for all (``fused``) or one model per head (``separate``).
+HEAD_LAYOUTS = ("fused", "separate")
 
 
 class RepositoryError(ValueError):
@@ -103,6 +116,11 @@ class RepositoryError(ValueError):
 def head_model(task: str) -> str:
     """Triton model name of a task's head."""
     return f"head_{task}"
+
+
+def fused_head_file(task: str) -> str:
+    """The file name of ``task``'s head ONNX graph inside the fused heads model's version directory."""
+    return f"{head_model(task)}.onnx"
 
 
 def feat_output(task: str) -> str:
@@ -213,35 +231,52 @@ class ModelNames:
 
     backbone: str = BACKBONE
     video_decode: str = VIDEO_DECODE
-    heads: dict[str, str] = field(default_factory=dict)
+    heads: dict[str, str] = field(default_factory=dict)  # task -> the model that runs its head
     clip_ensemble: str = CLIP_ENSEMBLE
     video_ensemble: str = VIDEO_ENSEMBLE
+    fused_heads: str | None = None  # the fused heads model (every head in one step), or None
 
     @classmethod
-    def for_graph(cls, graph: TaskGraph) -> ModelNames:
+    def for_graph(cls, graph: TaskGraph, *, fused: bool = False) -> ModelNames:
+        if fused:
+            return cls(heads=dict.fromkeys(graph.names, HEADS_MODEL), fused_heads=HEADS_MODEL)
         return cls(heads={n: head_model(n) for n in graph.names})
 
+    @property
+    def layout(self) -> str:
+        """``fused`` or ``separate`` (see :data:`HEAD_LAYOUTS`)."""
+        return "fused" if self.fused_heads else "separate"
+
     def head(self, task: str) -> str:
-        return self.heads.get(task, head_model(task))
+        """The Triton model that runs ``task``'s head (the fused heads model, or ``head_<task>``)."""
+        return self.heads.get(task, self.fused_heads or head_model(task))
+
+    def head_models(self) -> list[str]:
+        """The distinct models that run heads, in task order."""
+        return list(dict.fromkeys(self.heads.values()))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "models") -> ModelNames:
         data = dict(data or {})
         names = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for key, value in names.items():
-            _check_type(value, "dict" if key == "heads" else "str", f"{where}.{key}")
+            if value is not None or key != "fused_heads":
+                _check_type(value, "dict" if key == "heads" else "str", f"{where}.{key}")
         if "heads" in names:
             names["heads"] = {str(k): str(v) for k, v in names["heads"].items()}
         return cls(**names)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "backbone": self.backbone,
             "video_decode": self.video_decode,
             "heads": dict(self.heads),
             "clip_ensemble": self.clip_ensemble,
             "video_ensemble": self.video_ensemble,
         }
+        if self.fused_heads:
+            out["fused_heads"] = self.fused_heads
+        return out
 
 
 def _now() -> str:
@@ -412,6 +447,20 @@ def onnx_file(repo: str | os.PathLike[str], model: str) -> Path:
     raise RepositoryError(f"{repo}: model {model!r} has no <version>/model.onnx; re-export the repository")
 
 
+def head_onnx_file(repo: str | os.PathLike[str], models: ModelNames, task: str) -> Path:
+    """``task``'s head ONNX file: in the fused heads model's highest version directory, or the
+    ``head_<task>`` model's ``model.onnx``; :class:`RepositoryError` when missing."""
+    if not models.fused_heads:
+        return onnx_file(repo, models.head(task))
+    name = fused_head_file(task)
+    for version in _versions(Path(repo) / models.fused_heads):
+        if (version / name).is_file():
+            return version / name
+    raise RepositoryError(
+        f"{repo}: the fused heads model {models.fused_heads!r} has no <version>/{name}; re-export the repository"
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading and validating
 
@@ -503,6 +552,8 @@ def _model_files(name: str, cfg: mc.ModelConfig) -> list[str]:
     files = [cfg.default_model_filename or default]
     if backend == "python" and "onnx_file" in cfg.parameters:
         files.append(cfg.parameters["onnx_file"].string_value)
+    if backend == "python" and "onnx_files" in cfg.parameters:  # the fused heads model's
+        files += [f for f in cfg.parameters["onnx_files"].string_value.split(",") if f]
     return files
 
 

@@ -32,6 +32,8 @@ from vmtl.contract import (
     Manifest,
     config_params,
     feat_output,
+    head_model,
+    head_onnx_file,
     load_configs,
     onnx_file,
     repr_input,
@@ -194,14 +196,21 @@ class OrtPipeline:
         feats = self.trunk.run([feat_output(n) for n in names], {VIDEO_INPUT: video})
         return dict(zip(names, feats, strict=True))
 
+    def run_head(
+        self, task: str, features: np.ndarray, reprs: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One head: (output, repr) of ``task`` from its features and its auxiliaries' ``repr``s."""
+        feed = {HEAD_FEATURES: features}
+        feed.update({repr_input(a): reprs[a] for a in self.graph.task(task).auxiliaries})
+        output, rep = self.heads[task].run([HEAD_OUTPUT, HEAD_REPR], feed)
+        return output, rep
+
     def run_heads(self, feats: Mapping[str, np.ndarray], tasks: Sequence[str]) -> dict[str, np.ndarray]:
         """The heads of ``tasks`` (and their auxiliaries, in stage order) on trunk features {task: array}."""
         outputs: dict[str, np.ndarray] = {}
         reprs: dict[str, np.ndarray] = {}
         for name in self.graph.closure(tasks):
-            feed = {HEAD_FEATURES: feats[name]}
-            feed.update({repr_input(a): reprs[a] for a in self.graph.task(name).auxiliaries})
-            outputs[name], reprs[name] = self.heads[name].run([HEAD_OUTPUT, HEAD_REPR], feed)
+            outputs[name], reprs[name] = self.run_head(name, feats[name], reprs)
         return {n: outputs[n] for n in tasks}
 
     def run(self, video: np.ndarray, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -238,7 +247,7 @@ class LocalModel:
         path = Path(repo)
         manifest = Manifest.read(path)
         trunk = onnx_file(path, manifest.models.backbone)
-        heads = {n: onnx_file(path, manifest.models.head(n)) for n in manifest.graph.names}
+        heads = {n: head_onnx_file(path, manifest.models, n) for n in manifest.graph.names}
         return cls(path, manifest, trunk, heads)
 
     @property
@@ -258,8 +267,8 @@ class LocalModel:
         return self.manifest.metadata
 
     def files(self) -> dict[str, Path]:
-        """Model name -> ONNX file, the backbone first."""
-        return {BACKBONE: self.trunk, **{self.manifest.models.head(n): f for n, f in self.heads.items()}}
+        """Model name -> ONNX file, the backbone first (the heads as ``head_<task>``, also when fused)."""
+        return {BACKBONE: self.trunk, **{head_model(n): f for n, f in self.heads.items()}}
 
     def pipeline(self, tasks: Sequence[str] | None = None, *, threads: int | None = None) -> OrtPipeline:
         """The trunk and the heads ``tasks`` need (default all), ``threads`` intra-op threads each."""

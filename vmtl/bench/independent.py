@@ -16,7 +16,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, head_model, load_configs, validate_repository
+from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, HEADS_MODEL, head_model, load_configs, validate_repository
 from vmtl.tasks import TaskGraph
 
 SINGLE_PREFIX = "single_"
@@ -74,7 +74,14 @@ def write_independent_repository(repo: Path, out: Path, graph: TaskGraph, tasks:
                 new = ens.ensemble_scheduling.step.add()
                 new.CopyFrom(step)
                 new.model_name = trunk_name
+                if HEADS_MODEL in configs:  # the fused heads model takes every task's features
+                    continue
                 for key in [k for k in new.output_map if k.removeprefix("feat_") not in needed]:
+                    del new.output_map[key]
+            elif step.model_name == HEADS_MODEL:  # fused: the request's vmtl_tasks says which heads run
+                new = ens.ensemble_scheduling.step.add()
+                new.CopyFrom(step)
+                for key in [k for k in new.output_map if k != task]:
                     del new.output_map[key]
             elif step.model_name in heads:
                 new = ens.ensemble_scheduling.step.add()

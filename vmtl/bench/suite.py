@@ -29,7 +29,7 @@ from vmtl.bench.independent import single_model
 from vmtl.bench.inprocess import IndependentOrt
 from vmtl.bench.load import LoadError, Measurement, run_load
 from vmtl.bench.peak import Peak, manifest_flops, matmul_peak
-from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, feat_output
+from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, PARAM_TASKS, feat_output
 from vmtl.runtime import LocalModel, cores
 
 CONFIGS = (
@@ -166,19 +166,24 @@ class TritonCalls:
         inp.set_data_from_numpy(video)
         return [inp]
 
-    def infer(self, model: str, video: np.ndarray, outputs: Sequence[str]) -> Callable[[], object]:
+    def infer(
+        self, model: str, video: np.ndarray, outputs: Sequence[str], tasks: Sequence[str] = ()
+    ) -> Callable[[], object]:
+        """One request; ``tasks`` go into the ``vmtl_tasks`` parameter (what the fused heads run)."""
         inputs = self._inputs(video)
         outs = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        params = {PARAM_TASKS: ",".join(tasks)} if tasks else None
 
         def call() -> object:
-            return self.client.infer(model, inputs, outputs=outs, client_timeout=600)
+            return self.client.infer(model, inputs, outputs=outs, client_timeout=600, parameters=params)
 
         return call
 
     def infer_all(
         self, requests: Sequence[tuple[str, Sequence[str]]], video: np.ndarray
     ) -> Callable[[], object]:
-        """All ``(model, outputs)`` requests sent at once (async), returning when every one has answered."""
+        """All ``(model, outputs)`` requests sent at once (async), returning when every one has answered;
+        the outputs are tasks (each request's ``vmtl_tasks`` parameter)."""
         inputs = self._inputs(video)
         prepared = [(m, [grpcclient.InferRequestedOutput(n) for n in outs]) for m, outs in requests]
 
@@ -196,8 +201,11 @@ class TritonCalls:
                     if left[0] == 0:
                         done.set()
 
-            for model, outs in prepared:
-                self.client.async_infer(model, inputs, callback, outputs=outs, client_timeout=600)
+            for (model, names), (_, outs) in zip(requests, prepared, strict=True):
+                params = {PARAM_TASKS: ",".join(names)}
+                self.client.async_infer(
+                    model, inputs, callback, outputs=outs, client_timeout=600, parameters=params
+                )
             if not done.wait(600):
                 raise TimeoutError("independent models did not all answer within 600 s")
             if errors:
@@ -304,7 +312,7 @@ def _triton_call(
 ) -> Call | str:
     """A triton-* configuration's request, or why the server cannot serve it."""
     if config == "triton-ensemble":
-        return (triton.infer(CLIP_ENSEMBLE, video, tasks), CLIP_ENSEMBLE, triton.stats)
+        return (triton.infer(CLIP_ENSEMBLE, video, tasks, tasks), CLIP_ENSEMBLE, triton.stats)
     if config == "triton-trunk":
         feats = [feat_output(n) for n in repo.graph.names]
         return (triton.infer(BACKBONE, video, feats), BACKBONE, triton.stats)

@@ -51,6 +51,7 @@ from vmtl.contract import (
     CLIP_ENSEMBLE,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
+    PARAM_TASKS,
     VIDEO_DECODE,
     VIDEO_ENSEMBLE,
     VIDEO_EXTRA_OUTPUTS,
@@ -703,6 +704,7 @@ class VmtlClient:
                         lambda result, error, future=future: callback(future, result, error),
                         outputs=request.outputs,
                         client_timeout=self.timeout,
+                        parameters=self._task_parameter(request),
                     )
                 except InferenceServerException as exc:
                     slots.release()
@@ -719,6 +721,11 @@ class VmtlClient:
         if first_error is not None:
             raise self._server_error(first_error, name)  # type: ignore[arg-type]
         return results
+
+    def _task_parameter(self, request: _Request) -> dict[str, str] | None:
+        """The request parameter that tells the fused heads model which tasks to run (the asked ones)."""
+        tasks = [o.name() for o in request.outputs if o.name() in self.graph]
+        return {PARAM_TASKS: ",".join(tasks)} if tasks else None
 
     def _server_error(self, exc: InferenceServerException, name: str) -> ClientError:
         message = exc.message() or str(exc)

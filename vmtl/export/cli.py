@@ -22,6 +22,7 @@ examples:
   vmtl export runs/demo --out model_repository/ --flavour both     OUT/cpu and OUT/native (vmtl serve OUT)
   vmtl export runs/demo --out model_repository/ --int8 --data data/demo
   vmtl export runs/demo-v2 --out model_repository/ --only-heads    new heads, same backbone file
+  vmtl export runs/demo --out model_repository/ --heads separate   one model per head (fused: one step)
 
 int8 accuracy gate (on --data's held-out 'val' split): refused when a task's primary metric drops by more
 than 0.01 absolute (top1, mAP, mAP@0.5, recall@1, mIoU) or its MAE grows by more than 1 % relative.
@@ -74,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="re-export only the heads into an existing repository whose backbone is this checkpoint's "
         "(same trunk + adapters SHA-256); the backbone file is kept as it is",
+    )
+    parser.add_argument(
+        "--heads",
+        choices=("fused", "separate"),
+        default=None,
+        help="cpu flavour: fused (default) runs every head in one python-backend model that executes only "
+        "the tasks a request asks for (one stub crossing instead of one per head); separate writes one "
+        "model per head (per-head hot replacement; the native flavour always). With --only-heads: OUT's",
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     parser.add_argument(
@@ -144,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             cpu_threads=args.cpu_threads,
             max_queue_size=args.max_queue_size,
             seed=args.seed,
+            heads=args.heads,
             log=None if args.quiet else log,
         )
     except UsageError as exc:

@@ -44,7 +44,17 @@ import onnx
 import onnxruntime
 import torch
 
-from vmtl.contract import BACKBONE, MANIFEST, RepositoryError, head_model, load_configs, read_manifest
+from vmtl.contract import (
+    BACKBONE,
+    HEAD_LAYOUTS,
+    HEADS_MODEL,
+    MANIFEST,
+    RepositoryError,
+    fused_head_file,
+    head_model,
+    load_configs,
+    read_manifest,
+)
 from vmtl.data.clips import load_clipset
 from vmtl.export.quantize import (
     INT8_SETTINGS,
@@ -432,6 +442,7 @@ class _Plan:
     max_drop: float
     max_mae_increase: float
     seed: int
+    heads: str | None = None  # fused | separate for the cpu flavour (None: fused, or as OUT has it)
 
 
 @dataclass
@@ -487,6 +498,7 @@ def export_checkpoint(
     max_drop: float = 0.01,
     max_mae_increase: float = 0.01,
     seed: int = 0,
+    heads: str | None = None,
     log: Log | None = None,
 ) -> ExportReport:
     """Export a checkpoint (directory or ``.safetensors``) into the model repository ``out_repo``.
@@ -496,7 +508,9 @@ def export_checkpoint(
     flavour's trunk (and heads with ``int8_heads``) behind the accuracy gate (``data_root`` required);
     ``trt`` builds the native flavour's trunk as a TensorRT fp16 engine (GPU, ``data_root`` required).
     ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's); ``max_queue_size``
-    bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``). ``log`` receives
+    bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``). ``heads``: the
+    cpu flavour's heads, ``fused`` (default: one python step runs the asked heads) or ``separate`` (one
+    model per head; the native flavour always); with ``only_heads`` the default keeps OUT's. ``log`` receives
     progress lines. Raises :class:`UsageError` for bad arguments, :class:`ParityError`,
     :class:`GateRefused` (``Int8Refused``), :class:`~vmtl.export.tensorrt.TensorRTError` or
     :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
@@ -529,6 +543,7 @@ def export_checkpoint(
         max_drop=max_drop,
         max_mae_increase=max_mae_increase,
         seed=seed,
+        heads=heads,
     )
     _check_plan(plan)
     loaded = _load(plan, progress)
@@ -590,6 +605,13 @@ def _check_plan(plan: _Plan) -> None:
             raise UsageError(reason)
     if plan.parity_tol <= 0:
         raise UsageError(f"the parity tolerance must be > 0, got {plan.parity_tol}")
+    if plan.heads not in (None, *HEAD_LAYOUTS):
+        raise UsageError(f"--heads must be one of {', '.join(HEAD_LAYOUTS)}, not {plan.heads!r}")
+    if plan.heads == "fused" and "cpu" not in targets:
+        raise UsageError(
+            "--heads fused is for the cpu flavour (python-backend models); the native flavour serves one "
+            "model per head"
+        )
 
 
 def _load(plan: _Plan, progress: _Progress) -> _Loaded:
@@ -821,6 +843,7 @@ def _write_flavour(
         trunk_plan = ship.trt_plan if fl == "native" else None
         threads = plan.cpu_threads
     heads = {n: ship.files[fl][head_model(n)] for n in graph.names}
+    layout = _head_layout(plan, loaded, fl)
     write_repository(
         target,
         graph,
@@ -832,9 +855,11 @@ def _write_flavour(
         cpu_threads=threads if fl == "cpu" else None,
         metadata=meta,
         max_queue_size=plan.max_queue_size,
+        heads=layout,  # type: ignore[arg-type]
     )
     for name, rec in {**ship.parity[fl], **ship.sidecars[fl]}.items():
-        _write_json(target / name / PARITY_FILE, {"model": name, "inputs": loaded.clips_desc, **rec})
+        record = {"model": name, "inputs": loaded.clips_desc, **rec}
+        _write_json(_sidecar_dir(target, name) / _parity_name(target, name), record)
     for rel, blob in kept.items():
         (target / rel).write_bytes(blob)
     if fl == "native" and ship.trt_info and not plan.only_heads:
@@ -842,6 +867,27 @@ def _write_flavour(
     rows = _model_reports(target, fl, graph, ship.precision[fl], ship.parity[fl], plan.only_heads)
     progress.say(f"wrote the {fl} repository {target}")
     return rows
+
+
+def _head_layout(plan: _Plan, loaded: _Loaded, flavour: str) -> str:
+    """The heads' layout flavour ``flavour`` is written with (fused | separate)."""
+    if flavour == "native":
+        return "separate"
+    if plan.heads:
+        return plan.heads
+    previous = loaded.existing.get(flavour)
+    if previous is not None:  # --only-heads keeps the repository's layout
+        return "fused" if (previous.get("models") or {}).get("fused_heads") else "separate"
+    return "fused"
+
+
+def _sidecar_dir(repo: Path, name: str) -> Path:
+    """The directory holding model ``name``'s parity record: its own, or the fused heads model's."""
+    return repo / name if (repo / name).is_dir() or name == BACKBONE else repo / HEADS_MODEL
+
+
+def _parity_name(repo: Path, name: str) -> str:
+    return PARITY_FILE if _sidecar_dir(repo, name).name == name else f"{name}.{PARITY_FILE}"
 
 
 def _flops(model: MultiTaskModel) -> dict[str, Any]:
@@ -1078,6 +1124,8 @@ def _model_reports(
     for name in [BACKBONE, *(head_model(n) for n in graph.names)]:
         version = repo / name / "1"
         path = version / "model.plan" if (version / "model.plan").is_file() else version / "model.onnx"
+        if not version.is_dir():  # a head of the fused heads model
+            path = repo / HEADS_MODEL / "1" / fused_head_file(name.removeprefix("head_"))
         reused = only_heads and name == BACKBONE
         prec = precision.get(name, "kept" if reused else "fp32")
         if reused:

@@ -36,6 +36,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
+    HEAD_LAYOUTS,
+    HEADS_MODEL,
     MANIFEST,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
@@ -47,6 +49,7 @@ from vmtl.contract import (
     ModelNames,
     RepositoryError,
     feat_output,
+    fused_head_file,
     head_model,
     repr_input,
     validate_repository,
@@ -65,6 +68,7 @@ __all__ = [
 _TOLERATED = ("README", "readme", ".")
 _MODEL_SOURCES = Path(__file__).resolve().parents[1] / "server" / "models"
 _ORT_HOST = "ort_model.py"
+_HEADS_HOST = "heads_model.py"
 _DECODE_HOST = "video_decode.py"
 DEFAULT_MAX_VIDEO_BYTES = 256 * 1024 * 1024
 #: Requests that may wait at the backbone / a head before Triton refuses more (0: no bound, no queue
@@ -295,10 +299,15 @@ class _Options:
     queue_delay_us: int
     max_queue_size: int
     tensorrt: bool  # the backbone is a TensorRT plan
+    heads: str  # fused | separate
 
     @property
     def native(self) -> bool:
         return self.flavour == "native"
+
+    @property
+    def fused(self) -> bool:
+        return self.heads == "fused"
 
     def check(self) -> None:
         if self.flavour not in ("cpu", "native"):
@@ -313,6 +322,13 @@ class _Options:
             raise RepositoryError("decode_instances must be >= 1 and queue_delay_us >= 0")
         if self.max_queue_size < 0:
             raise RepositoryError(f"max_queue_size must be >= 0 (0: unbounded), got {self.max_queue_size}")
+        if self.heads not in HEAD_LAYOUTS:
+            raise RepositoryError(f"heads must be one of {', '.join(HEAD_LAYOUTS)}, not {self.heads!r}")
+        if self.fused and self.native:
+            raise RepositoryError(
+                "fused heads are a python-backend model (the cpu flavour); the native flavour's in-process "
+                "backends have no stub crossing to save: use heads='separate'"
+            )
 
 
 def write_repository(
@@ -330,6 +346,7 @@ def write_repository(
     decode_instances: int = 2,
     queue_delay_us: int = 2000,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    heads: Literal["fused", "separate"] | None = None,
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -339,7 +356,10 @@ def write_repository(
     or ``tensorrt_plan`` for the backbone when ``trunk_plan`` is given. ``max_video_bytes`` caps
     ``video_decode``'s payload (0: no cap). ``max_queue_size`` bounds the requests waiting at the
     backbone and each head (0, the default: unbounded); past it Triton refuses new ones at once (see
-    :data:`DEFAULT_MAX_QUEUE_SIZE` for what a bound costs in Triton 2.51). ``metadata`` is the
+    :data:`DEFAULT_MAX_QUEUE_SIZE` for what a bound costs in Triton 2.51). ``heads``: ``fused`` (the
+    ``cpu`` default) runs every head in one python-backend model, ``heads``, which runs only the tasks a
+    request names in its ``vmtl_tasks`` parameter (one stub crossing instead of one per head);
+    ``separate`` (the ``native`` default and only choice) writes one model per head. ``metadata`` is the
     exporter's record for the manifest. The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
@@ -354,6 +374,7 @@ def write_repository(
         queue_delay_us,
         max_queue_size,
         trunk_plan is not None,
+        heads or ("separate" if flavour == "native" else "fused"),
     )
     opts.check()
     missing = [n for n in graph.names if n not in head_onnx]
@@ -381,13 +402,13 @@ def write_repository(
         graph=graph,
         flavour=flavour,
         max_batch_size=max_batch_size,
-        models=ModelNames.for_graph(graph),
+        models=ModelNames.for_graph(graph, fused=opts.fused),
         entries=sorted([*configs, MANIFEST]),
         metadata=record,
     )
 
     def files(stage: Path) -> None:
-        _stage_models(stage, graph, configs, trunk_onnx, head_onnx, trunk_plan, opts.native)
+        _stage_models(stage, graph, configs, trunk_onnx, head_onnx, trunk_plan, opts)
 
     _stage_and_install(out, manifest, files)
     return out
@@ -402,11 +423,14 @@ def _model_configs(
         PARAM_PREPROCESS: json.dumps(asdict(graph.preprocess), separators=(",", ":")),
     }
     configs = {BACKBONE: _backbone_config(graph, trunk, opts)}
-    for name in graph.names:
-        configs[head_model(name)] = _head_config(heads[name], opts)
+    if opts.fused:
+        configs[HEADS_MODEL] = _fused_heads_config(graph, trunk, heads, shared, opts)
+    else:
+        for name in graph.names:
+            configs[head_model(name)] = _head_config(heads[name], opts)
     configs[VIDEO_DECODE] = _decode_config(graph, shared, opts)
-    configs[CLIP_ENSEMBLE] = _ensemble(CLIP_ENSEMBLE, graph, heads, opts.max_batch_size, shared, video=False)
-    configs[VIDEO_ENSEMBLE] = _ensemble(VIDEO_ENSEMBLE, graph, heads, opts.max_batch_size, shared, video=True)
+    configs[CLIP_ENSEMBLE] = _ensemble(CLIP_ENSEMBLE, graph, heads, opts, shared, video=False)
+    configs[VIDEO_ENSEMBLE] = _ensemble(VIDEO_ENSEMBLE, graph, heads, opts, shared, video=True)
     return configs
 
 
@@ -451,6 +475,28 @@ def _head_config(head: _Head, opts: _Options) -> mc.ModelConfig:
     return cfg
 
 
+def _fused_heads_config(
+    graph: TaskGraph, trunk: _Trunk, heads: Mapping[str, _Head], shared: Mapping[str, str], opts: _Options
+) -> mc.ModelConfig:
+    """heads: every head's ONNX Runtime session in one python-backend model (``heads_model.py``)."""
+    cfg = mc.ModelConfig(name=HEADS_MODEL, backend="python", max_batch_size=opts.max_batch_size)
+    for name in graph.names:
+        sig = trunk.feats[name]
+        cfg.input.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:]))
+    for name in graph.names:
+        head = heads[name]
+        labels = f"labels_{name}.txt" if _labelled(head.task) else ""
+        cfg.output.append(
+            _io(mc.ModelOutput, name, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
+        )
+    files = ",".join(fused_head_file(n) for n in graph.names)
+    _set_params(cfg, {PARAM_GRAPH: shared[PARAM_GRAPH], "onnx_files": files, "intra_op_threads": "1"})
+    # No waiting: the backbone's batch reaches the heads at once (see _head_config).
+    _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
+    _instances(cfg, 1, False)
+    return cfg
+
+
 def _decode_config(graph: TaskGraph, shared: Mapping[str, str], opts: _Options) -> mc.ModelConfig:
     """video_decode: a python-backend model in both flavours."""
     cfg = mc.ModelConfig(name=VIDEO_DECODE, backend="python", max_batch_size=opts.max_batch_size)
@@ -475,15 +521,16 @@ def _ensemble(
     name: str,
     graph: TaskGraph,
     heads: Mapping[str, _Head],
-    max_batch_size: int,
+    opts: _Options,
     params: Mapping[str, str],
     *,
     video: bool,
 ) -> mc.ModelConfig:
-    """vmtl_clip / vmtl_video: (decode ->) backbone once -> heads in stage order."""
+    """vmtl_clip / vmtl_video: (decode ->) backbone once -> the fused heads step, or the heads in stage
+    order."""
     pre = graph.preprocess
     clip_dims = [pre.num_frames, pre.size, pre.size, 3]
-    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=opts.max_batch_size)
     steps = cfg.ensemble_scheduling.step
     if video:
         cfg.input.append(_io(mc.ModelInput, "video_bytes", "TYPE_STRING", [1]))
@@ -503,16 +550,13 @@ def _ensemble(
     step.input_map["video"] = clip_tensor
     for task in graph.names:
         step.output_map[feat_output(task)] = _feat(task)
-    for stage in graph.stages():
-        for task in stage:
-            head = heads[task]
-            step = steps.add(model_name=head_model(task), model_version=-1)
-            step.input_map["features"] = _feat(task)
-            for aux in head.task.auxiliaries:
-                step.input_map[repr_input(aux)] = _repr(aux)
-            step.output_map["output"] = task
-            if graph.dependents(task):
-                step.output_map["repr"] = _repr(task)
+    if opts.fused:
+        step = steps.add(model_name=HEADS_MODEL, model_version=-1)
+        for task in graph.names:
+            step.input_map[feat_output(task)] = _feat(task)
+            step.output_map[task] = task
+    else:
+        _separate_head_steps(steps, graph, heads)
     for task in graph.names:
         head = heads[task]
         labels = f"labels_{task}.txt" if _labelled(head.task) else ""
@@ -527,6 +571,20 @@ def _ensemble(
     return cfg
 
 
+def _separate_head_steps(steps: Any, graph: TaskGraph, heads: Mapping[str, _Head]) -> None:
+    """One ensemble step per head, in stage order, each fed its auxiliaries' ``repr``."""
+    for stage in graph.stages():
+        for task in stage:
+            head = heads[task]
+            step = steps.add(model_name=head_model(task), model_version=-1)
+            step.input_map["features"] = _feat(task)
+            for aux in head.task.auxiliaries:
+                step.input_map[repr_input(aux)] = _repr(aux)
+            step.output_map["output"] = task
+            if graph.dependents(task):
+                step.output_map["repr"] = _repr(task)
+
+
 def _stage_models(
     stage: Path,
     graph: TaskGraph,
@@ -534,7 +592,7 @@ def _stage_models(
     trunk_onnx: Path,
     head_onnx: Mapping[str, Path],
     trunk_plan: Path | None,
-    native: bool,
+    opts: _Options,
 ) -> None:
     """Write every model directory into ``stage``: configs, model files, python sources, labels."""
     for name, cfg in configs.items():
@@ -543,16 +601,25 @@ def _stage_models(
         _copy_onnx(trunk_onnx, stage / BACKBONE / "1", "model.onnx")
     else:  # the ONNX file only served to read the I/O signature
         shutil.copy2(trunk_plan, stage / BACKBONE / "1" / "model.plan")
-    for name in graph.names:
-        _copy_onnx(head_onnx[name], stage / head_model(name) / "1", "model.onnx")
-    if not native:
-        for model in [BACKBONE, *(head_model(n) for n in graph.names)]:
-            _copy_source(_ORT_HOST, stage / model / "1")
+    if not opts.native:
+        _copy_source(_ORT_HOST, stage / BACKBONE / "1")
+    if opts.fused:
+        for name in graph.names:
+            _copy_onnx(head_onnx[name], stage / HEADS_MODEL / "1", fused_head_file(name))
+        _copy_source(_HEADS_HOST, stage / HEADS_MODEL / "1")
+    else:
+        for name in graph.names:
+            _copy_onnx(head_onnx[name], stage / head_model(name) / "1", "model.onnx")
+            if not opts.native:
+                _copy_source(_ORT_HOST, stage / head_model(name) / "1")
     _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
     for task in graph.tasks:
         if _labelled(task):
             text = "\n".join(task.labels) + "\n"
-            (stage / head_model(task.name) / "labels.txt").write_text(text)
+            if opts.fused:
+                (stage / HEADS_MODEL / f"labels_{task.name}.txt").write_text(text)
+            else:
+                (stage / head_model(task.name) / "labels.txt").write_text(text)
             for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE):
                 (stage / ens / f"labels_{task.name}.txt").write_text(text)
 

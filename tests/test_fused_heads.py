@@ -1,0 +1,164 @@
+"""The cpu flavour's fused heads (one python step runs the asked heads) against separate per-head models,
+both served by a real Triton on the same hand-made ONNX graphs (no torch)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vmtl.client import VmtlClient
+from vmtl.contract import (
+    CLIP_ENSEMBLE,
+    HEADS_MODEL,
+    PARAM_TASKS,
+    Manifest,
+    RepositoryError,
+    head_model,
+    load_configs,
+)
+from vmtl.export.repository import write_repository
+from vmtl.runtime import LocalModel
+from vmtl.tasks import TaskGraph
+
+pytestmark = pytest.mark.triton
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+from test_repository import FRAMES, SIZE, make_toy_models, ort_reference, toy_graph  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+
+@dataclass
+class Pair:
+    graph: TaskGraph
+    fused: object  # TritonServer
+    separate: object
+    trunk: Path
+    heads: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[Pair]:
+    root = tmp_path_factory.mktemp("fused")
+    graph = toy_graph()
+    trunk, heads = make_toy_models(root / "onnx", graph)
+    fused = write_repository(root / "fused", graph, trunk, heads)  # the cpu default
+    separate = write_repository(root / "separate", graph, trunk, heads, heads="separate")
+    with (
+        start_triton(fused, root / "fused.log") as f_server,
+        start_triton(separate, root / "separate.log") as s_server,
+    ):
+        yield Pair(graph, f_server, s_server, trunk, heads)
+
+
+def _infer(url: str, video: np.ndarray, outputs: list[str], tasks: str | None) -> dict[str, np.ndarray]:
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        inp = grpcclient.InferInput("video", list(video.shape), "UINT8")
+        inp.set_data_from_numpy(video)
+        result = client.infer(
+            CLIP_ENSEMBLE,
+            [inp],
+            outputs=[grpcclient.InferRequestedOutput(n) for n in outputs],
+            parameters={PARAM_TASKS: tasks} if tasks is not None else None,
+        )
+        return {n: result.as_numpy(n) for n in outputs if result.as_numpy(n) is not None}
+    finally:
+        client.close()
+
+
+def _head_counts(server: object) -> dict[str, float]:
+    """vmtl_head_executions_total per task, from Triton's Prometheus endpoint."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read()  # type: ignore[attr-defined]
+    counts = {}
+    for line in text.decode().splitlines():
+        m = re.match(r"vmtl_head_executions_total\{(.*)\} ([0-9.e+]+)$", line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            counts[labels["task"]] = float(m.group(2))
+    return counts
+
+
+def _video(seed: int, batch: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_the_repository_layouts(pair: Pair, tmp_path: Path) -> None:
+    fused_repo = Path(pair.fused.repo)  # type: ignore[attr-defined]
+    configs = load_configs(fused_repo)
+    assert HEADS_MODEL in configs and not any(head_model(n) in configs for n in pair.graph.names)
+    steps = [s.model_name for s in configs[CLIP_ENSEMBLE].ensemble_scheduling.step]
+    assert steps == ["backbone", HEADS_MODEL]
+    manifest = Manifest.read(fused_repo)
+    assert manifest.models.layout == "fused" and manifest.models.head("c") == HEADS_MODEL
+    local = LocalModel.load(fused_repo)  # the local engine finds the heads inside the fused model
+    video = _video(1, 2)
+    got = local.pipeline().run(video)
+    want = ort_reference(pair.trunk, pair.heads, pair.graph, video)
+    for n in pair.graph.names:
+        np.testing.assert_allclose(got[n], want[n], atol=1e-5)
+    separate = load_configs(Path(pair.separate.repo))  # type: ignore[attr-defined]
+    assert HEADS_MODEL not in separate and head_model("a") in separate
+    with pytest.raises(RepositoryError, match="native flavour"):
+        write_repository(tmp_path / "x", pair.graph, pair.trunk, pair.heads, flavour="native", heads="fused")
+
+
+def test_fused_equals_separate_for_every_task_subset(pair: Pair) -> None:
+    names = pair.graph.names
+    video = _video(2)
+    for k in range(1, len(names) + 1):
+        for subset in itertools.combinations(names, k):
+            asked = ",".join(subset)
+            got = _infer(pair.fused.grpc_url, video, list(subset), asked)  # type: ignore[attr-defined]
+            want = _infer(pair.separate.grpc_url, video, list(subset), None)  # type: ignore[attr-defined]
+            assert sorted(got) == sorted(subset), asked
+            for n in subset:
+                np.testing.assert_allclose(got[n], want[n], atol=1e-5, err_msg=f"{n} of {asked}")
+
+
+def test_only_the_asked_heads_and_their_auxiliaries_run(pair: Pair) -> None:
+    video = _video(3)
+    before = _head_counts(pair.fused)
+    assert set(before) == set(pair.graph.names)
+    _infer(pair.fused.grpc_url, video, ["c"], "c")  # type: ignore[attr-defined]  # c needs a's repr
+    after = _head_counts(pair.fused)
+    assert {n: after[n] - before[n] for n in pair.graph.names} == {"a": 1, "b": 0, "c": 1}
+    _infer(pair.fused.grpc_url, video, ["b"], "b")  # type: ignore[attr-defined]
+    last = _head_counts(pair.fused)
+    assert {n: last[n] - after[n] for n in pair.graph.names} == {"a": 0, "b": 1, "c": 0}
+
+
+def test_a_raw_request_without_the_parameter_gets_every_output(pair: Pair) -> None:
+    video = _video(4)
+    before = _head_counts(pair.fused)
+    got = _infer(pair.fused.grpc_url, video, pair.graph.names, None)  # type: ignore[attr-defined]
+    want = ort_reference(pair.trunk, pair.heads, pair.graph, video)
+    assert sorted(got) == sorted(pair.graph.names)
+    for n in pair.graph.names:
+        np.testing.assert_allclose(got[n], want[n], atol=1e-5)
+    after = _head_counts(pair.fused)
+    assert all(after[n] - before[n] == 1 for n in pair.graph.names)
+
+
+def test_an_unknown_task_in_the_parameter_is_a_clear_error_and_the_server_serves_on(pair: Pair) -> None:
+    video = _video(5)
+    with pytest.raises(
+        InferenceServerException, match=r"unknown task\(s\) \['nope'\].*the model has: a, b, c"
+    ):
+        _infer(pair.fused.grpc_url, video, ["a"], "a,nope")  # type: ignore[attr-defined]
+    assert sorted(_infer(pair.fused.grpc_url, video, ["a"], "a")) == ["a"]  # type: ignore[attr-defined]
+
+
+def test_the_client_asks_only_for_its_tasks(pair: Pair) -> None:
+    before = _head_counts(pair.fused)
+    with VmtlClient(pair.fused.grpc_url) as client:  # type: ignore[attr-defined]
+        result = client.infer_clip(_video(6)[0], tasks=["b"])
+    assert set(result) == {"b"}
+    after = _head_counts(pair.fused)
+    assert {n: after[n] - before[n] for n in pair.graph.names} == {"a": 0, "b": 1, "c": 0}

@@ -1,0 +1,165 @@
+"""Triton python-backend model running every task head in one step (the ``cpu`` flavour's fused heads).
+
+Copied by ``vmtl export --heads fused`` to ``heads/1/model.py``, next to one ONNX file per head
+(``head_<task>.onnx``). The ensembles run ``backbone -> heads``: one stub crossing for all the heads
+instead of one per head. Inputs ``feat_<task>`` (the trunk's features), one output per task named after
+it. Config parameters: the task graph (``vmtl_task_graph``) and ``intra_op_threads`` (default 1).
+
+Which tasks run: the request parameter ``vmtl_tasks`` (comma-separated task names; Triton forwards an
+ensemble request's parameters to every step), each with its DLM auxiliaries, in stage order. Without
+it every task runs (a plain KServe-v2 client gets every output). An unknown name is that request's error.
+Outputs of tasks that were not asked are left out of the response (the ensemble tolerates that).
+
+Per-task Prometheus counters on Triton's metrics endpoint: ``vmtl_head_executions_total`` (clips a head
+ran on) and ``vmtl_head_compute_microseconds_total``, labelled ``task``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from vmtl.contract import PARAM_GRAPH, PARAM_TASKS, feat_output, fused_head_file
+from vmtl.runtime import OrtPipeline, host_session
+from vmtl.tasks import TaskGraph
+
+
+class _BadRequest(Exception):
+    """A request that cannot be run; the message is sent back to its client."""
+
+
+def _version_dir(args: dict[str, str]) -> Path:
+    repo = Path(args["model_repository"])
+    version = str(args["model_version"])
+    return repo if repo.name == version and not (repo / version).is_dir() else repo / version
+
+
+class TritonPythonModel:
+    """Every head's ONNX Runtime session; runs the asked tasks' heads in stage order."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config.get("name") or "heads"
+        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+        self.graph = TaskGraph.from_dict(json.loads(params[PARAM_GRAPH]))
+        folder = _version_dir(args)
+        sessions = {}
+        for task in self.graph.names:
+            path = folder / fused_head_file(task)
+            if not path.is_file():
+                raise pb_utils.TritonModelException(f"{self.name}: head file not found: {path}")
+            sessions[task] = host_session(path, params)
+        self.pipeline = OrtPipeline.from_sessions(self.graph, _no_trunk, sessions)
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self.dims = {i["name"]: tuple(int(d) for d in i["dims"]) for i in config["input"]}
+        self.executions = pb_utils.MetricFamily(
+            name="vmtl_head_executions_total",
+            description="Clips each task head of the fused heads model ran on",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.compute = pb_utils.MetricFamily(
+            name="vmtl_head_compute_microseconds_total",
+            description="Time each task head of the fused heads model spent computing",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        labels = {"model": self.name}
+        self.count_metric = {
+            t: self.executions.Metric(labels={**labels, "task": t}) for t in self.graph.names
+        }
+        self.time_metric = {t: self.compute.Metric(labels={**labels, "task": t}) for t in self.graph.names}
+
+    # ------------------------------------------------------------------------------------------
+    def _tasks(self, request: Any) -> tuple[str, ...]:
+        raw = request.parameters()
+        value = json.loads(raw).get(PARAM_TASKS) if raw and raw != "{}" else None
+        if value is None:
+            return tuple(self.graph.names)
+        asked = [t.strip() for t in str(value).split(",") if t.strip()]
+        unknown = [t for t in asked if t not in self.graph]
+        if unknown or not asked:
+            raise _BadRequest(
+                f"{self.name}: unknown task(s) {unknown or [value]} in request parameter "
+                f"'{PARAM_TASKS}'; the model has: {', '.join(self.graph.names)}"
+            )
+        return tuple(n for n in self.graph.names if n in set(asked))
+
+    def _features(self, request: Any, tasks: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
+        feats: dict[str, np.ndarray] = {}
+        batch = -1
+        for task in self.graph.closure(tasks):
+            name = feat_output(task)
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise _BadRequest(f"{self.name}: missing input tensor '{name}'")
+            array = tensor.as_numpy()
+            want = self.dims[name]
+            if array.dtype != np.float32 or array.shape[1:] != want or batch not in (-1, array.shape[0]):
+                raise _BadRequest(
+                    f"{self.name}: input '{name}' expected float32 [B,{','.join(map(str, want))}], "
+                    f"got {array.dtype.name} {list(array.shape)}"
+                )
+            batch = array.shape[0]
+            feats[task] = array
+        return feats, max(batch, 1)
+
+    def _run(self, tasks: tuple[str, ...], members: list[tuple[int, dict[str, np.ndarray], int]]) -> dict:
+        """One pass of the asked heads over the concatenated requests: {task: output}."""
+        feats = (
+            members[0][1]
+            if len(members) == 1
+            else {t: np.concatenate([m[1][t] for m in members]) for t in members[0][1]}
+        )
+        outputs: dict[str, np.ndarray] = {}
+        reprs: dict[str, np.ndarray] = {}
+        clips = sum(m[2] for m in members)
+        for task in self.graph.closure(tasks):
+            start = time.perf_counter_ns()
+            outputs[task], reprs[task] = self.pipeline.run_head(task, feats[task], reprs)
+            self.time_metric[task].increment((time.perf_counter_ns() - start) // 1000)
+            self.count_metric[task].increment(clips)
+        return outputs
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        groups: dict[tuple[str, ...], list[tuple[int, dict[str, np.ndarray], int]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                tasks = self._tasks(request)
+                feats, batch = self._features(request, tasks)
+            except _BadRequest as exc:
+                responses[index] = _error(str(exc))
+                continue
+            except Exception as exc:
+                responses[index] = _error(f"{self.name}: bad request: {exc}")
+                continue
+            groups.setdefault(tasks, []).append((index, feats, batch))
+        for tasks, members in groups.items():
+            try:
+                outputs = self._run(tasks, members)
+            except Exception as exc:
+                for index, *_ in members:
+                    responses[index] = _error(f"{self.name}: ONNX Runtime failed: {exc}")
+                continue
+            offset = 0
+            for index, _, batch in members:
+                part = slice(offset, offset + batch)
+                offset += batch
+                tensors = [pb_utils.Tensor(t, np.ascontiguousarray(outputs[t][part])) for t in tasks]
+                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def finalize(self) -> None:
+        self.pipeline = None
+
+
+def _no_trunk(video: np.ndarray) -> dict[str, np.ndarray]:
+    raise RuntimeError("the fused heads model has no trunk")
+
+
+def _error(message: str) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
