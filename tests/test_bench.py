@@ -141,8 +141,27 @@ def test_matmul_peak_and_manifest_flops() -> None:
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model per head, so that the sweep's composing-model rows show which heads ran."""
     out = tmp_path_factory.mktemp("bench") / "repo"
-    assert main(["export", str(tiny_checkpoint), "--out", str(out), "--data", str(tiny_data)]) == 0
+    argv = [
+        "export",
+        str(tiny_checkpoint),
+        "--out",
+        str(out),
+        "--data",
+        str(tiny_data),
+        "--heads",
+        "separate",
+    ]
+    assert main(argv) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported_fused(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cpu default: every head in one fused step."""
+    out = tmp_path_factory.mktemp("bench-fused") / "repo"
+    assert main(["export", str(tiny_checkpoint), "--out", str(out), "--quiet"]) == 0
     return out
 
 
@@ -254,3 +273,19 @@ def test_bench_serves_the_repository_itself_without_the_independent_baseline(
     assert not any(m.startswith("single_") for m in models)
     assert not (out / "bench.png").exists()
     assert json.loads((out / "bench.json").read_text())["efficiency"] is None
+
+
+def test_bench_on_fused_heads_with_the_independent_baseline(exported_fused: Path, tmp_path: Path) -> None:
+    """The fused heads model serves the ensemble and the K single-task models; each request's vmtl_tasks
+    parameter runs only its task's heads (one heads execution per request, not K)."""
+    out = tmp_path / "out"
+    argv = ["bench", str(exported_fused), "--tasks", "motion,tags", "--concurrency", "1", "--requests", "3"]
+    argv += ["--configs", "triton-ensemble,triton-independent", "--warmup", "1"]
+    assert main([*argv, "--no-plot", "--no-peak", "--quiet", "--out", str(out)]) == 0
+    with open(out / "bench_composing.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["Concurrency"] == "1"]
+    ens = {r["Model"]: r for r in rows if r["Configuration"] == "triton vmtl_clip, 2 tasks"}
+    assert set(ens) == {"vmtl_clip", "backbone", "heads"}
+    assert ens["heads"]["Requests"] == "3"
+    ind = {r["Model"]: r for r in rows if r["Configuration"] == "triton 2 independent models"}
+    assert ind["single_motion_backbone"]["Requests"] == "3" and ind["heads"]["Requests"] == "6"

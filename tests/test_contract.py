@@ -57,6 +57,7 @@ def _every_field() -> Manifest:
             heads={n: f"h_{n}" for n in graph.names},
             clip_ensemble="clip",
             video_ensemble="video",
+            fused_heads="all_heads",
         ),
         entries=["backbone", "head_a", MANIFEST],
         metadata=record,

@@ -17,7 +17,9 @@ from vmtl.cli import main
 from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
+    HEADS_MODEL,
     VIDEO_ENSEMBLE,
+    Manifest,
     head_model,
     load_configs,
     read_manifest,
@@ -34,7 +36,7 @@ from vmtl.export.tensorrt import (
     tensorrt_unavailable,
 )
 from vmtl.models.multitask import MultiTaskModel
-from vmtl.runtime import OrtPipeline, ort_session
+from vmtl.runtime import LocalModel, OrtPipeline, ort_session
 from vmtl.tasks import TaskGraph
 
 TOL = 1e-4
@@ -49,9 +51,10 @@ class Exported:
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """Both flavours of the tiny checkpoint, parity on real held-out clips."""
+    """Both flavours of the tiny checkpoint, parity on real held-out clips; one model per head in both
+    (the fused heads' export is tested on its own below)."""
     out = tmp_path_factory.mktemp("export") / "repo"
-    report = export_checkpoint(tiny_checkpoint, out, flavour="both", data_root=tiny_data)
+    report = export_checkpoint(tiny_checkpoint, out, flavour="both", data_root=tiny_data, heads="separate")
     model = MultiTaskModel.load_checkpoint(tiny_checkpoint / "model.safetensors").eval()
     return Exported(report, out, model)
 
@@ -438,3 +441,35 @@ def test_int8_falls_back_to_the_next_setting_the_gate_accepts(
     assert "QInt8 per-tensor" in meta["settings"]
     assert [t["setting"] for t in meta["tried"]] == ["QInt8 per-channel", "QInt8 per-tensor"]
     assert meta["tried"][0]["failed"] == ["count"] and meta["tried"][1]["passed"]
+
+
+def test_fused_heads_export_parity_reports_and_only_heads(
+    exported: Exported, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The cpu default: every head's optimised graph inside the fused heads model, its parity record beside
+    them; --only-heads keeps the layout and the backbone; the repository computes the checkpoint's outputs."""
+    repo = tmp_path / "fused"
+    report = export_checkpoint(tiny_checkpoint, repo)
+    graph = exported.model.graph
+    configs = load_configs(repo)
+    assert HEADS_MODEL in configs and not any(head_model(n) in configs for n in graph.names)
+    rows = {m.name: m for m in report.models}
+    assert list(rows) == _models(graph)
+    for name in graph.names:
+        row = rows[head_model(name)]
+        assert row.file == f"{HEADS_MODEL}/1/{head_model(name)}.onnx" and row.bytes > 0
+        side = json.loads((repo / HEADS_MODEL / f"{head_model(name)}.parity.json").read_text())
+        assert side["model"] == head_model(name) and side["max_abs"] < TOL
+    assert Manifest.read(repo).models.fused_heads == HEADS_MODEL
+    backbone = (repo / BACKBONE / "1" / "model.onnx").read_bytes()
+    assert main(["export", str(tiny_checkpoint), "--out", str(repo), "--only-heads", "--quiet"]) == 0
+    assert Manifest.read(repo).models.layout == "fused"
+    assert (repo / BACKBONE / "1" / "model.onnx").read_bytes() == backbone
+    video = np.random.default_rng(5).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+    got = LocalModel.load(repo).pipeline().run(video)
+    with torch.no_grad():
+        want = exported.model(torch.from_numpy(video))
+    for name in graph.names:
+        np.testing.assert_allclose(got[name], want[name].numpy(), atol=TOL, rtol=0)
+    with pytest.raises(export_mod.UsageError, match="--heads fused is for the cpu flavour"):
+        export_checkpoint(tiny_checkpoint, tmp_path / "n", flavour="native", heads="fused")

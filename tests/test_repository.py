@@ -169,7 +169,10 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[TaskGraph, Path, dict
 @pytest.fixture
 def repo(tmp_path: Path, toy: tuple[TaskGraph, Path, dict[str, Path]]) -> Path:
     graph, trunk, heads = toy
-    return write_repository(tmp_path / "repo", graph, trunk, heads, metadata={"trunk_sha256": "abc"})
+    # one model per head: the per-head wiring and the validator's checks are about these
+    return write_repository(
+        tmp_path / "repo", graph, trunk, heads, metadata={"trunk_sha256": "abc"}, heads="separate"
+    )
 
 
 def _config(repo: Path, model: str) -> mc.ModelConfig:
@@ -187,7 +190,9 @@ def _rewrite(repo: Path, model: str, cfg: mc.ModelConfig) -> None:
 @pytest.mark.parametrize("flavour", ["cpu", "native"])
 def test_both_flavours_write_and_parse(tmp_path: Path, toy, flavour: str) -> None:
     graph, trunk, heads = toy
-    out = write_repository(tmp_path / "repo", graph, trunk, heads, flavour=flavour, max_batch_size=4)
+    out = write_repository(
+        tmp_path / "repo", graph, trunk, heads, flavour=flavour, max_batch_size=4, heads="separate"
+    )
     configs = load_configs(out)
     assert set(configs) == {
         BACKBONE,
@@ -412,12 +417,12 @@ def test_readme_only_dir_and_rewrite_keeps_foreign_files(tmp_path: Path, toy) ->
     out = tmp_path / "model_repository"
     out.mkdir()
     (out / "README.md").write_text("made by vmtl export")
-    write_repository(out, graph, trunk, heads)
+    write_repository(out, graph, trunk, heads, heads="separate")
     assert (out / "README.md").read_text() == "made by vmtl export"
     (out / "my_other_model").mkdir()  # something a user added next to our models
     # Rewriting with a smaller graph removes the stale head, keeps what we did not write.
     small = graph.subset(["b"])
-    write_repository(out, small, trunk, {"b": heads["b"]})
+    write_repository(out, small, trunk, {"b": heads["b"]}, heads="separate")
     names = sorted(p.name for p in out.iterdir())
     assert "head_a" not in names and "head_c" not in names
     assert {"README.md", "my_other_model", "head_b", BACKBONE, MANIFEST} <= set(names)
