@@ -39,6 +39,7 @@ from vmtl.client import (  # noqa: E402
 )
 from vmtl.client import client as client_mod  # noqa: E402
 from vmtl.export import repository as repo_mod  # noqa: E402
+from vmtl.runtime import LocalModel
 from vmtl.tasks import KINDS, TaskGraph, combine_windows, postprocess  # noqa: E402
 from vmtl.video import Clip, VideoError, read_clip, sliding_windows  # noqa: E402
 
@@ -63,7 +64,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[S
     root = tmp_path_factory.mktemp("client")
     graph = toy_graph()
     trunk, heads = make_toy_models(root / "onnx", graph)
-    repo = repo_mod.write_repository(root / "repo", graph, trunk, heads, max_batch_size=8)
+    # one model per head, so that Triton's statistics show which heads ran (the fused heads' per-task
+    # counters and the client's vmtl_tasks parameter are tested in test_fused_heads.py)
+    repo = repo_mod.write_repository(root / "repo", graph, trunk, heads, max_batch_size=8, heads="separate")
     with start_triton(repo, root / "triton.log") as server:
         client = VmtlClient(server.grpc_url, timeout=120)
         try:
@@ -477,7 +480,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> 
     repo = tmp_path_factory.mktemp("trained") / "repo"
     assert main(["export", str(tiny_checkpoint), "--out", str(repo), "--quiet"]) == 0
     graph = TaskGraph.from_dict(contract.read_manifest(repo)["graph"])
-    heads = {n: repo / contract.head_model(n) / "1" / "model.onnx" for n in graph.names}
+    heads = LocalModel.load(repo).heads  # inside the fused heads model (the cpu default)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=repo.parent / "triton.log")
     with server:
         server.wait_ready(120)

@@ -346,6 +346,12 @@ def test_queues_are_unbounded_by_default_and_a_bound_is_written_when_asked(
     bounded = repo_mod.write_repository(tmp_path / "r0", graph, trunk, heads, max_queue_size=5)
     configs = contract.load_configs(bounded)
     limited = [m for m, c in configs.items() if c.dynamic_batching.default_queue_policy.max_queue_size]
+    assert sorted(limited) == ["backbone", contract.HEADS_MODEL]  # the fused heads (the cpu default)
+    separate = repo_mod.write_repository(
+        tmp_path / "r2", graph, trunk, heads, max_queue_size=5, heads="separate"
+    )
+    configs = contract.load_configs(separate)
+    limited = [m for m, c in configs.items() if c.dynamic_batching.default_queue_policy.max_queue_size]
     assert sorted(limited) == ["backbone"] + [contract.head_model(n) for n in graph.names]
     assert {configs[m].dynamic_batching.default_queue_policy.max_queue_size for m in limited} == {5}
     assert "max_queue_size: 5" in (bounded / "backbone" / "config.pbtxt").read_text()

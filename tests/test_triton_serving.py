@@ -51,8 +51,16 @@ def served(tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[S
     root = tmp_path_factory.mktemp("serving")
     graph = toy_graph()
     trunk, heads = make_toy_models(root / "onnx", graph)
+    # one model per head: these tests read which heads ran from Triton's statistics (the fused heads
+    # layout, the cpu default, is served in test_fused_heads.py)
     repo = write_repository(
-        root / "repo", graph, trunk, heads, max_batch_size=8, max_video_bytes=MAX_VIDEO_BYTES
+        root / "repo",
+        graph,
+        trunk,
+        heads,
+        max_batch_size=8,
+        max_video_bytes=MAX_VIDEO_BYTES,
+        heads="separate",
     )
     with start_triton(repo, root / "tritonserver.log") as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
