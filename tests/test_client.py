@@ -39,7 +39,7 @@ from vmtl.client import (  # noqa: E402
 )
 from vmtl.client import client as client_mod  # noqa: E402
 from vmtl.export import repository as repo_mod  # noqa: E402
-from vmtl.runtime import LocalModel
+from vmtl.runtime import LocalModel  # noqa: E402
 from vmtl.tasks import KINDS, TaskGraph, combine_windows, postprocess  # noqa: E402
 from vmtl.video import Clip, VideoError, read_clip, sliding_windows  # noqa: E402
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmtl.server.cli import BUNDLED_TRITON_VERSION
+from vmtl.contract import TRITON_VERSION as BUNDLED_TRITON_VERSION
 from vmtl.server.launcher import ServerError, _default_cache_dir, _libs_dir
 
 __all__ = ["PerfAnalyzer", "PerfAnalyzerError", "find", "install", "tools_dir"]
