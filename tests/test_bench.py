@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vmtl.bench import perf_analyzer
 from vmtl.bench.independent import single_model, write_independent_repository
 from vmtl.bench.load import (
     COMPOSING_COLUMNS,
@@ -213,6 +214,8 @@ def test_bench_sweep_against_the_real_server(
         "4",
         "--warmup",
         "1",
+        "--perf-analyzer",
+        "off",  # tested on its own below
     ]
     assert main([*argv, "--configs", CONFIGS, "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
     report = capsys.readouterr().out
@@ -266,6 +269,7 @@ def test_bench_serves_the_repository_itself_without_the_independent_baseline(
 ) -> None:
     out = tmp_path / "out"
     argv = ["bench", str(exported), "--configs", "triton-ensemble", "--concurrency", "1", "--requests", "2"]
+    argv += ["--perf-analyzer", "off"]
     assert main([*argv, "--no-plot", "--no-peak", "--quiet", "--out", str(out)]) == 0
     with open(out / "bench_composing.csv") as f:
         models = {r["Model"] for r in csv.DictReader(f)}
@@ -277,10 +281,14 @@ def test_bench_serves_the_repository_itself_without_the_independent_baseline(
 
 def test_bench_on_fused_heads_with_the_independent_baseline(exported_fused: Path, tmp_path: Path) -> None:
     """The fused heads model serves the ensemble and the K single-task models; each request's vmtl_tasks
-    parameter runs only its task's heads (one heads execution per request, not K)."""
+    parameter runs only its task's heads (one heads execution per request, not K). Triton's perf_analyzer
+    measures every Triton configuration too, its CSV kept, its throughput set beside vmtl's."""
+    pa = perf_analyzer.find() or perf_analyzer.install()
+    assert pa is not None
     out = tmp_path / "out"
-    argv = ["bench", str(exported_fused), "--tasks", "motion,tags", "--concurrency", "1", "--requests", "3"]
-    argv += ["--configs", "triton-ensemble,triton-independent", "--warmup", "1"]
+    argv = ["bench", str(exported_fused), "--tasks", "motion,tags", "--concurrency", "1,2", "--requests", "3"]
+    argv += ["--configs", "triton-ensemble,triton-trunk,triton-independent", "--warmup", "1"]
+    argv += ["--perf-analyzer", "on", "--pa-interval-ms", "300"]
     assert main([*argv, "--no-plot", "--no-peak", "--quiet", "--out", str(out)]) == 0
     with open(out / "bench_composing.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["Concurrency"] == "1"]
@@ -289,3 +297,21 @@ def test_bench_on_fused_heads_with_the_independent_baseline(exported_fused: Path
     assert ens["heads"]["Requests"] == "3"
     ind = {r["Model"]: r for r in rows if r["Configuration"] == "triton 2 independent models"}
     assert ind["single_motion_backbone"]["Requests"] == "3" and ind["heads"]["Requests"] == "6"
+
+    data = json.loads((out / "bench.json").read_text())
+    measured = {(r["config"], r["concurrency"]) for r in data["perf_analyzer"]}
+    labels = {"triton vmtl_clip, 2 tasks", "triton backbone alone", "triton 2 independent models"}
+    assert measured == {(c, n) for c in labels for n in (1, 2)}
+    for row in data["perf_analyzer"]:
+        assert row["throughput"] > 0 and 0 < row["p50_us"] <= row["p99_us"]
+        for file in row["csv"]:  # perf_analyzer's own CSV, as it wrote it
+            assert perf_analyzer.read_csv(Path(file))[0]["Concurrency"] == row["concurrency"]
+    assert {Path(f).name for r in data["perf_analyzer"] for f in r["csv"]} >= {
+        "vmtl_clip_c1.csv",
+        "backbone_c2.csv",
+        "single_motion_c1.csv",
+        "single_tags_c2.csv",
+    }
+    checks = {(r["config"], r["concurrency"]): r for r in data["cross_check"]}
+    assert set(checks) == measured and all(r["ratio"] > 0 for r in checks.values())
+    assert any(t["target"].startswith("vmtl's load generator and perf_analyzer") for t in data["targets"])

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
+from vmtl.bench import perf_analyzer
 from vmtl.bench.independent import write_independent_repository
 from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
+from vmtl.bench.pa_suite import cross_check, perf_analyzer_sweep
 from vmtl.bench.plot import plot_sweep
 from vmtl.bench.suite import CONFIGS, DEFAULT_CONFIGS, BenchError, BenchResult, run_suite
 from vmtl.contract import RepositoryError
@@ -49,8 +52,12 @@ Without --url, vmtl bench starts tritonserver itself on a copy of REPO that also
 single-task models. It also measures the machine's fp32 matmul peak and the share of it the trunk
 reaches (FLOPs per clip from the repository's vmtl.json).
 
+With Triton's perf_analyzer installed (`make perf-analyzer`), every Triton configuration is measured by
+it too, on the same server in the same run, and its throughput is cross-checked against vmtl's.
+
 Writes to --out: bench.csv (perf_analyzer's columns, one row per configuration and concurrency),
-bench_composing.csv (one row per model the server ran), bench.json (everything) and bench.png.
+bench_composing.csv (one row per model the server ran), bench.json (everything), bench.png, and
+perf_analyzer/<model>_c<N>.csv (perf_analyzer's own CSV files, as it wrote them).
 """
 
 _EPILOG = """\
@@ -92,6 +99,20 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument(
         "--out", type=Path, default=Path("runs/bench"), help="output directory (default runs/bench)"
+    )
+    ap.add_argument(
+        "--perf-analyzer",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="also measure every Triton configuration with Triton's perf_analyzer and cross-check it "
+        "against vmtl's load generator (auto: when installed; `make perf-analyzer` installs it)",
+    )
+    ap.add_argument(
+        "--pa-interval-ms",
+        type=int,
+        default=2000,
+        metavar="MS",
+        help="perf_analyzer's measurement window (default %(default)s ms)",
     )
     ap.add_argument("--no-plot", action="store_true", help="no PNG (matplotlib not needed)")
     ap.add_argument("--no-peak", action="store_true", help="skip the matmul peak / trunk efficiency")
@@ -156,6 +177,18 @@ def format_report(result: Any) -> str:
                 else ""
             ),
         ]
+    if result.perf_analyzer:
+        lines += ["", "perf_analyzer 2.51 (same server, batch 1, gRPC; usec per request in its CSV):"]
+        lines.append(
+            f"{'configuration':<40} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs vmtl':>8}"
+        )
+        ratio = {(r["config"], r["concurrency"]): r["ratio"] for r in result.cross_check}
+        for r in result.perf_analyzer:
+            vs = ratio.get((r.config, r.concurrency))
+            lines.append(
+                f"{r.config:<40} {r.concurrency:>4} {r.throughput:>9.1f} {r.p50_us / 1e3:>8.2f}"
+                f" {r.p99_us / 1e3:>8.2f} {f'{vs:.2f}x' if vs else '-':>8}"
+            )
     targets = result.targets()
     if targets:
         lines += ["", "targets:"]
@@ -184,6 +217,8 @@ def result_json(result: Any) -> dict[str, Any]:
             "inprocess_clips_per_s": eff.inprocess,
             "served_clips_per_s": eff.served,
         },
+        "perf_analyzer": [r.to_dict() for r in result.perf_analyzer],
+        "cross_check": result.cross_check,
         "targets": [{"target": n, "measured": g, "met": ok} for n, g, ok in result.targets()],
         "skipped": result.skipped,
         "environment": {
@@ -272,7 +307,7 @@ def _sweep(
         url = args.url
         if url is None and any(c.startswith("triton") for c in configs):
             url = _start_server(stack, args, repo.graph, tasks, "triton-independent" in configs, log)
-        return run_suite(
+        result = run_suite(
             repo,
             video,
             tasks=tasks,
@@ -285,6 +320,49 @@ def _sweep(
             peak=not args.no_peak,
             log=log,
         )
+        triton = [c for c in configs if c.startswith("triton")]
+        if url and triton:
+            _perf_analyzer(args, result, url, tasks, triton, log)
+        return result
+
+
+def _perf_analyzer(
+    args: argparse.Namespace,
+    result: BenchResult,
+    url: str,
+    tasks: list[str],
+    configs: list[str],
+    log: Callable[[str], None],
+) -> None:
+    """perf_analyzer over the Triton configurations (same server, same run) and the cross-check."""
+    if args.perf_analyzer == "off":
+        return
+    tool = perf_analyzer.find()
+    if tool is None:
+        why = "not installed (make perf-analyzer, or python -m vmtl.bench.perf_analyzer --install)"
+        if args.perf_analyzer == "on":
+            raise BenchError(f"--perf-analyzer on: perf_analyzer is {why}")
+        result.skipped["perf_analyzer"] = why
+        return
+    log(f"perf_analyzer ({tool.version()}) on {', '.join(configs)}")
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        rows, skipped = perf_analyzer_sweep(
+            tool,
+            url,
+            tasks,
+            args.concurrency,
+            configs,
+            args.out / "perf_analyzer",
+            measurement_ms=args.pa_interval_ms,
+            ready=lambda m: bool(client.is_model_ready(m)),
+            log=log,
+        )
+    finally:
+        client.close()
+    result.perf_analyzer = rows
+    result.cross_check = cross_check(rows, result.measurements)
+    result.skipped.update(skipped)
 
 
 def _start_server(

@@ -82,6 +82,8 @@ class BenchResult:
     efficiency: TrunkEfficiency | None
     environment: dict[str, Any]
     seconds: float
+    perf_analyzer: list[Any] = field(default_factory=list)  # vmtl.bench.pa_suite.PaRow
+    cross_check: list[dict[str, Any]] = field(default_factory=list)  # vmtl.bench.pa_suite.cross_check
 
     def at(self, config: str, concurrency: int) -> Measurement | None:
         for m in self.measurements:
@@ -108,6 +110,15 @@ class BenchResult:
             batch = ens.server.get(BACKBONE)
             how = f" (backbone avg batch {batch.avg_batch:.2f})" if batch else ""
             rows.append((f"dynamic batching: ensemble @{top} > @{low}", f"{r:.2f}x{how}", r > 1.0))
+        if self.cross_check:
+            worst = max(self.cross_check, key=lambda r: abs(float(r["ratio"]) - 1.0))
+            rows.append(
+                (
+                    "vmtl's load generator and perf_analyzer agree within 10%",
+                    f"worst {worst['ratio']:.2f}x ({worst['config']} @{worst['concurrency']})",
+                    all(bool(r["agree"]) for r in self.cross_check),
+                )
+            )
         eff = self.efficiency
         if eff is not None and eff.inprocess:
             b = max(eff.inprocess)
