@@ -1,4 +1,4 @@
-"""`vmtl export`: a trained checkpoint -> ONNX (+ int8 / TensorRT) -> Triton model repository.
+"""The export pipeline behind `vmtl export`: checkpoint -> ONNX -> parity -> accuracy gates -> repositories.
 
 Steps of :func:`export_checkpoint` (each a function of this module):
 
