@@ -39,17 +39,26 @@ __all__ = [
     "ENGINE_INFO",
     "FLAVOURS",
     "FORMAT_VERSION",
+    "GRPC_MAX_MESSAGE_BYTES",
     "HEADS_MODEL",
     "HEAD_LAYOUTS",
     "MANIFEST",
     "MANIFEST_FORMAT",
+    "PARAM_CANCEL",
     "PARAM_GRAPH",
     "PARAM_PREPROCESS",
+    "PARAM_STREAM_ID",
     "PARAM_TASKS",
+    "STREAM_ENSEMBLE",
+    "STREAM_EXTRA_OUTPUTS",
+    "STREAM_RANGE",
+    "STREAM_WINDOWING",
     "TRITON_VERSION",
     "VIDEO_DECODE",
     "VIDEO_ENSEMBLE",
     "VIDEO_EXTRA_OUTPUTS",
+    "VIDEO_STREAM",
+    "WINDOW_INDEX_OUTPUT",
     "WINDOW_OUTPUT",
     "ExportRecord",
     "Manifest",
@@ -107,6 +116,26 @@ HEADS_MODEL = "heads"
 PARAM_TASKS = "vmtl_tasks"
 #: The heads' layouts: one python step for all (``fused``) or one model per head (``separate``).
 HEAD_LAYOUTS = ("fused", "separate")
+
+#: The streaming path (long videos): ``vmtl_stream`` is an ensemble whose first step, ``video_stream``, is a
+#: decoupled python-backend decoder that takes the encoded video once and answers one response per window.
+STREAM_ENSEMBLE = "vmtl_stream"
+VIDEO_STREAM = "video_stream"
+#: vmtl_stream's inputs besides ``video_bytes``: (window, stride) seconds, and the optional (start, end)
+#: seconds of the part to cover (a negative or NaN bound: from the start / to the end).
+STREAM_WINDOWING = "windowing"
+STREAM_RANGE = "range"
+#: vmtl_stream's output (INT64 [2]): the window's index and the number of windows the stream expects.
+WINDOW_INDEX_OUTPUT = "window_index"
+#: vmtl_stream's outputs besides one per task.
+STREAM_EXTRA_OUTPUTS = (*VIDEO_EXTRA_OUTPUTS, WINDOW_INDEX_OUTPUT)
+#: Request parameters of the streaming decoder: the client's id for a stream, and (sent straight to
+#: ``video_stream``) the id of a stream to stop (see vmtl/server/models/video_stream.py).
+PARAM_STREAM_ID = "vmtl_stream_id"
+PARAM_CANCEL = "vmtl_cancel"
+#: The largest request Triton 2.51's gRPC endpoint takes (its and tritonclient's max message size,
+#: INT32_MAX bytes); one encoded video in bytes mode must fit in it with the request's other fields.
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 class RepositoryError(ValueError):

@@ -1,7 +1,8 @@
 """Decode, sample and resize video clips with PyAV (numpy + PyAV only; no torch, no onnxruntime).
 
-Public API: :func:`probe`, :func:`read_clip`, :func:`sliding_windows`, :func:`parse_sampling`,
-:class:`VideoInfo`, :class:`Clip`, :class:`Sampling` and :class:`VideoError`.
+Public API: :func:`probe`, :func:`read_clip`, :func:`sliding_windows`, :func:`window_stream`,
+:func:`window_spans`, :func:`parse_sampling`, :class:`VideoInfo`, :class:`Clip`, :class:`Sampling`,
+:class:`WindowStream` and :class:`VideoError`.
 
 How a clip is read
 ------------------
@@ -77,10 +78,13 @@ __all__ = [
     "Sampling",
     "VideoError",
     "VideoInfo",
+    "WindowStream",
     "parse_sampling",
     "probe",
     "read_clip",
     "sliding_windows",
+    "window_spans",
+    "window_stream",
 ]
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
@@ -852,3 +856,121 @@ def _windows(
                 k += 1
     finally:
         reader.close()
+
+
+def window_spans(
+    duration: float, window: float, stride: float, start: float = 0.0, end: float | None = None
+) -> list[tuple[float, float]]:
+    """The ``(start, end)`` seconds :func:`sliding_windows` / :func:`window_stream` sample: windows
+    ``[start + k*stride, start + k*stride + window)`` clamped to ``min(end, duration)``, stopping after the
+    first window that reaches it (at least one window when ``start`` lies inside the video)."""
+    stop = duration if end is None else min(float(end), duration)
+    spans: list[tuple[float, float]] = []
+    k = 0
+    while True:
+        s = start + k * stride
+        if (k and s >= stop - _EPS) or (not k and s >= duration - _EPS):
+            return spans
+        spans.append((s, min(s + window, stop)))
+        if s + window >= stop - _EPS:
+            return spans
+        k += 1
+
+
+class WindowStream:
+    """Sliding windows of one video, decoded front to back as they are consumed (see :func:`window_stream`).
+
+    Iterating yields ``(index, Clip)`` in window order. ``duration`` and ``spans`` (the windows expected,
+    from the packet index) are known once the source is opened; a video whose frames turn out not to
+    match its index may end earlier. A file cut short (its header counts more frames than its packets
+    hold: a truncated download or copy) yields the windows that lie wholly in what is there, then raises
+    VideoError naming what is missing (``missing_frames`` > 0). :meth:`close` releases the decoder (also
+    at the end of iteration).
+    """
+
+    def __init__(
+        self, reader: _Reader, spec: Sampling, num_frames: int, size: int, window: float, stride: float,
+        start: float, end: float | None,
+    ) -> None:  # fmt: skip
+        self._reader = reader
+        self._args = (spec, num_frames, size)
+        self.window, self.stride, self.start, self.end = window, stride, start, end
+        self.duration = float(reader.duration)
+        self.spans = window_spans(self.duration, window, stride, start, end)
+        header = reader.header_frames or 0
+        self.missing_frames = header - reader.n_packets if reader.mode == "pts" else 0
+        if self.missing_frames > 1 and reader.fps:  # cut short: only windows wholly in what is there
+            expected = header / reader.fps
+            spans = window_spans(expected, window, stride, start, end)
+            self.spans = [sp for sp in spans if sp[1] <= self.duration + _EPS]
+        else:
+            self.missing_frames = 0
+
+    def __iter__(self) -> Iterator[tuple[int, Clip]]:
+        reader = self._reader
+        spec, num_frames, size = self._args
+        try:
+            with _wrap(reader.name):
+                if self.start >= reader.duration - _EPS:
+                    raise VideoError(
+                        f"{reader.name}: start {self.start:.3f} s is at or after the end of the video "
+                        f"({reader.duration:.3f} s of frames)"
+                    )
+                k = 0
+                while True:
+                    stop = reader.duration if self.end is None else min(self.end, reader.duration)
+                    s = self.start + k * self.stride
+                    if self.missing_frames and k >= len(self.spans):
+                        raise VideoError(self._truncated())
+                    if k and s >= stop - _EPS:
+                        return
+                    reader.evict_before(s)
+                    e = s + self.window if self.end is None else min(s + self.window, self.end)
+                    yield k, reader.clip(spec, num_frames, size, s, e, final=False)
+                    if s + self.window >= stop - _EPS:
+                        return
+                    k += 1
+        finally:
+            reader.close()
+
+    def _truncated(self) -> str:
+        r = self._reader
+        total = r.n_packets + self.missing_frames
+        return (
+            f"{r.name}: the file is cut short: its header counts {total} frames but only {r.n_packets} are "
+            f"there ({self.duration:.2f} s); the windows from "
+            f"{self.start + len(self.spans) * self.stride:.2f} s on are missing"
+        )
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def window_stream(
+    source: Source,
+    num_frames: int,
+    size: int,
+    *,
+    window: float,
+    stride: float | None = None,
+    sampling: str | Sampling = "uniform",
+    start: float | None = None,
+    end: float | None = None,
+) -> WindowStream:
+    """:func:`sliding_windows` over ``[start, end)`` seconds (default: the whole video), with each window's
+    index: windows ``[start + k*stride, start + k*stride + window)``, the last clamped to ``end`` (and the
+    duration). With ``start``/``end`` unset the clips equal :func:`sliding_windows`'s. The source is opened
+    and indexed on the call (VideoError there when unreadable); frames decode as windows are consumed.
+    """
+    spec = _check(num_frames, size, sampling)
+    win = _seconds("window", window)
+    step = win if stride is None else _seconds("stride", stride)
+    if not win or not step:
+        raise ValueError(f"window and stride must be > 0 seconds, got window={window!r} stride={stride!r}")
+    s, e = _seconds("start", start), _seconds("end", end)
+    if s is not None and e is not None and e <= s:
+        raise ValueError(f"end ({e}) must be greater than start ({s})")
+    name = _describe(source)
+    with _wrap(name):
+        reader = _Reader(source)
+    return WindowStream(reader, spec, int(num_frames), int(size), win, step, s or 0.0, e)

@@ -17,6 +17,7 @@ from vmtl.client.client import (
     WindowResult,
     analyze,
 )
+from vmtl.client.stream import WindowStream
 
 __all__ = [
     "DEFAULT_URL",
@@ -30,5 +31,6 @@ __all__ = [
     "VideoResult",
     "VmtlClient",
     "WindowResult",
+    "WindowStream",
     "analyze",
 ]

@@ -46,6 +46,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
+from vmtl.client import stream as _stream
 from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
@@ -442,7 +443,9 @@ class VmtlClient:
         encoded file to ``vmtl_video``, ``"clip"`` decodes here and sends the uint8 clip to ``vmtl_clip``
         (a Clip is always sent as a clip). ``window`` (seconds) analyses sliding windows
         ``[k*stride, k*stride + window)`` over the whole video (``stride`` defaults to ``window``) and
-        combines them; the per-window results are in ``VideoResult.windows``.
+        combines them; the per-window results are in ``VideoResult.windows``. Windowed bytes mode goes
+        through :meth:`stream` (the file is sent once) when the server serves ``vmtl_stream``, else one
+        ``vmtl_video`` request per window.
         """
         t0 = time.perf_counter()
         names = self.select(tasks)
@@ -450,6 +453,12 @@ class VmtlClient:
             raise ValueError(f"mode must be 'bytes' or 'clip', not {mode!r}")
         win, step = _window_args(window, stride)
         name = _source_name(source)
+        if win is not None and mode == "bytes" and not isinstance(source, Clip) and self.can_stream():
+            with self.stream(source, names, window=win, stride=step) as windows:
+                found = list(windows)
+            return _stream.video_result(
+                self, name, names, found, window=win, stride=step, seconds=time.perf_counter() - t0
+            )
         if isinstance(source, Clip):
             if win is not None:
                 raise ValueError("sliding windows need a video (a path or bytes), not a decoded Clip")
@@ -474,6 +483,45 @@ class VmtlClient:
             stride=step,
             seconds=time.perf_counter() - t0,
         )
+
+    def stream(
+        self,
+        source: Source,
+        tasks: str | Iterable[str] | None = None,
+        *,
+        window: float,
+        stride: float | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> _stream.WindowStream:
+        """Per-window results of one video (a path or its encoded bytes), streamed: the file is sent once
+        to ``vmtl_stream`` and each window's :class:`WindowResult` is yielded, in window order, as soon as
+        the server has it. Windows ``[start + k*stride, start + k*stride + window)`` cover ``[start, end)``
+        (default: the whole video; ``stride`` defaults to ``window``). Use it as a context manager (or
+        call ``close()``): leaving early cancels, and the server stops decoding the video. See
+        :mod:`vmtl.client.stream`.
+        """
+        names = self.select(tasks)
+        win, step = _window_args(window, stride)
+        if win is None or step is None:
+            raise ValueError("stream needs window (seconds)")
+        for label, value in (("start", start), ("end", end)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{label} must be a finite number of seconds >= 0, got {value!r}")
+        if start is not None and end is not None and end <= start:
+            raise ValueError(f"end ({end}) must be greater than start ({start})")
+        if isinstance(source, Clip):
+            raise ValueError("streaming needs a video (a path or bytes), not a decoded Clip")
+        name = _source_name(source)
+        return _stream.open_stream(self, source, names, name, window=win, stride=step, start=start, end=end)
+
+    def can_stream(self) -> bool:
+        """Whether the server serves the streaming ensemble ``vmtl_stream`` (ready)."""
+        return _stream.stream_info(self).available
+
+    def _new_grpc_client(self) -> grpcclient.InferenceServerClient:
+        """A gRPC client of its own for one bidirectional stream (tritonclient allows one per client)."""
+        return grpcclient.InferenceServerClient(self.url)
 
     def iter_analyze(
         self,
@@ -623,6 +671,16 @@ class VmtlClient:
             raise InputError(f"{name}: {exc}") from exc
 
     def _read_bytes(self, source: Source, name: str) -> bytes:
+        data = self._read_payload(source, name)
+        if self.max_video_bytes and len(data) > self.max_video_bytes:
+            raise InputError(
+                f"{name}: {len(data)} bytes exceeds the server's limit of {self.max_video_bytes} bytes per "
+                "video (video_decode's max_video_bytes); use mode='clip' (--mode clip) to decode on this side"
+            )
+        return data
+
+    def _read_payload(self, source: Source, name: str) -> bytes:
+        """The encoded bytes of a path or bytes source; InputError when unreadable or empty."""
         if isinstance(source, (bytes, bytearray, memoryview)):
             data = bytes(source)
         elif isinstance(source, (str, os.PathLike)):
@@ -641,11 +699,6 @@ class VmtlClient:
             )
         if not data:
             raise InputError(f"{name}: empty input (0 bytes)")
-        if self.max_video_bytes and len(data) > self.max_video_bytes:
-            raise InputError(
-                f"{name}: {len(data)} bytes exceeds the server's limit of {self.max_video_bytes} bytes per "
-                "video (video_decode's max_video_bytes); use mode='clip' (--mode clip) to decode on this side"
-            )
         return data
 
     def _bytes_requests(

@@ -11,6 +11,17 @@ for ``onnxruntime_onnx`` / ``tensorrt_plan`` models)::
       vmtl_clip/                 ensemble: video (uint8 clip) -> one output per task
       vmtl_video/                ensemble: video_bytes (+ window) -> decode -> same fan-out
                                  + timestamps, crop, clip_window
+      video_stream/              python backend, decoupled: bytes + (window, stride) -> one clip per window
+      vmtl_stream/               ensemble (decoupled): video_bytes + windowing (+ range) -> video_stream ->
+                                 backbone -> heads, one response per window (+ window_index)
+
+``cache=True`` (``vmtl export --cache``) turns on Triton's response cache on the backbone: a clip seen
+before (the same uint8 bytes: a second set of tasks, a retry, another client) skips the trunk. The cache
+keys on the model, its version and the input tensors only (request parameters are not in the key, which
+is why only the backbone is cached: the fused heads' output depends on the ``vmtl_tasks`` parameter);
+its memory is the server's ``--cache-config local,size=N`` (``vmtl serve --cache-mb``), least recently
+used entries evicted first. Entries survive a reload of the same model version: bump the version when
+the trunk's weights change.
 
 The names, the manifest and the validation are the repository contract (:mod:`vmtl.contract`); this
 module builds every ``config.pbtxt`` as Triton's ``ModelConfig`` protobuf, stages the repository, runs
@@ -41,8 +52,13 @@ from vmtl.contract import (
     MANIFEST,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
+    STREAM_ENSEMBLE,
+    STREAM_RANGE,
+    STREAM_WINDOWING,
     VIDEO_DECODE,
     VIDEO_ENSEMBLE,
+    VIDEO_STREAM,
+    WINDOW_INDEX_OUTPUT,
     WINDOW_OUTPUT,
     ExportRecord,
     Manifest,
@@ -58,6 +74,7 @@ from vmtl.tasks import TaskGraph, TaskSpec
 
 __all__ = [
     "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_STREAM_BYTES",
     "DEFAULT_MAX_VIDEO_BYTES",
     "TensorSig",
     "onnx_signature",
@@ -70,7 +87,13 @@ _MODEL_SOURCES = Path(__file__).resolve().parents[1] / "server" / "models"
 _ORT_HOST = "ort_model.py"
 _HEADS_HOST = "heads_model.py"
 _DECODE_HOST = "video_decode.py"
+_STREAM_HOST = "video_stream.py"
 DEFAULT_MAX_VIDEO_BYTES = 256 * 1024 * 1024
+#: video_stream's cap on one payload: Triton 2.51's gRPC endpoint takes requests up to INT32_MAX bytes
+#: (:data:`vmtl.contract.GRPC_MAX_MESSAGE_BYTES`); 1 MiB is left for the request's other fields.
+DEFAULT_MAX_STREAM_BYTES = 2**31 - 2**20
+#: Streams one video_stream instance decodes at once (threads); more wait for a slot.
+DEFAULT_MAX_STREAMS = 4
 #: Requests that may wait at the backbone / a head before Triton refuses more (0: no bound, no queue
 #: policy). Off by default: in Triton 2.51 any queue policy turns off the dynamic batcher's payload
 #: prefetching, and then a batch that forms while the model is executing can miss its wake-up and wait
@@ -300,6 +323,8 @@ class _Options:
     max_queue_size: int
     tensorrt: bool  # the backbone is a TensorRT plan
     heads: str  # fused | separate
+    cache: bool = False  # Triton's response cache on the backbone
+    max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES
 
     @property
     def native(self) -> bool:
@@ -347,6 +372,8 @@ def write_repository(
     queue_delay_us: int = 2000,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     heads: Literal["fused", "separate"] | None = None,
+    cache: bool = False,
+    max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -359,7 +386,9 @@ def write_repository(
     :data:`DEFAULT_MAX_QUEUE_SIZE` for what a bound costs in Triton 2.51). ``heads``: ``fused`` (the
     ``cpu`` default) runs every head in one python-backend model, ``heads``, which runs only the tasks a
     request names in its ``vmtl_tasks`` parameter (one stub crossing instead of one per head);
-    ``separate`` (the ``native`` default and only choice) writes one model per head. ``metadata`` is the
+    ``separate`` (the ``native`` default and only choice) writes one model per head. ``cache`` turns on
+    Triton's response cache on the backbone (see the module docstring). ``max_stream_bytes`` caps
+    ``video_stream``'s payload (0: only gRPC's limit). ``metadata`` is the
     exporter's record for the manifest. The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
@@ -375,6 +404,8 @@ def write_repository(
         max_queue_size,
         trunk_plan is not None,
         heads or ("separate" if flavour == "native" else "fused"),
+        cache,
+        max_stream_bytes,
     )
     opts.check()
     missing = [n for n in graph.names if n not in head_onnx]
@@ -431,6 +462,8 @@ def _model_configs(
     configs[VIDEO_DECODE] = _decode_config(graph, shared, opts)
     configs[CLIP_ENSEMBLE] = _ensemble(CLIP_ENSEMBLE, graph, heads, opts, shared, video=False)
     configs[VIDEO_ENSEMBLE] = _ensemble(VIDEO_ENSEMBLE, graph, heads, opts, shared, video=True)
+    configs[VIDEO_STREAM] = _stream_decoder_config(graph, shared, opts)
+    configs[STREAM_ENSEMBLE] = _stream_ensemble(graph, heads, opts, shared)
     return configs
 
 
@@ -449,6 +482,8 @@ def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> mc.Mode
         cfg.output.append(_io(mc.ModelOutput, feat_output(name), sig.dtype, sig.shape[1:]))
     _dynamic_batching(cfg, opts.max_batch_size, opts.queue_delay_us, opts.max_queue_size)
     _instances(cfg, 1, opts.native)
+    if opts.cache:
+        cfg.response_cache.enable = True
     return cfg
 
 
@@ -512,6 +547,60 @@ def _decode_config(graph: TaskGraph, shared: Mapping[str, str], opts: _Options) 
     return cfg
 
 
+def _stream_decoder_config(graph: TaskGraph, shared: Mapping[str, str], opts: _Options) -> mc.ModelConfig:
+    """video_stream: a decoupled python-backend model (one response per window), batch 1 per response."""
+    cfg = mc.ModelConfig(name=VIDEO_STREAM, backend="python", max_batch_size=1)
+    cfg.model_transaction_policy.decoupled = True
+    cfg.input.append(_io(mc.ModelInput, "video_bytes", "TYPE_STRING", [1]))
+    cfg.input.append(_io(mc.ModelInput, STREAM_WINDOWING, "TYPE_FP32", [2]))
+    cfg.input.append(_io(mc.ModelInput, STREAM_RANGE, "TYPE_FP32", [2], optional=True))
+    t, s = graph.preprocess.num_frames, graph.preprocess.size
+    cfg.output.append(_io(mc.ModelOutput, "video", "TYPE_UINT8", [t, s, s, 3]))
+    cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [t]))
+    cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
+    cfg.output.append(_io(mc.ModelOutput, "window", "TYPE_FP32", [2]))
+    cfg.output.append(_io(mc.ModelOutput, WINDOW_INDEX_OUTPUT, "TYPE_INT64", [2]))
+    _set_params(
+        cfg,
+        {
+            **shared,
+            "max_video_bytes": str(opts.max_stream_bytes),
+            "max_streams": str(DEFAULT_MAX_STREAMS),
+        },
+    )
+    _instances(cfg, 1, False)
+    return cfg
+
+
+def _stream_ensemble(
+    graph: TaskGraph, heads: Mapping[str, _Head], opts: _Options, params: Mapping[str, str]
+) -> mc.ModelConfig:
+    """vmtl_stream: video_stream (decoupled: one response per window) -> backbone -> heads; Triton makes
+    the ensemble decoupled itself. max_batch_size 1: one video per request, each window its own response."""
+    pre = graph.preprocess
+    cfg = mc.ModelConfig(name=STREAM_ENSEMBLE, platform="ensemble", max_batch_size=1)
+    cfg.input.append(_io(mc.ModelInput, "video_bytes", "TYPE_STRING", [1]))
+    cfg.input.append(_io(mc.ModelInput, STREAM_WINDOWING, "TYPE_FP32", [2]))
+    cfg.input.append(_io(mc.ModelInput, STREAM_RANGE, "TYPE_FP32", [2], optional=True))
+    steps = cfg.ensemble_scheduling.step
+    step = steps.add(model_name=VIDEO_STREAM, model_version=-1)
+    for name in ("video_bytes", STREAM_WINDOWING, STREAM_RANGE):
+        step.input_map[name] = name
+    step.output_map["video"] = _VIDEO_TENSOR
+    step.output_map["timestamps"] = "timestamps"
+    step.output_map["crop"] = "crop"
+    step.output_map["window"] = WINDOW_OUTPUT
+    step.output_map[WINDOW_INDEX_OUTPUT] = WINDOW_INDEX_OUTPUT
+    _trunk_and_heads(steps, graph, heads, opts, _VIDEO_TENSOR)
+    _task_outputs(cfg, graph, heads)
+    cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [pre.num_frames]))
+    cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
+    cfg.output.append(_io(mc.ModelOutput, WINDOW_OUTPUT, "TYPE_FP32", [2]))
+    cfg.output.append(_io(mc.ModelOutput, WINDOW_INDEX_OUTPUT, "TYPE_INT64", [2]))
+    _set_params(cfg, params)
+    return cfg
+
+
 def _labelled(task: TaskSpec) -> bool:
     """Whether a task's output carries a labels file (one label per output value)."""
     return task.kind_spec.scored
@@ -546,6 +635,20 @@ def _ensemble(
     else:
         cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", clip_dims))
         clip_tensor = "video"
+    _trunk_and_heads(steps, graph, heads, opts, clip_tensor)
+    _task_outputs(cfg, graph, heads)
+    if video:
+        cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [pre.num_frames]))
+        cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
+        cfg.output.append(_io(mc.ModelOutput, WINDOW_OUTPUT, "TYPE_FP32", [2]))
+    _set_params(cfg, params)
+    return cfg
+
+
+def _trunk_and_heads(
+    steps: Any, graph: TaskGraph, heads: Mapping[str, _Head], opts: _Options, clip_tensor: str
+) -> None:
+    """The backbone step on ``clip_tensor``, then the fused heads step or one step per head."""
     step = steps.add(model_name=BACKBONE, model_version=-1)
     step.input_map["video"] = clip_tensor
     for task in graph.names:
@@ -557,18 +660,16 @@ def _ensemble(
             step.output_map[task] = task
     else:
         _separate_head_steps(steps, graph, heads)
+
+
+def _task_outputs(cfg: mc.ModelConfig, graph: TaskGraph, heads: Mapping[str, _Head]) -> None:
+    """One ensemble output per task, named after it (with its labels file when scored)."""
     for task in graph.names:
         head = heads[task]
         labels = f"labels_{task}.txt" if _labelled(head.task) else ""
         cfg.output.append(
             _io(mc.ModelOutput, task, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
         )
-    if video:
-        cfg.output.append(_io(mc.ModelOutput, "timestamps", "TYPE_FP64", [pre.num_frames]))
-        cfg.output.append(_io(mc.ModelOutput, "crop", "TYPE_FP32", [3]))
-        cfg.output.append(_io(mc.ModelOutput, WINDOW_OUTPUT, "TYPE_FP32", [2]))
-    _set_params(cfg, params)
-    return cfg
 
 
 def _separate_head_steps(steps: Any, graph: TaskGraph, heads: Mapping[str, _Head]) -> None:
@@ -613,6 +714,7 @@ def _stage_models(
             if not opts.native:
                 _copy_source(_ORT_HOST, stage / head_model(name) / "1")
     _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
+    _copy_source(_STREAM_HOST, stage / VIDEO_STREAM / "1")
     for task in graph.tasks:
         if _labelled(task):
             text = "\n".join(task.labels) + "\n"
@@ -620,7 +722,7 @@ def _stage_models(
                 (stage / HEADS_MODEL / f"labels_{task.name}.txt").write_text(text)
             else:
                 (stage / head_model(task.name) / "labels.txt").write_text(text)
-            for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE):
+            for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE, STREAM_ENSEMBLE):
                 (stage / ens / f"labels_{task.name}.txt").write_text(text)
 
 
