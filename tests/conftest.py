@@ -58,13 +58,14 @@ def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def start_triton() -> Callable[[Path, Path], contextlib.AbstractContextManager[Any]]:
-    """`with start_triton(repo, log_file) as server:` a ready TritonServer on free ports, stopped on exit;
+    """`with start_triton(repo, log_file, **kw) as server:` a ready TritonServer on free ports (``kw`` goes to
+    TritonServer, e.g. extra_args), stopped on exit;
     skips the test where tritonserver cannot run (nvidia-pytriton missing, no stub for this Python)."""
     from vmtl.server.launcher import ServerError, TritonServer
 
     @contextlib.contextmanager
-    def start(repo: Path, log_file: Path) -> Iterator[TritonServer]:
-        server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file)
+    def start(repo: Path, log_file: Path, **kw: Any) -> Iterator[TritonServer]:
+        server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=log_file, **kw)
         try:
             server.start_ready(90)
         except ServerError as exc:

@@ -2,7 +2,10 @@
 
 Prints a table per video (task, kind, result summary), or with ``--json`` one JSON object per line per
 video: ``{"path": ..., "start": s, "end": s, <task>: {...}, ...}`` plus ``"windows": [...]`` with
-``--window`` (a failed video: ``{"path": ..., "error": "..."}``). Exit status: 0 when every video was
+``--window`` (a failed video: ``{"path": ..., "error": "..."}``). With ``--window`` in bytes mode on a
+server that streams (``vmtl_stream``), each video's file is sent once and every window is printed as it
+arrives (with ``--json``: a progress bar on stderr), then the whole-video result; videos go one after
+the other (the server batches one video's windows). Exit status: 0 when every video was
 analysed, 1 when any failed (the others are still printed) or the server cannot be used, 2 for bad
 arguments (e.g. an unknown task name).
 """
@@ -13,7 +16,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 
 from vmtl.client.client import (
     DEFAULT_URL,
@@ -23,7 +27,9 @@ from vmtl.client.client import (
     UnknownTaskError,
     VideoResult,
     VmtlClient,
+    WindowResult,
 )
+from vmtl.client.stream import video_result
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,13 +107,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"vmtl analyze: {exc}", file=sys.stderr)
             return 2
         failed = 0
-        results = client.iter_analyze(
-            args.videos,
-            names,
-            concurrency=args.concurrency,
-            mode=args.mode,
-            window=args.window,
-            stride=args.stride,
+        streaming = args.window is not None and args.mode == "bytes" and client.can_stream()
+        results = (
+            _streamed(client, args, names)
+            if streaming
+            else client.iter_analyze(
+                args.videos,
+                names,
+                concurrency=args.concurrency,
+                mode=args.mode,
+                window=args.window,
+                stride=args.stride,
+            )
         )
         printed = False
         for source, result in results:
@@ -120,11 +131,64 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(result.to_dict())
             else:
-                print(("\n" if printed else "") + format_result(result), flush=True)
+                text = format_result(result, windows=not streaming)
+                print(("\n" if printed and not streaming else "") + text, flush=True)
                 printed = True
     if failed:
         print(f"vmtl analyze: {failed} of {len(args.videos)} video(s) failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _streamed(
+    client: VmtlClient, args: argparse.Namespace, names: list[str]
+) -> Iterator[tuple[str, VideoResult | ClientError]]:
+    """Each video through :meth:`VmtlClient.stream`: its windows printed as they arrive (text), or a
+    progress bar on stderr (--json); then ``(video, whole-video result or error)``. Ctrl-C cancels."""
+    stride = args.stride if args.stride is not None else args.window
+    for n, video in enumerate(args.videos):
+        t0 = time.perf_counter()
+        windows: list[WindowResult] = []
+        try:
+            with client.stream(video, names, window=args.window, stride=stride) as stream:
+                if not args.json:
+                    print(
+                        ("\n" if n else "") + f"{video}  [streaming windows of {args.window:g} s]", flush=True
+                    )
+                for w in stream:
+                    windows.append(w)
+                    if args.json:
+                        _progress(video, len(windows), stream.count)
+                    else:
+                        print(format_window(w), flush=True)
+            result: VideoResult | ClientError = video_result(
+                client,
+                video,
+                names,
+                windows,
+                window=args.window,
+                stride=stride,
+                seconds=time.perf_counter() - t0,
+            )
+        except ClientError as exc:
+            result = exc
+        finally:
+            if args.json and windows:
+                print(file=sys.stderr, flush=True)
+        yield video, result
+
+
+def _progress(video: str, done: int, total: int | None) -> None:
+    """``video [#####.....] 12/30 windows`` on stderr, redrawn in place."""
+    total = max(total or done, done)
+    filled = round(30 * done / total) if total else 30
+    bar = "#" * filled + "." * (30 - filled)
+    print(f"\r{video} [{bar}] {done}/{total} windows", end="", file=sys.stderr, flush=True)
+
+
+def format_window(w: WindowResult) -> str:
+    """One window's line: its span and each task's summary."""
+    parts = "; ".join(f"{n}: {r.summary()}" for n, r in w.tasks.items())
+    return f"  {w.start:7.2f}-{w.end:7.2f} s  {parts}"
 
 
 def _print_json(obj: dict) -> None:

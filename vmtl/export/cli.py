@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the tasks a request asks for (one stub crossing instead of one per head); separate writes one "
         "model per head (per-head hot replacement; the native flavour always). With --only-heads: OUT's",
     )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="turn on Triton's response cache on the backbone: a clip seen before (a second set of tasks, a "
+        "retry, another client) skips the trunk; the server needs a cache (`vmtl serve --cache-mb N`)",
+    )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
     parser.add_argument(
         "--max-batch-size", type=int, default=None, metavar="N", help="Triton max_batch_size (default: 8)"
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             max_queue_size=args.max_queue_size,
             seed=args.seed,
             heads=args.heads,
+            cache=args.cache,
             log=None if args.quiet else log,
         )
     except UsageError as exc:

@@ -443,6 +443,7 @@ class _Plan:
     max_mae_increase: float
     seed: int
     heads: str | None = None  # fused | separate for the cpu flavour (None: fused, or as OUT has it)
+    cache: bool = False  # Triton's response cache on the backbone
 
 
 @dataclass
@@ -499,6 +500,7 @@ def export_checkpoint(
     max_mae_increase: float = 0.01,
     seed: int = 0,
     heads: str | None = None,
+    cache: bool = False,
     log: Log | None = None,
 ) -> ExportReport:
     """Export a checkpoint (directory or ``.safetensors``) into the model repository ``out_repo``.
@@ -510,7 +512,8 @@ def export_checkpoint(
     ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's); ``max_queue_size``
     bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``). ``heads``: the
     cpu flavour's heads, ``fused`` (default: one python step runs the asked heads) or ``separate`` (one
-    model per head; the native flavour always); with ``only_heads`` the default keeps OUT's. ``log`` receives
+    model per head; the native flavour always); with ``only_heads`` the default keeps OUT's. ``cache``
+    turns on Triton's response cache on the backbone (``vmtl serve --cache-mb``). ``log`` receives
     progress lines. Raises :class:`UsageError` for bad arguments, :class:`ParityError`,
     :class:`GateRefused` (``Int8Refused``), :class:`~vmtl.export.tensorrt.TensorRTError` or
     :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
@@ -544,6 +547,7 @@ def export_checkpoint(
         max_mae_increase=max_mae_increase,
         seed=seed,
         heads=heads,
+        cache=cache,
     )
     _check_plan(plan)
     loaded = _load(plan, progress)
@@ -856,6 +860,7 @@ def _write_flavour(
         metadata=meta,
         max_queue_size=plan.max_queue_size,
         heads=layout,  # type: ignore[arg-type]
+        cache=plan.cache,
     )
     for name, rec in {**ship.parity[fl], **ship.sidecars[fl]}.items():
         record = {"model": name, "inputs": loaded.clips_desc, **rec}

@@ -28,7 +28,13 @@ from vmtl.contract import (
     RepositoryError,
     is_model_repository,
 )
-from vmtl.server.launcher import ServerError, TritonServer, check_repository, prepare_backend_dir
+from vmtl.server.launcher import (
+    ServerError,
+    TritonServer,
+    check_repository,
+    prepare_backend_dir,
+    response_cache_args,
+)
 
 #: Triton release inside nvidia-pytriton 0.7.0; its NGC container is tritonserver:24.10-py3.
 BUNDLED_TRITON_VERSION = TRITON_VERSION
@@ -75,6 +81,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="give up when the models are not all loaded after S seconds (default: %(default)s)",
     )
     parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="Triton's response cache of N MiB (--cache-config local,size=...): a clip the backbone has seen "
+        "skips the trunk when the repository was exported with --cache; least recently used entries are "
+        "evicted when full (default: 0, no cache)",
+    )
+    parser.add_argument(
         "--native",
         action="store_true",
         help="start nothing; print how to run the repository's `native` flavour (ONNX Runtime / TensorRT "
@@ -115,6 +130,8 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
     info = check_repository(served)
     _check_backends(info.models, served)
     meta = _read_meta(served)
+    if args.cache_mb < 0:
+        raise ServerError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
     for warning in info.warnings:
         print(f"vmtl serve: warning: {warning}", file=sys.stderr)
 
@@ -126,6 +143,7 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         log_file=args.log_file,
         echo_log=args.verbose,
+        extra_args=response_cache_args(args.cache_mb),
     )
     print(f"vmtl serve: starting Triton on {served.resolve()} ({len(info.models)} models)", flush=True)
     if meta is not None:

@@ -61,6 +61,7 @@ __all__ = [
     "is_model_repository",
     "prepare_backend_dir",
     "pytriton_dist_dir",
+    "response_cache_args",
     "server_env",
 ]
 
@@ -835,3 +836,18 @@ def _wait_group_gone(pgid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def response_cache_args(size_mb: float) -> list[str]:
+    """tritonserver arguments for Triton's local response cache of ``size_mb`` MiB (none for 0).
+
+    The cache serves the models whose config has ``response_cache { enable: true }`` (``vmtl export
+    --cache``: the backbone). Its key is the model, its version and the request's input tensors (request
+    parameters are not part of it); its memory is bounded by the size given here, and when it is full the
+    least recently used entries are evicted. One backbone entry holds a clip's features for every task.
+    """
+    if size_mb < 0:
+        raise ValueError(f"the response cache size must be >= 0 MiB, got {size_mb}")
+    if not size_mb:
+        return []
+    return [f"--cache-config=local,size={int(size_mb * 2**20)}"]
