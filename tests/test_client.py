@@ -147,6 +147,8 @@ def test_connect_reads_the_task_graph_from_the_server(served: Served) -> None:
         models.video_decode,
         models.clip_ensemble,
         models.video_ensemble,
+        contract.VIDEO_STREAM,
+        contract.STREAM_ENSEMBLE,
         *(models.head(n) for n in served.graph.names),
     }
     assert [o.name for o in video_cfg.output] == [*served.graph.names, *contract.VIDEO_EXTRA_OUTPUTS]

@@ -18,8 +18,10 @@ from vmtl.contract import (
     MANIFEST,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
+    STREAM_ENSEMBLE,
     VIDEO_DECODE,
     VIDEO_ENSEMBLE,
+    VIDEO_STREAM,
     RepositoryError,
     load_configs,
     read_manifest,
@@ -199,13 +201,16 @@ def test_both_flavours_write_and_parse(tmp_path: Path, toy, flavour: str) -> Non
         VIDEO_DECODE,
         CLIP_ENSEMBLE,
         VIDEO_ENSEMBLE,
+        VIDEO_STREAM,
+        STREAM_ENSEMBLE,
         "head_a",
         "head_b",
         "head_c",
     }
     for name in configs:  # every file parses into Triton's ModelConfig as written
         text_format.Parse((out / name / "config.pbtxt").read_text(), mc.ModelConfig())
-        assert configs[name].max_batch_size == 4
+        # the streaming path takes one video per request (one response per window)
+        assert configs[name].max_batch_size == (1 if name in (VIDEO_STREAM, STREAM_ENSEMBLE) else 4)
     backbone = configs[BACKBONE]
     assert [i.name for i in backbone.input] == ["video"]
     assert list(backbone.input[0].dims) == [FRAMES, SIZE, SIZE, 3]
