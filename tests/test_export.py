@@ -28,6 +28,7 @@ from vmtl.contract import (
 from vmtl.export import onnx as export_mod
 from vmtl.export.onnx import ExportError, ParityError, export_checkpoint, trunk_fingerprint
 from vmtl.export.quantize import GateRefused, GateResult, compare_metrics
+from vmtl.export.repository import THROUGHPUT_QUEUE_DELAY_US
 from vmtl.export.tensorrt import (
     TensorRTError,
     check_engine_info,
@@ -473,3 +474,20 @@ def test_fused_heads_export_parity_reports_and_only_heads(
         np.testing.assert_allclose(got[name], want[name].numpy(), atol=TOL, rtol=0)
     with pytest.raises(export_mod.UsageError, match="--heads fused is for the cpu flavour"):
         export_checkpoint(tiny_checkpoint, tmp_path / "n", flavour="native", heads="fused")
+
+
+def test_batcher_delay_presets(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """--latency: the backbone's batcher never waits; --queue-delay-us: as given; the default waits for
+    company (--throughput). The heads never wait."""
+    for flag, want in (
+        (["--latency"], 0),
+        (["--queue-delay-us", "700"], 700),
+        ([], THROUGHPUT_QUEUE_DELAY_US),
+    ):
+        out = tmp_path / f"r{want}"
+        assert main(["export", str(tiny_checkpoint), "--out", str(out), "--quiet", *flag]) == 0
+        configs = load_configs(out)
+        assert configs[BACKBONE].dynamic_batching.max_queue_delay_microseconds == want
+        assert configs[HEADS_MODEL].dynamic_batching.max_queue_delay_microseconds == 0
+    with pytest.raises(SystemExit):
+        main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--latency", "--throughput"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vmtl.contract import RepositoryError
 from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
+from vmtl.export.repository import DEFAULT_QUEUE_DELAY_US, THROUGHPUT_QUEUE_DELAY_US
 from vmtl.export.tensorrt import tensorrt_unavailable
 
 _EPILOG = """\
@@ -110,6 +111,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Costs throughput in Triton 2.51: a queue policy disables the batcher's prefetching and exposes "
         "a 500 ms stall under concurrent load",
     )
+    delay = parser.add_mutually_exclusive_group()
+    delay.add_argument(
+        "--latency",
+        dest="queue_delay_us",
+        action="store_const",
+        const=0,
+        help="the backbone's batcher never waits for a batch to fill: lowest latency for a lone request",
+    )
+    delay.add_argument(
+        "--throughput",
+        dest="queue_delay_us",
+        action="store_const",
+        const=THROUGHPUT_QUEUE_DELAY_US,
+        help=f"the backbone's batcher waits up to {THROUGHPUT_QUEUE_DELAY_US} us for company (the default): "
+        "fuller batches under load, that wait added to a lone request",
+    )
+    delay.add_argument(
+        "--queue-delay-us",
+        type=int,
+        dest="queue_delay_us",
+        metavar="US",
+        help="the backbone batcher's max_queue_delay_microseconds, explicitly",
+    )
+    parser.set_defaults(queue_delay_us=DEFAULT_QUEUE_DELAY_US)
     parser.add_argument(
         "--parity-tol",
         type=float,
@@ -158,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             cpu_threads=args.cpu_threads,
             max_queue_size=args.max_queue_size,
+            queue_delay_us=args.queue_delay_us,
             seed=args.seed,
             heads=args.heads,
             cache=args.cache,

@@ -69,7 +69,7 @@ from vmtl.export.quantize import (
     optimize_model,
     quantize_model,
 )
-from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, write_repository
+from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_DELAY_US, write_repository
 from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
 from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
@@ -439,6 +439,7 @@ class _Plan:
     max_batch_size: int | None
     cpu_threads: int | None
     max_queue_size: int
+    queue_delay_us: int
     max_drop: float
     max_mae_increase: float
     seed: int
@@ -496,6 +497,7 @@ def export_checkpoint(
     max_batch_size: int | None = None,
     cpu_threads: int | None = None,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     max_drop: float = 0.01,
     max_mae_increase: float = 0.01,
     seed: int = 0,
@@ -510,7 +512,8 @@ def export_checkpoint(
     flavour's trunk (and heads with ``int8_heads``) behind the accuracy gate (``data_root`` required);
     ``trt`` builds the native flavour's trunk as a TensorRT fp16 engine (GPU, ``data_root`` required).
     ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's); ``max_queue_size``
-    bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``). ``heads``: the
+    bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``); ``queue_delay_us``
+    is how long the backbone's batcher waits for a batch to fill. ``heads``: the
     cpu flavour's heads, ``fused`` (default: one python step runs the asked heads) or ``separate`` (one
     model per head; the native flavour always); with ``only_heads`` the default keeps OUT's. ``cache``
     turns on Triton's response cache on the backbone (``vmtl serve --cache-mb``). ``log`` receives
@@ -543,6 +546,7 @@ def export_checkpoint(
         max_batch_size=max_batch_size,
         cpu_threads=cpu_threads,
         max_queue_size=max_queue_size,
+        queue_delay_us=queue_delay_us,
         max_drop=max_drop,
         max_mae_increase=max_mae_increase,
         seed=seed,
@@ -859,6 +863,7 @@ def _write_flavour(
         cpu_threads=threads if fl == "cpu" else None,
         metadata=meta,
         max_queue_size=plan.max_queue_size,
+        queue_delay_us=plan.queue_delay_us,
         heads=layout,  # type: ignore[arg-type]
         cache=plan.cache,
     )

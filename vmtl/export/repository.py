@@ -76,6 +76,8 @@ __all__ = [
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_MAX_STREAM_BYTES",
     "DEFAULT_MAX_VIDEO_BYTES",
+    "DEFAULT_QUEUE_DELAY_US",
+    "THROUGHPUT_QUEUE_DELAY_US",
     "TensorSig",
     "onnx_signature",
     "write_repository",
@@ -100,6 +102,12 @@ DEFAULT_MAX_STREAMS = 4
 #: out the batcher's 500 ms default timeout (a lost wake-up; under concurrent load it stalled every
 #: in-flight request for ~520 ms about once a second). `vmtl export --max-queue-size N` opts in.
 DEFAULT_MAX_QUEUE_SIZE = 0
+#: How long the backbone's dynamic batcher waits for a batch to fill (the heads never wait: the backbone's
+#: batch reaches them at once). ``vmtl export --latency`` sets 0 (a lone request never waits),
+#: ``--throughput`` this; ``--queue-delay-us N`` anything. benchmarks/RESULTS.md "Batcher delay" measures
+#: the trade-off on this repository's models.
+THROUGHPUT_QUEUE_DELAY_US = 2000
+DEFAULT_QUEUE_DELAY_US = THROUGHPUT_QUEUE_DELAY_US
 # Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
 _VIDEO_TENSOR = "_video"
 
@@ -369,7 +377,7 @@ def write_repository(
     metadata: ExportRecord | Mapping[str, Any] | None = None,
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES,
     decode_instances: int = 2,
-    queue_delay_us: int = 2000,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     heads: Literal["fused", "separate"] | None = None,
     cache: bool = False,
