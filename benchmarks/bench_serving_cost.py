@@ -1,0 +1,165 @@
+"""Serving cost measured by Triton's perf_analyzer: what the served ensemble costs next to the model.
+
+For one checkpoint, in one run on one machine:
+
+1. the in-process ONNX Runtime trunk + heads (the host's session options), p50 at batch 1;
+2. perf_analyzer (2.51, gRPC, batch 1, random uint8 clips) on the served `backbone` alone and on
+   `vmtl_clip` asked for every task, at concurrency 1 and 8, for each heads layout (fused, separate) and
+   each backbone batcher delay (--delays, microseconds);
+3. the issue's targets: all-task ensemble throughput >= X x the backbone alone at concurrency 8, and p50 at
+   concurrency 1 <= Y x the in-process trunk + heads.
+
+    python benchmarks/bench_serving_cost.py --checkpoint .cache/demo/checkpoint --update-results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from results import update_section
+
+from vmtl.bench import perf_analyzer
+from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, PARAM_TASKS
+from vmtl.export.onnx import export_checkpoint
+from vmtl.runtime import LocalModel
+from vmtl.server.launcher import TritonServer
+
+HEADING = "## Serving cost (perf_analyzer)"
+
+
+def cpu_line() -> str:
+    """The CPU model and its vector/matrix flags, as lscpu says."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = set(info.get("Flags", "").split())
+    keep = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")) or "vnni" in f or "bf16" in f)
+    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs, flags: {' '.join(keep)}"
+
+
+def inprocess_p50_ms(repo: Path, iters: int = 60) -> float:
+    """p50 of the in-process trunk + every head (the host's session options), batch 1."""
+    model = LocalModel.load(repo)
+    pipe = model.host_pipeline()
+    pre = model.graph.preprocess
+    video = np.random.default_rng(0).integers(0, 256, (1, pre.num_frames, pre.size, pre.size, 3), np.uint8)
+    for _ in range(5):
+        pipe.run(video)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        pipe.run(video)
+        times.append(time.perf_counter() - t)
+    return float(np.percentile(times, 50) * 1e3)
+
+
+def measure(repo: Path, tool: perf_analyzer.PerfAnalyzer, out: Path, interval_ms: int) -> dict:
+    """perf_analyzer on backbone and vmtl_clip (all tasks) at concurrency 1 and 8 on one server."""
+    graph = LocalModel.load(repo).graph
+    rows: dict = {}
+    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=out / "triton.log") as server:
+        server.wait_ready(300)
+        for model, params in ((BACKBONE, {}), (CLIP_ENSEMBLE, {PARAM_TASKS: ",".join(graph.names)})):
+            for conc in (1, 8):
+                csv_file = out / f"{model}_c{conc}.csv"
+                (row,) = tool.sweep(
+                    model, server.grpc_url, [conc], csv_file, measurement_ms=interval_ms, parameters=params
+                )
+                rows[f"{model}@{conc}"] = {
+                    "infer_per_s": row["Inferences/Second"],
+                    "p50_ms": row["p50 latency"] / 1e3,
+                    "p99_ms": row["p99 latency"] / 1e3,
+                    "queue_us": row.get("Server Queue", 0.0),
+                    "compute_infer_us": row.get("Server Compute Infer", 0.0),
+                }
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint directory")
+    ap.add_argument("--delays", default="0,2000", help="backbone batcher delays to compare (us)")
+    ap.add_argument("--layouts", default="fused,separate", help="heads layouts to compare")
+    ap.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window")
+    ap.add_argument("--ensemble-vs-trunk", type=float, default=0.85, help="target: throughput ratio @8")
+    ap.add_argument("--p50-vs-inprocess", type=float, default=1.3, help="target: p50 ratio @1")
+    ap.add_argument("--label", default="demo", help="what the checkpoint is (for the table)")
+    ap.add_argument("--out", type=Path, default=Path(".cache/bench_serving_cost"))
+    ap.add_argument("--update-results", action="store_true", help=f"rewrite {HEADING!r} in RESULTS.md")
+    args = ap.parse_args(argv)
+    tool = perf_analyzer.find() or perf_analyzer.install()
+    delays = [int(d) for d in args.delays.split(",")]
+    layouts = [x.strip() for x in args.layouts.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vmtl-serving-cost-") as tmp:
+        for layout in layouts:
+            for delay in delays:
+                repo = Path(tmp) / f"{layout}-{delay}"
+                export_checkpoint(args.checkpoint, repo, heads=layout, queue_delay_us=delay)
+                inproc = inprocess_p50_ms(repo)
+                run_dir = args.out / f"{layout}-{delay}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                rows = measure(repo, tool, run_dir, args.interval_ms)
+                results.append({"layout": layout, "delay_us": delay, "inprocess_p50_ms": inproc, **rows})
+                print(json.dumps(results[-1]), file=sys.stderr)
+    load_after = Path("/proc/loadavg").read_text().split()[0]
+    (args.out / "serving_cost.json").write_text(json.dumps(results, indent=2) + "\n")
+    section = report(args, results, tool.version(), load_before, load_after)
+    print(section)
+    if args.update_results:
+        update_section(HEADING, section)
+    return 0
+
+
+def report(args: argparse.Namespace, results: list[dict], version: str, before: str, after: str) -> str:
+    lines = [
+        HEADING,
+        "",
+        f"Model: {args.label} (`{args.checkpoint}`), every task asked (`vmtl_tasks`), batch 1, random uint8 "
+        f"clips over gRPC; {version}, {args.interval_ms} ms windows. In-process: ONNX Runtime trunk + heads "
+        "with the host's session options, p50 of 60 calls.",
+        "",
+        f"Command: `python benchmarks/bench_serving_cost.py --checkpoint {args.checkpoint} --label "
+        f"{args.label} --delays {args.delays} --layouts {args.layouts} --update-results`",
+        "",
+        f"Machine: {cpu_line()}; no GPU; Python {platform.python_version()}. Load average {before} before, "
+        f"{after} after (a shared machine: compare within one run).",
+        "",
+        "| heads | backbone delay (us) | backbone @8 infer/s | vmtl_clip @8 infer/s | ensemble / backbone @8 "
+        "| vmtl_clip p50 @1 (ms) | in-process p50 (ms) | p50 / in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = r[f"{CLIP_ENSEMBLE}@8"]["infer_per_s"] / r[f"{BACKBONE}@8"]["infer_per_s"]
+        p50 = r[f"{CLIP_ENSEMBLE}@1"]["p50_ms"]
+        lines.append(
+            f"| {r['layout']} | {r['delay_us']} | {r[f'{BACKBONE}@8']['infer_per_s']:.1f} | "
+            f"{r[f'{CLIP_ENSEMBLE}@8']['infer_per_s']:.1f} | {ratio:.2f}x "
+            f"{'(met)' if ratio >= args.ensemble_vs_trunk else '(missed)'} | {p50:.2f} | "
+            f"{r['inprocess_p50_ms']:.2f} | {p50 / r['inprocess_p50_ms']:.2f}x "
+            f"{'(met)' if p50 <= args.p50_vs_inprocess * r['inprocess_p50_ms'] else '(missed)'} |"
+        )
+    lines += [
+        "",
+        f"Targets: ensemble >= {args.ensemble_vs_trunk}x the backbone alone at concurrency 8; p50 at "
+        f"concurrency 1 <= {args.p50_vs_inprocess}x in-process trunk + heads. perf_analyzer's CSV files: "
+        f"`{args.out}/<heads>-<delay>/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
