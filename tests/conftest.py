@@ -97,7 +97,7 @@ def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     seven tasks, shrunk as `vmtl demo --quick` shrinks it (tiny trunk, 4 frames x 32 px, a few steps). Treat it as read-only."""
     import yaml
 
-    from vmtl.demo import quick_spec
+    from vmtl.demo.config import quick_spec
     from vmtl.training.config import load_config
     from vmtl.training.trainer import Trainer
 

@@ -34,3 +34,40 @@ def test_console_script_runs_without_importing_torch() -> None:
     code = "import sys; from vmtl.cli import main; main(['frobnicate']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_command_help_imports_only_the_arguments_module(name: str) -> None:
+    """`vmtl X --help` is instant: it loads X's light arguments module, never torch or ONNX Runtime."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from vmtl.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        f"        main([{name!r}, '--help'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+        f"assert 'usage: vmtl {name}' in out.getvalue(), out.getvalue()\n"
+        "print([m for m in ('torch', 'onnxruntime') if m in sys.modules])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"vmtl {name} --help imported {proc.stdout.strip()}"
+
+
+@pytest.mark.parametrize("name", [n for n, c in COMMANDS.items() if c.run != c.arguments])
+def test_argument_errors_do_not_import_the_run_module(name: str) -> None:
+    """A bad option is refused by the arguments module alone: the run module (and torch) never load."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from vmtl.cli import COMMANDS, main\n"
+        "with contextlib.redirect_stderr(io.StringIO()):\n"
+        "    try:\n"
+        f"        main([{name!r}, '--no-such-option'])\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 2, exc.code\n"
+        f"print(COMMANDS[{name!r}].run in sys.modules, 'torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]

@@ -75,8 +75,8 @@ def test_a_second_run_reuses_everything(quick_demo: QuickDemo) -> None:
 def test_a_failing_analysis_still_stops_the_server(
     quick_demo: QuickDemo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vmtl import demo
     from vmtl.client import client as client_mod
+    from vmtl.demo import run as demo
 
     def broken(*_a: object, **_k: object) -> None:
         raise client_mod.InferenceError("simulated failure")

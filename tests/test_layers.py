@@ -52,7 +52,7 @@ LAZY_ALLOWED: dict[str, str] = {
     "pyarrow": "the ray extra: `vmtl batch --parquet` (client/batch.py), with a message saying how to install it",
     "tensorrt": "the gpu extra: `vmtl export --trt` and the TensorRT trunk (export/tensorrt.py)",
     "torch_tensorrt": "the gpu extra",
-    "matplotlib": "the bench extra: `vmtl bench`'s PNG plot (bench/plot.py, bench/cli.py)",
+    "matplotlib": "the bench extra: `vmtl bench`'s PNG plot (bench/plot.py, bench/run.py)",
     "openvino": "an accelerator stack vmtl does not depend on",
     "nncf": "an accelerator stack vmtl does not depend on",
     "pycuda": "an accelerator stack vmtl does not depend on",
@@ -167,7 +167,7 @@ def test_imports_are_at_the_top() -> None:
     [
         "vmtl.tasks, vmtl.video, vmtl.metrics, vmtl.contract, vmtl.samples",
         "vmtl.runtime, vmtl.data",
-        "vmtl.client, vmtl.client.cli, vmtl.client.batch_cli",
+        "vmtl.client, vmtl.client.cli, vmtl.client.batch_cli, vmtl.client.batch_run",
         "vmtl.server, vmtl.server.cli, vmtl.server.launcher",
         "vmtl.deploy, vmtl.deploy.cli",
     ],

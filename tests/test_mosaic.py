@@ -13,7 +13,7 @@ import yaml
 from vmtl.data.images import load_images
 from vmtl.data.mosaic import MosaicError, ObjectMosaic
 from vmtl.data.synth import SynthConfig, _Planner
-from vmtl.demo import quick_spec
+from vmtl.demo.config import quick_spec
 from vmtl.training.config import ConfigError, load_config
 from vmtl.training.trainer import MOSAIC, Trainer
 

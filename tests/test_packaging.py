@@ -88,7 +88,7 @@ def test_installed_wheel_finds_its_demo_config(wheel: Path, tmp_path: Path) -> N
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import vmtl, vmtl.demo, vmtl.cli; print(vmtl.__file__); print(vmtl.demo.default_config()); "
+        "import vmtl, vmtl.demo.config, vmtl.cli; print(vmtl.__file__); print(vmtl.demo.config.default_config()); "
         "raise SystemExit(vmtl.cli.main(['demo', '--print-config']))"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}

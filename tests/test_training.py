@@ -15,7 +15,7 @@ import yaml
 
 from vmtl.cli import main
 from vmtl.data.clips import load_clipset
-from vmtl.demo import quick_spec
+from vmtl.demo.config import quick_spec
 from vmtl.models.checkpoint import CheckpointError
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.tasks import Preprocess, TaskGraph

@@ -1,10 +1,13 @@
-"""The `vmtl` command line.
+"""The `vmtl` command line: the lazy table of subcommands and the dispatch to them.
 
-Every subcommand lives in its own module, imported only when that subcommand runs, so `vmtl analyze`
-never pays for importing torch. A command module provides::
+A subcommand is two modules, imported only when needed: its *arguments* module, light (argparse,
+pathlib and layer-0 constants), imported for ``vmtl X --help`` and argument errors, and its *run*
+module, which imports what the command needs (torch, ONNX Runtime...) and is imported only when the
+command runs. So ``vmtl train --help`` answers at once and ``vmtl analyze`` never imports torch. A
+command whose run imports nothing heavy keeps both in one module. They provide::
 
-    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
-    def run(args: argparse.Namespace) -> int: ...
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...   # the arguments module
+    def run(args: argparse.Namespace) -> int: ...                      # the run module
 """
 
 from __future__ import annotations
@@ -13,19 +16,60 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+from typing import NamedTuple
 
-# name -> (module, one-line help). The single list of subcommands.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("vmtl.data.cli", "generate the synthetic multi-task video datasets (`vmtl data synth`)"),
-    "train": ("vmtl.training.cli", "train a multi-task model from a config (stages 0/1/2)"),
-    "eval": ("vmtl.training.eval_cli", "evaluate a checkpoint on held-out data and print a metrics table"),
-    "export": ("vmtl.export.cli", "export a checkpoint to ONNX and write a Triton model repository"),
-    "serve": ("vmtl.server.cli", "start the real Triton server on a model repository"),
-    "analyze": ("vmtl.client.cli", "analyse videos through a running server over gRPC"),
-    "batch": ("vmtl.client.batch_cli", "offline batch inference over many videos (local, triton or ray)"),
-    "bench": ("vmtl.bench.cli", "latency/throughput benchmark in perf_analyzer's vocabulary"),
-    "deploy": ("vmtl.deploy.cli", "Kubernetes manifests and the Grafana dashboard for a repository"),
-    "demo": ("vmtl.demo", "the whole path: data, train, export, serve, analyse a real video"),
+
+class Command(NamedTuple):
+    """One subcommand: where its arguments and its run live, and its one-line help."""
+
+    arguments: str  #: module with ``add_arguments(parser)``: imported for --help and argument errors
+    run: str  #: module with ``run(args)``: imported only when the command runs
+    help: str
+
+
+# The single list of subcommands.
+COMMANDS: dict[str, Command] = {
+    "data": Command(
+        "vmtl.data.cli",
+        "vmtl.data.cli",
+        "generate the synthetic multi-task video datasets (`vmtl data synth`)",
+    ),
+    "train": Command(
+        "vmtl.training.cli", "vmtl.training.run", "train a multi-task model from a config (stages 0/1/2)"
+    ),
+    "eval": Command(
+        "vmtl.training.eval_cli",
+        "vmtl.training.eval_run",
+        "evaluate a checkpoint on held-out data and print a metrics table",
+    ),
+    "export": Command(
+        "vmtl.export.cli",
+        "vmtl.export.run",
+        "export a checkpoint to ONNX and write a Triton model repository",
+    ),
+    "serve": Command(
+        "vmtl.server.cli", "vmtl.server.cli", "start the real Triton server on a model repository"
+    ),
+    "analyze": Command(
+        "vmtl.client.cli", "vmtl.client.cli", "analyse videos through a running server over gRPC"
+    ),
+    "batch": Command(
+        "vmtl.client.batch_cli",
+        "vmtl.client.batch_run",
+        "offline batch inference over many videos (local, triton or ray)",
+    ),
+    "bench": Command(
+        "vmtl.bench.cli", "vmtl.bench.run", "latency/throughput benchmark in perf_analyzer's vocabulary"
+    ),
+    "deploy": Command(
+        "vmtl.deploy.cli",
+        "vmtl.deploy.cli",
+        "Kubernetes manifests and the Grafana dashboard for a repository",
+    ),
+    "demo": Command(
+        "vmtl.demo.cli", "vmtl.demo.run", "the whole path: data, train, export, serve, analyse a real video"
+    ),
 }
 
 
@@ -39,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+    for name, command in COMMANDS.items():
+        sub.add_parser(name, help=command.help, add_help=False)
     return parser
 
 
@@ -65,24 +109,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.print_usage(sys.stderr)
         print(f"vmtl: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    module_name, help_text = COMMANDS[name]
+    command = COMMANDS[name]
+    arguments = _import(name, command.arguments)
+    if arguments is None:
+        return 2
+    parser = argparse.ArgumentParser(prog=f"vmtl {name}", description=command.help)
+    arguments.add_arguments(parser)
+    args = parser.parse_args(rest)  # --help and argument errors exit here, before the run module loads
+    runner = _import(name, command.run)
+    if runner is None:
+        return 2
     try:
-        module = importlib.import_module(module_name)
+        return int(runner.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"vmtl {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _import(name: str, module_name: str) -> ModuleType | None:
+    """A command's module; None (after saying so) when this version of vmtl lacks it."""
+    try:
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             print(
                 f"vmtl {name}: this command is not implemented yet in this version of vmtl.", file=sys.stderr
             )
-            return 2
+            return None
         raise
-    parser = argparse.ArgumentParser(prog=f"vmtl {name}", description=help_text)
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
-    try:
-        return int(module.run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"vmtl {name}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

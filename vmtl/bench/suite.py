@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from vmtl.bench.config_names import CONFIGS
 from vmtl.bench.eager import EagerTorch
 from vmtl.bench.independent import single_model
 from vmtl.bench.inprocess import IndependentOrt
@@ -31,24 +32,6 @@ from vmtl.bench.load import LoadError, Measurement, run_load
 from vmtl.bench.peak import Peak, manifest_flops, matmul_peak
 from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, PARAM_TASKS, feat_output
 from vmtl.runtime import LocalModel, cores
-
-CONFIGS = (
-    "triton-ensemble",
-    "triton-trunk",
-    "triton-independent",
-    "ort-shared",
-    "ort-trunk",
-    "ort-independent",
-    "torch",
-)
-DEFAULT_CONFIGS = (
-    "triton-ensemble",
-    "triton-trunk",
-    "triton-independent",
-    "ort-shared",
-    "ort-trunk",
-    "torch",
-)
 
 
 class BenchError(RuntimeError):

@@ -40,6 +40,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from vmtl.client.client import ClientError, InputError, ServerUnavailableError, VmtlClient
+from vmtl.client.engine_names import ENGINES
 from vmtl.contract import CLIP_ENSEMBLE, VIDEO_ENSEMBLE, RepositoryError
 from vmtl.runtime import LocalModel, cores
 from vmtl.tasks import ClipLike, Preprocess, TaskGraph, combine_windows, postprocess
@@ -61,8 +62,6 @@ __all__ = [
     "select_tasks",
     "video_record",
 ]
-
-ENGINES = ("local", "triton", "ray")
 
 
 class BatchError(Exception):

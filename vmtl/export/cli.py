@@ -1,4 +1,6 @@
-"""`vmtl export`: a trained checkpoint -> ONNX (+ int8 / TensorRT) -> Triton model repository.
+"""`vmtl export`'s arguments: a trained checkpoint -> ONNX (+ int8 / TensorRT) -> Triton model repository.
+
+Light, for an instant ``vmtl export --help``; the run (torch, ONNX) is ``vmtl.export.run``.
 
 Exit status: 0 written; 1 refused (parity check, accuracy gate, --only-heads trunk mismatch, TensorRT
 build) with nothing written; 2 bad arguments (missing checkpoint, --int8 without --data, --trt without a
@@ -8,14 +10,9 @@ GPU...).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from vmtl.contract import RepositoryError
-from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
 from vmtl.export.repository import DEFAULT_QUEUE_DELAY_US, THROUGHPUT_QUEUE_DELAY_US
-from vmtl.export.tensorrt import tensorrt_unavailable
 
 _EPILOG = """\
 examples:
@@ -149,56 +146,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", type=Path, default=None, metavar="FILE", help="also write the report as JSON"
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
-
-
-def run(args: argparse.Namespace) -> int:
-    if not args.checkpoint.expanduser().exists():
-        return _fail(f"checkpoint {args.checkpoint} does not exist (train one with `vmtl train`)", 2)
-    if args.int8 and args.data is None:
-        return _fail(
-            "--int8 needs --data DIR: the accuracy gate compares every task's metric on held-out data "
-            "before shipping int8",
-            2,
-        )
-    if args.trt:
-        reason = tensorrt_unavailable()
-        if reason:
-            return _fail(reason, 2)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    try:
-        report = export_checkpoint(
-            args.checkpoint,
-            args.out,
-            flavour=args.flavour,
-            int8=args.int8,
-            int8_heads=args.int8_heads,
-            trt=args.trt,
-            only_heads=args.only_heads,
-            data_root=args.data,
-            parity_tol=args.parity_tol,
-            opset=args.opset,
-            max_batch_size=args.max_batch_size,
-            cpu_threads=args.cpu_threads,
-            max_queue_size=args.max_queue_size,
-            queue_delay_us=args.queue_delay_us,
-            seed=args.seed,
-            heads=args.heads,
-            cache=args.cache,
-            log=None if args.quiet else log,
-        )
-    except UsageError as exc:
-        return _fail(str(exc), 2)
-    except (ExportError, RepositoryError) as exc:
-        return _fail(str(exc), 1)
-    print(report.summary())
-    if args.json is not None:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    return 0
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"vmtl export: error: {message}", file=sys.stderr)
-    return code

