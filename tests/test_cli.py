@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,17 @@ def test_argument_errors_do_not_import_the_run_module(name: str) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_demo_print_config_answers_without_the_run_module(tmp_path: Path) -> None:
+    """`vmtl demo --print-config` is answered by the arguments module: the config's text, no torch."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\n")
+    code = (
+        "import sys\n"
+        "from vmtl.cli import main\n"
+        f"status = main(['demo', '--print-config', '--config', {str(mine)!r}])\n"
+        "print(status, [m for m in ('torch', 'vmtl.demo.run') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["name: mine", "0 []"]

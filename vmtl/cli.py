@@ -8,6 +8,10 @@ command whose run imports nothing heavy keeps both in one module. They provide::
 
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...   # the arguments module
     def run(args: argparse.Namespace) -> int: ...                      # the run module
+
+An arguments module may also answer options that need nothing heavy (``vmtl demo --print-config``)::
+
+    def answer(args: argparse.Namespace) -> int | None: ...   # an exit status, or None: go on to run
 """
 
 from __future__ import annotations
@@ -116,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"vmtl {name}", description=command.help)
     arguments.add_arguments(parser)
     args = parser.parse_args(rest)  # --help and argument errors exit here, before the run module loads
+    answer = getattr(arguments, "answer", None)
+    status = answer(args) if answer is not None else None
+    if status is not None:
+        return int(status)
     runner = _import(name, command.run)
     if runner is None:
         return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vmtl.demo.config import default_config, print_config
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -48,3 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="also analyse the video in sliding windows of S seconds (0: skip; default: %(default)s)",
     )
+
+
+def answer(args: argparse.Namespace) -> int | None:
+    """``--print-config`` without loading the demo's run module (it imports torch)."""
+    if args.print_config:
+        return print_config(args.config or default_config())
+    return None

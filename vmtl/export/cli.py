@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vmtl.export.repository import DEFAULT_QUEUE_DELAY_US, THROUGHPUT_QUEUE_DELAY_US
+from vmtl.export.defaults import DEFAULT_QUEUE_DELAY_US, THROUGHPUT_QUEUE_DELAY_US
 
 _EPILOG = """\
 examples:

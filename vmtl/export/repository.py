@@ -70,6 +70,7 @@ from vmtl.contract import (
     repr_input,
     validate_repository,
 )
+from vmtl.export.defaults import DEFAULT_QUEUE_DELAY_US, THROUGHPUT_QUEUE_DELAY_US
 from vmtl.tasks import TaskGraph, TaskSpec
 
 __all__ = [
@@ -102,12 +103,6 @@ DEFAULT_MAX_STREAMS = 4
 #: out the batcher's 500 ms default timeout (a lost wake-up; under concurrent load it stalled every
 #: in-flight request for ~520 ms about once a second). `vmtl export --max-queue-size N` opts in.
 DEFAULT_MAX_QUEUE_SIZE = 0
-#: How long the backbone's dynamic batcher waits for a batch to fill (the heads never wait: the backbone's
-#: batch reaches them at once). ``vmtl export --latency`` sets 0 (a lone request never waits),
-#: ``--throughput`` this; ``--queue-delay-us N`` anything. benchmarks/RESULTS.md "Batcher delay" measures
-#: the trade-off on this repository's models.
-THROUGHPUT_QUEUE_DELAY_US = 2000
-DEFAULT_QUEUE_DELAY_US = THROUGHPUT_QUEUE_DELAY_US
 # Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
 _VIDEO_TENSOR = "_video"
 
