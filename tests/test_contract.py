@@ -14,6 +14,7 @@ from vmtl.contract import (
     FORMAT_VERSION,
     MANIFEST,
     TRITON_VERSION,
+    BackboneVariant,
     ExportRecord,
     Manifest,
     ModelNames,
@@ -45,6 +46,12 @@ def _every_field() -> Manifest:
         int8={"candidate": "int8", "passed": True, "tasks": []},
         tensorrt={"tensorrt_version": "10.3", "gate": {"passed": True}},
         flavours={"cpu": "../cpu", "native": "../native"},
+        variants=[
+            BackboneVariant("openvino", "bf16", "openvino/model.xml", 161.0, 615.0, 3.45, {"passed": True}),
+            BackboneVariant("ort", "fp32", "model.onnx", 556.0, 2487.0, 1.0),
+        ],
+        refused=[BackboneVariant("openvino", "int8", reason="accuracy gate", gate={"passed": False})],
+        measured_on={"cpu": "AMD EPYC", "flags": ["avx512_bf16"], "bf16": True},
         extra={"note": "kept although this version does not know it"},
     )
     return Manifest(
@@ -99,6 +106,16 @@ def test_every_manifest_field_round_trips(tmp_path: Path) -> None:
     assert data["metadata"]["flavours"] == {"cpu": "../cpu", "native": "../native"}
     assert data["metadata"]["note"] == manifest.metadata.extra["note"] and data["site"] == "lab"
     assert read_manifest(tmp_path) == data
+    assert data["metadata"]["variants"][0] == {
+        "runtime": "openvino",
+        "precision": "bf16",
+        "file": "openvino/model.xml",
+        "ms_b1": 161.0,
+        "ms_b4": 615.0,
+        "speedup": 3.45,
+        "gate": {"passed": True},
+    }
+    assert back.metadata.variants is not None and isinstance(back.metadata.variants[0], BackboneVariant)
 
 
 def test_unset_record_fields_are_not_written(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ __all__ = [
     "PARAM_PREPROCESS",
     "PARAM_STREAM_ID",
     "PARAM_TASKS",
+    "PARAM_VARIANTS",
     "STREAM_ENSEMBLE",
     "STREAM_EXTRA_OUTPUTS",
     "STREAM_RANGE",
@@ -60,6 +61,7 @@ __all__ = [
     "VIDEO_STREAM",
     "WINDOW_INDEX_OUTPUT",
     "WINDOW_OUTPUT",
+    "BackboneVariant",
     "ExportRecord",
     "Manifest",
     "ModelNames",
@@ -97,6 +99,9 @@ ENGINE_INFO = "tensorrt.json"
 #: Config parameters of video_decode and the ensembles: the task graph and its preprocessing (JSON).
 PARAM_GRAPH = "vmtl_task_graph"
 PARAM_PREPROCESS = "vmtl_preprocess"
+#: Backbone config parameter (cpu flavour, ``--precision``): the accepted (runtime, precision, file)
+#: variants as a JSON list, fastest first (:mod:`vmtl.runtime_openvino` chooses among them at load time).
+PARAM_VARIANTS = "vmtl_variants"
 #: vmtl_video's output carrying the (start, end) seconds actually sampled. Not "window": Triton 2.51 treats
 #: an ensemble output named like an ensemble input as that input (it echoes the request's window, or is
 #: missing when the optional input is not sent), so video_decode's `window` output is renamed here.
@@ -205,7 +210,50 @@ _RECORD_KINDS: dict[str, str] = {  # field -> JSON type
     "int8": "dict",
     "tensorrt": "dict",
     "flavours": "dict",
+    "variants": "list",
+    "refused": "list",
+    "measured_on": "dict",
 }
+
+
+_VARIANT_KINDS: dict[str, str] = {  # BackboneVariant field -> JSON type
+    "runtime": "str",
+    "precision": "str",
+    "file": "str",
+    "ms_b1": "float",
+    "ms_b4": "float",
+    "speedup": "float",
+    "gate": "dict",
+}
+
+
+@dataclass(frozen=True)
+class BackboneVariant:
+    """One (runtime, precision) the export ran through the accuracy gate: accepted ones are served
+    (``file`` in the backbone's version directory), refused ones say why (``reason``, the gate's numbers)."""
+
+    runtime: str  # ort / openvino
+    precision: str  # fp32 / bf16 / int8
+    file: str = ""  # relative to backbone/<version>/ ("" when refused)
+    ms_b1: float | None = None  # trunk latency, median ms, batch 1 / 4, on the export machine
+    ms_b4: float | None = None
+    speedup: float | None = None  # ORT fp32 batch-1 latency / this one's
+    gate: dict[str, Any] | None = None  # GateResult.to_dict
+    reason: str | None = None  # refused: why
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> BackboneVariant:
+        if not isinstance(data, dict) or not {"runtime", "precision"} <= set(data):
+            raise RepositoryError(f"{where} must be an object with runtime and precision")
+        kinds = {**_VARIANT_KINDS, "reason": "str"}
+        values = {k: _check_type(data.get(k), kind, f"{where}.{k}") for k, kind in kinds.items() if k in data}
+        for key in ("ms_b1", "ms_b4", "speedup"):
+            if values.get(key) is not None:
+                values[key] = float(values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -234,6 +282,11 @@ class ExportRecord:
     int8: dict[str, Any] | None = None  # the int8 accuracy gate (GateResult.to_dict)
     tensorrt: dict[str, Any] | None = None  # the TensorRT engine's info and gate
     flavours: dict[str, str] | None = None  # flavour -> directory relative to this repository
+    #: `--precision`: the accepted backbone variants, fastest first (the host runs the first its CPU can),
+    #: the refused ones with the gate's numbers, and the CPU they were measured on (CpuCaps.to_dict).
+    variants: list[BackboneVariant] | None = None
+    refused: list[BackboneVariant] | None = None
+    measured_on: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -246,11 +299,22 @@ class ExportRecord:
         }
         if known.get("parity_tolerance") is not None:
             known["parity_tolerance"] = float(known["parity_tolerance"])
+        for key in ("variants", "refused"):
+            if known.get(key) is not None:
+                known[key] = [
+                    v
+                    if isinstance(v, BackboneVariant)
+                    else BackboneVariant.from_dict(v, f"{where}.{key}[{i}]")
+                    for i, v in enumerate(known[key])
+                ]
         return cls(**known, extra=data)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: recorded fields only (None is left out), then the unknown keys."""
         out = {k: getattr(self, k) for k in _RECORD_KINDS if getattr(self, k) is not None}
+        for key in ("variants", "refused"):
+            if key in out:
+                out[key] = [v.to_dict() for v in out[key]]
         return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
 
 
@@ -583,6 +647,14 @@ def _model_files(name: str, cfg: mc.ModelConfig) -> list[str]:
         files.append(cfg.parameters["onnx_file"].string_value)
     if backend == "python" and "onnx_files" in cfg.parameters:  # the fused heads model's
         files += [f for f in cfg.parameters["onnx_files"].string_value.split(",") if f]
+    if backend == "python" and PARAM_VARIANTS in cfg.parameters:
+        try:
+            variants = json.loads(cfg.parameters[PARAM_VARIANTS].string_value)
+            files += [str(v["file"]) for v in variants if str(v["file"]) not in files]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RepositoryError(
+                f"model {name!r}: parameter {PARAM_VARIANTS} is not a list of variants: {exc}"
+            ) from exc
     return files
 
 

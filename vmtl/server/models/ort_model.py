@@ -1,13 +1,16 @@
-"""Triton python-backend model hosting one ONNX Runtime CPU session (vmtl ``cpu`` repository flavour).
+"""Triton python-backend model hosting one CPU inference session (vmtl ``cpu`` repository flavour).
 
 Copied by ``vmtl.export.repository.write_repository`` to ``<model>/1/model.py`` next to ``model.onnx``.
 Config parameters (all optional): ``onnx_file``, the file name in the version directory (default
 ``model.onnx``), and the session options :func:`vmtl.runtime.host_session` reads (``intra_op_threads``,
-``inter_op_threads``, ``allow_spinning``). It runs inside Triton's python stub, where ``vmtl`` is importable
-(``vmtl.server.launcher.server_env`` puts it on the stub's path).
+``inter_op_threads``, ``allow_spinning``). A backbone exported with ``--precision`` also lists its accepted
+(runtime, precision) variants in ``vmtl_variants``: :func:`vmtl.runtime_openvino.host_backbone` runs the
+fastest one this CPU runs natively (ONNX Runtime or OpenVINO), or the one ``runtime`` / ``precision`` (env
+``VMTL_RUNTIME`` / ``VMTL_PRECISION``) name, and the choice is logged. It runs inside Triton's python stub,
+where ``vmtl`` is importable (``vmtl.server.launcher.server_env`` puts it on the stub's path).
 
-``execute`` concatenates every request it receives (each may carry its own batch) along axis 0, runs ORT
-once, and splits the outputs back. A request whose tensors have the wrong dtype or shape gets its own
+``execute`` concatenates every request it receives (each may carry its own batch) along axis 0, runs the
+session once, and splits the outputs back. A request whose tensors have the wrong dtype or shape gets its own
 ``TritonError`` (naming the tensor, what was expected and what came); the others still run.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vmtl.runtime import host_session
+from vmtl.runtime_openvino import host_backbone
 
 
 class _BadRequest(Exception):
@@ -39,7 +42,7 @@ def _version_dir(args: dict[str, str]) -> Path:
 
 
 class TritonPythonModel:
-    """ONNX Runtime session; dynamic batches are run as one ORT call."""
+    """One ONNX Runtime or OpenVINO session; dynamic batches are run as one call."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -48,8 +51,15 @@ class TritonPythonModel:
         path = _version_dir(args) / (params.get("onnx_file") or "model.onnx")
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
-        self.session = host_session(path, params)
-        self.threads = self.session.get_session_options().intra_op_num_threads
+        try:
+            hosted = host_backbone(path.parent, params)
+        except (ValueError, RuntimeError) as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from exc
+        self.session = hosted.session
+        self.threads = hosted.threads
+        self.runtime = "ONNX Runtime" if hosted.runtime == "ort" else "OpenVINO"
+        if params.get("vmtl_variants"):
+            pb_utils.Logger.log_info(f"{self.name}: runs {hosted.describe()}")
 
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.inputs = [
@@ -124,7 +134,7 @@ class TritonPythonModel:
     def _run(
         self, members: list[tuple[int, dict[str, np.ndarray], int, list[str]]], responses: list[Any]
     ) -> None:
-        """One ORT call for requests whose inputs share their non-batch shapes."""
+        """One session call for requests whose inputs share their non-batch shapes."""
         names = sorted({n for *_, wanted in members for n in wanted})
         if len(members) == 1:
             feeds = members[0][1]
@@ -137,7 +147,7 @@ class TritonPythonModel:
                 for member in members:
                     self._run([member], responses)
                 return
-            responses[members[0][0]] = self._error(f"{self.name}: ONNX Runtime failed: {exc}")
+            responses[members[0][0]] = self._error(f"{self.name}: {self.runtime} failed: {exc}")
             return
         offset = 0
         for index, _, batch, wanted in members:
