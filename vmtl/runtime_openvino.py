@@ -208,7 +208,8 @@ class OvSession:
         self.precision = precision
         self.threads = threads or cores()
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        self.runs_as = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint_now = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.runs_as = str(getattr(hint_now, "get_type_name", lambda: hint_now)())  # f32 / bf16
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self._inputs = [_Arg(p.get_any_name()) for p in self.compiled.inputs]
@@ -282,7 +283,9 @@ def choose_variant(
             f"accepted: {listed} (use auto to let the host choose)"
         )
     if runtime is not None and runtime not in installed:
-        raise ValueError(f"runtime {runtime} was asked for but is not installed (pip install 'vmtl[openvino]')")
+        raise ValueError(
+            f"runtime {runtime} was asked for but is not installed (pip install 'vmtl[openvino]')"
+        )
     runnable = [v for v in pool if caps.supports(v["precision"]) and v["runtime"] in installed]
     if not runnable:
         raise ValueError(f"this CPU ({caps.describe()}) runs none of the accepted variants {listed}")
@@ -329,7 +332,9 @@ def parse_variants(params: Mapping[str, str]) -> list[dict[str, str]]:
     if not isinstance(data, list) or not all(
         isinstance(v, dict) and {"runtime", "precision", "file"} <= set(v) for v in data
     ):
-        raise ValueError(f"config parameter {PARAM_VARIANTS} must be a JSON list of {{runtime, precision, file}}")
+        raise ValueError(
+            f"config parameter {PARAM_VARIANTS} must be a JSON list of {{runtime, precision, file}}"
+        )
     return [{k: str(v[k]) for k in ("runtime", "precision", "file")} for v in data]
 
 

@@ -21,11 +21,19 @@ examples:
   vmtl export runs/demo --out model_repository/ --int8 --data data/demo
   vmtl export runs/demo-v2 --out model_repository/ --only-heads    new heads, same backbone file
   vmtl export runs/demo --out model_repository/ --heads separate   one model per head (fused: one step)
+  vmtl export runs/demo --out model_repository/ --precision fp32,bf16,int8 --runtime auto --data data/demo
 
 int8 accuracy gate (on --data's held-out 'val' split): refused when a task's primary metric drops by more
 than 0.01 absolute (top1, mAP, mAP@0.5, recall@1, mIoU) or its MAE grows by more than 1 % relative.
 --int8 tries QInt8 per-channel, QInt8 per-tensor, QUInt8 per-channel and QUInt8 per-tensor weights in
 turn and keeps the first the gate accepts (vmtl.json records every setting tried).
+
+--precision P,... --runtime ort|openvino|auto: each (runtime, precision) variant of the cpu backbone
+(ONNX Runtime / OpenVINO; fp32, bf16, int8 via NNCF for OpenVINO) runs the same gate and is timed; the
+accepted ones ship side by side (vmtl.json metadata.variants, fastest first) and the serving host runs the
+fastest its CPU supports (VMTL_RUNTIME / VMTL_PRECISION, or the backbone's runtime / precision config
+parameters, override). Refused ones are listed with their numbers; the export still succeeds with what
+passed (ONNX Runtime fp32 always).
 """
 
 
@@ -65,6 +73,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the cpu backbone")
     parser.add_argument("--int8-heads", action="store_true", help="with --int8: quantise the heads too")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        metavar="P[,P...]",
+        help="cpu backbone variants to gate and ship: fp32, bf16, int8 (comma list; needs --data)",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("ort", "openvino", "auto"),
+        default="auto",
+        help="with --precision: ONNX Runtime, OpenVINO or both (default: %(default)s)",
+    )
     parser.add_argument(
         "--trt", action="store_true", help="TensorRT fp16 engine for the native backbone (GPU)"
     )

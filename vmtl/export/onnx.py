@@ -16,6 +16,9 @@ Steps of :func:`export_checkpoint` (each a function of this module):
    the accuracy gate of :mod:`vmtl.export.quantize`; a refusal writes nothing.
 5. ``trt`` (native flavour, GPU): fp16 TensorRT engine of the trunk behind the same gate
    (:mod:`vmtl.export.tensorrt`).
+5b. ``precisions`` (cpu flavour): every (runtime, precision) candidate of the trunk (ONNX Runtime /
+   OpenVINO; fp32, bf16, int8) behind the same gate, timed (:mod:`vmtl.export.precision`); the accepted
+   ones ship beside ``model.onnx`` and the host runs the fastest its CPU can; refused ones are reported.
 6. :func:`vmtl.export.repository.write_repository` writes each flavour (``both``: ``OUT/cpu`` and
    ``OUT/native``, which ``vmtl serve OUT`` understands) with the parity errors, trunk fingerprint and gate
    results in ``vmtl.json``'s metadata, and a ``parity.json`` beside each model.
@@ -49,6 +52,7 @@ from vmtl.contract import (
     HEAD_LAYOUTS,
     HEADS_MODEL,
     MANIFEST,
+    PARAM_VARIANTS,
     RepositoryError,
     fused_head_file,
     head_model,
@@ -56,6 +60,7 @@ from vmtl.contract import (
     read_manifest,
 )
 from vmtl.data.clips import load_clipset
+from vmtl.export.precision import PrecisionResult, gate_precisions
 from vmtl.export.quantize import (
     INT8_SETTINGS,
     ExportError,
@@ -138,6 +143,7 @@ class ExportReport:
     only_heads: bool = False
     int8: GateResult | None = None
     tensorrt: dict[str, Any] | None = None
+    precisions: PrecisionResult | None = None  # --precision: accepted / refused backbone variants
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -151,6 +157,15 @@ class ExportReport:
         d["checkpoint"], d["out"] = str(self.checkpoint), str(self.out)
         d["repositories"] = {k: str(v) for k, v in self.repositories.items()}
         d["int8"] = self.int8.to_dict() if self.int8 else None
+        d["precisions"] = (
+            {
+                "accepted": [v.to_dict() for v in self.precisions.accepted],
+                "refused": [v.to_dict() for v in self.precisions.refused],
+                "measured_on": self.precisions.measured_on,
+            }
+            if self.precisions
+            else None
+        )
         d["max_parity_error"] = self.max_parity_error
         return d
 
@@ -180,6 +195,10 @@ class ExportReport:
                 + ("passed" if self.int8.passed else "REFUSED")
             )
             lines.append(self.int8.table())
+        if self.precisions is not None:
+            cpu = self.precisions.measured_on.get("cpu", "?")
+            lines.append(f"backbone precisions (gate on held-out data; timed on {cpu}):")
+            lines.append(self.precisions.table())
         if self.tensorrt:
             lines.append(
                 f"TensorRT {self.tensorrt.get('tensorrt_version')} on {self.tensorrt.get('gpu_name')}: "
@@ -445,6 +464,8 @@ class _Plan:
     seed: int
     heads: str | None = None  # fused | separate for the cpu flavour (None: fused, or as OUT has it)
     cache: bool = False  # Triton's response cache on the backbone
+    precisions: tuple[str, ...] = ()  # --precision (empty: not asked)
+    runtimes: tuple[str, ...] = ("ort",)  # --runtime
 
 
 @dataclass
@@ -480,6 +501,7 @@ class _Shipment:
     gate: GateResult | None = None  # int8
     trt_info: dict[str, Any] | None = None
     trt_plan: Path | None = None  # the TensorRT engine of the native flavour's trunk
+    variants: PrecisionResult | None = None  # --precision
 
 
 def export_checkpoint(
@@ -503,6 +525,8 @@ def export_checkpoint(
     seed: int = 0,
     heads: str | None = None,
     cache: bool = False,
+    precisions: tuple[str, ...] = (),
+    runtimes: tuple[str, ...] = ("ort",),
     log: Log | None = None,
 ) -> ExportReport:
     """Export a checkpoint (directory or ``.safetensors``) into the model repository ``out_repo``.
@@ -516,7 +540,9 @@ def export_checkpoint(
     is how long the backbone's batcher waits for a batch to fill. ``heads``: the
     cpu flavour's heads, ``fused`` (default: one python step runs the asked heads) or ``separate`` (one
     model per head; the native flavour always); with ``only_heads`` the default keeps OUT's. ``cache``
-    turns on Triton's response cache on the backbone (``vmtl serve --cache-mb``). ``log`` receives
+    turns on Triton's response cache on the backbone (``vmtl serve --cache-mb``). ``precisions``
+    (fp32, bf16, int8) x ``runtimes`` (ort, openvino): the cpu flavour's backbone variants to gate and time
+    (``data_root`` required); a refused one is reported, not shipped, and fails nothing. ``log`` receives
     progress lines. Raises :class:`UsageError` for bad arguments, :class:`ParityError`,
     :class:`GateRefused` (``Int8Refused``), :class:`~vmtl.export.tensorrt.TensorRTError` or
     :class:`~vmtl.export.repository.RepositoryError`; nothing is written when any is raised.
@@ -552,6 +578,8 @@ def export_checkpoint(
         seed=seed,
         heads=heads,
         cache=cache,
+        precisions=tuple(precisions),
+        runtimes=tuple(runtimes),
     )
     _check_plan(plan)
     loaded = _load(plan, progress)
@@ -559,7 +587,7 @@ def export_checkpoint(
         work = Path(tmp)
         raw = _export_onnx(plan, loaded, work, progress)
         ship = _parity_per_flavour(plan, loaded, raw, work, progress)
-        if int8 or trt:
+        if int8 or trt or plan.precisions:
             _accuracy_gates(plan, loaded, raw, ship, work, progress)
         with progress.step("write"):
             models = [
@@ -579,6 +607,7 @@ def export_checkpoint(
         only_heads=only_heads,
         int8=ship.gate,
         tensorrt=ship.trt_info,
+        precisions=ship.variants,
         seconds=time.perf_counter() - progress.t0,
         steps=progress.steps,
     )
@@ -611,6 +640,20 @@ def _check_plan(plan: _Plan) -> None:
         reason = tensorrt_unavailable()
         if reason:
             raise UsageError(reason)
+    if plan.precisions:
+        if only_heads or int8:
+            raise UsageError(
+                "--precision gates the backbone's variants in a full export; use it without --only-heads "
+                "and --int8 (its int8 is one of the variants)"
+            )
+        if "cpu" not in targets:
+            raise UsageError(
+                "--precision is for the cpu flavour (python-backend hosts): use --flavour cpu or both"
+            )
+        if data is None:
+            raise UsageError(
+                "--precision needs --data DIR: its accuracy gate compares every task's metric on held-out data"
+            )
     if plan.parity_tol <= 0:
         raise UsageError(f"the parity tolerance must be > 0, got {plan.parity_tol}")
     if plan.heads not in (None, *HEAD_LAYOUTS):
@@ -727,6 +770,25 @@ def _accuracy_gates(
         _int8_gate(plan, loaded, raw, ship, fp32, gate_data, work, progress)
     if plan.trt:
         _trt_gate(plan, loaded, raw, ship, fp32, gate_data, work, progress)
+    if plan.precisions:
+        with progress.step("precisions"):
+            ship.variants = gate_precisions(
+                graph=graph,
+                raw=raw,
+                fp32_files=ship.files["cpu"],
+                fp32=fp32,
+                gate_data=gate_data,
+                data=plan.data,
+                num_tokens=loaded.model.temporal_tokens,
+                clips=loaded.clips,
+                precisions=plan.precisions,
+                runtimes=plan.runtimes,
+                work=work / "precisions",
+                max_drop=plan.max_drop,
+                max_mae_increase=plan.max_mae_increase,
+                say=progress.say,
+                threads=plan.cpu_threads,
+            )
 
 
 def _int8_gate(
@@ -843,6 +905,14 @@ def _write_flavour(
         both=len(plan.targets) == 2 and not plan.only_heads,
         previous=loaded.existing.get(fl),
     )
+    variants = ship.variants if fl == "cpu" else None
+    kept_variants: tuple[list[tuple[str, str, str]], dict[str, Path]] = ([], {})
+    if plan.only_heads and fl == "cpu":
+        kept_variants = _existing_variants(target)
+    if variants is not None:
+        meta["variants"] = [v.to_dict() for v in variants.accepted]
+        meta["refused"] = [v.to_dict() for v in variants.refused]
+        meta["measured_on"] = variants.measured_on
     kept: dict[str, bytes] = {}
     if plan.only_heads:
         trunk_file, trunk_plan, kept, threads = _existing_backbone(target, raw.get(BACKBONE))
@@ -866,6 +936,10 @@ def _write_flavour(
         queue_delay_us=plan.queue_delay_us,
         heads=layout,  # type: ignore[arg-type]
         cache=plan.cache,
+        backbone_variants=(
+            [(v.runtime, v.precision, v.file) for v in variants.accepted] if variants else kept_variants[0]
+        ),
+        backbone_files=variants.files if variants else kept_variants[1],
     )
     for name, rec in {**ship.parity[fl], **ship.sidecars[fl]}.items():
         record = {"model": name, "inputs": loaded.clips_desc, **rec}
@@ -1007,7 +1081,11 @@ def _metadata(
     versions = _versions()
     summary = {n: {k: r[k] for k in ("max_abs", "batch1", "batch2")} for n, r in parity[flavour].items()}
     meta: dict[str, Any] = dict((previous or {}).get("metadata") or {})
-    backbone_meta = {k: meta[k] for k in ("int8", "tensorrt", "optimization") if k in meta}
+    backbone_meta = {
+        k: meta[k]
+        for k in ("int8", "tensorrt", "optimization", "variants", "refused", "measured_on")
+        if k in meta
+    }
     old_parity = dict(meta.get("parity") or {})
     meta.update(
         {
@@ -1120,6 +1198,25 @@ def _existing_backbone(
     if not onnx_file.is_file():
         raise ExportError(f"--only-heads: {repo} has no backbone model file ({onnx_file})")
     return onnx_file, None, kept, threads
+
+
+def _existing_variants(repo: Path) -> tuple[list[tuple[str, str, str]], dict[str, Path]]:
+    """--only-heads: the backbone's accepted variants (config ``vmtl_variants``) and their files, kept."""
+    try:
+        cfg = load_configs(repo).get(BACKBONE)
+    except RepositoryError:
+        return [], {}
+    if cfg is None or PARAM_VARIANTS not in cfg.parameters:
+        return [], {}
+    listed = json.loads(cfg.parameters[PARAM_VARIANTS].string_value)
+    variants = [(str(v["runtime"]), str(v["precision"]), str(v["file"])) for v in listed]
+    version = repo / BACKBONE / "1"
+    files = {
+        str(p.relative_to(version)): p
+        for p in version.rglob("*")
+        if p.is_file() and p.name not in ("model.onnx", "model.py") and "__pycache__" not in p.parts
+    }
+    return variants, files
 
 
 def _model_reports(

@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +52,7 @@ from vmtl.contract import (
     MANIFEST,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
+    PARAM_VARIANTS,
     STREAM_ENSEMBLE,
     STREAM_RANGE,
     STREAM_WINDOWING,
@@ -328,6 +329,7 @@ class _Options:
     heads: str  # fused | separate
     cache: bool = False  # Triton's response cache on the backbone
     max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES
+    variants: tuple[tuple[str, str, str], ...] = ()  # cpu backbone: accepted (runtime, precision, file)
 
     @property
     def native(self) -> bool:
@@ -357,6 +359,8 @@ class _Options:
                 "fused heads are a python-backend model (the cpu flavour); the native flavour's in-process "
                 "backends have no stub crossing to save: use heads='separate'"
             )
+        if self.variants and self.native:
+            raise RepositoryError("backbone_variants are for the cpu flavour's python-backend host")
 
 
 def write_repository(
@@ -377,6 +381,8 @@ def write_repository(
     heads: Literal["fused", "separate"] | None = None,
     cache: bool = False,
     max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
+    backbone_variants: Sequence[tuple[str, str, str]] = (),
+    backbone_files: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -393,6 +399,11 @@ def write_repository(
     Triton's response cache on the backbone (see the module docstring). ``max_stream_bytes`` caps
     ``video_stream``'s payload (0: only gRPC's limit). ``metadata`` is the
     exporter's record for the manifest. The repository is staged in a temporary directory, validated,
+    ``separate`` (the ``native`` default and only choice) writes one model per head. ``metadata`` is the
+    exporter's record for the manifest. ``backbone_variants`` (cpu flavour): the accepted (runtime,
+    precision, file) variants of the backbone, fastest first, written to its config's ``vmtl_variants``
+    for the host to choose from; ``backbone_files``: the variants' files (name in the backbone's version
+    directory -> source) besides ``model.onnx``. The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
     """
@@ -409,6 +420,7 @@ def write_repository(
         heads or ("separate" if flavour == "native" else "fused"),
         cache,
         max_stream_bytes,
+        tuple((str(r), str(p), str(f)) for r, p, f in backbone_variants),
     )
     opts.check()
     missing = [n for n in graph.names if n not in head_onnx]
@@ -443,6 +455,10 @@ def write_repository(
 
     def files(stage: Path) -> None:
         _stage_models(stage, graph, configs, trunk_onnx, head_onnx, trunk_plan, opts)
+        for rel, src in (backbone_files or {}).items():
+            target = stage / BACKBONE / "1" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
 
     _stage_and_install(out, manifest, files)
     return out
@@ -475,6 +491,9 @@ def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> mc.Mode
     if not opts.native:
         cfg.backend = "python"
         _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(opts.cpu_threads or 0)})
+        if opts.variants:
+            listed = [{"runtime": r, "precision": p, "file": f} for r, p, f in opts.variants]
+            _set_params(cfg, {PARAM_VARIANTS: json.dumps(listed, separators=(",", ":"))})
     elif opts.tensorrt:
         cfg.platform = "tensorrt_plan"
     else:

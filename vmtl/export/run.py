@@ -9,6 +9,7 @@ import sys
 
 from vmtl.contract import RepositoryError
 from vmtl.export.onnx import ExportError, UsageError, export_checkpoint
+from vmtl.export.precision import parse_precisions, parse_runtimes
 from vmtl.export.tensorrt import tensorrt_unavailable
 
 
@@ -25,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
         reason = tensorrt_unavailable()
         if reason:
             return _fail(reason, 2)
+    try:
+        precisions = parse_precisions(args.precision) if args.precision else ()
+        runtimes = parse_runtimes(args.runtime)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -48,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             heads=args.heads,
             cache=args.cache,
+            precisions=precisions,
+            runtimes=runtimes,
             log=None if args.quiet else log,
         )
     except UsageError as exc:
