@@ -1,16 +1,20 @@
 """The machine's measured matrix-multiply peak, and what share of it the trunk reaches.
 
 The peak is measured, not looked up: a square fp32 MatMul in ONNX Runtime (the runtime the trunk runs in,
-same threads) and in numpy's BLAS; the better of the two is the reference. The trunk's FLOPs per clip come
+same threads) and in numpy's BLAS; the better of the two is the reference. When the trunk runs in
+OpenVINO, :func:`precision_peak` adds the same MatMul compiled by OpenVINO at the precision in use (bf16
+on a bf16 CPU; an int8 trunk is compared with the f32 peak, which the report says). The trunk's FLOPs per clip come
 from the repository's manifest (``vmtl export`` counts them with torch's FlopCounterMode: 2 per
 multiply-add, matmuls, convolutions and attention).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from vmtl.runtime import cores
+from vmtl.runtime_openvino import OvSession
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,38 @@ def matmul_peak(n: int = 1024, seconds: float = 1.5, threads: int | None = None)
     a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
     rates["numpy"] = _best_rate(lambda: a @ b, flops, seconds)
     return Peak(n, threads, rates)
+
+
+def _openvino_matmul(n: int, threads: int, precision: str) -> tuple[Callable[[], object], str]:
+    """An n x n x n MatMul compiled by OpenVINO at ``precision`` (fp32 / bf16), and what it runs as."""
+
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["c"])], "matmul", [a], [c], [weight])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "matmul.onnx"
+        save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        sess = OvSession(path, precision="bf16" if precision == "bf16" else "fp32", threads=threads)
+    feed = {"a": rng.standard_normal((n, n)).astype(np.float32)}
+    return (lambda: sess.run(["c"], feed)), sess.runs_as
+
+
+def precision_peak(
+    precision: str, runtime: str, n: int = 1024, seconds: float = 1.5, threads: int | None = None
+) -> Peak:
+    """The matmul peak of the precision and runtime the trunk runs in: :func:`matmul_peak` for ONNX
+    Runtime (and any int8), plus OpenVINO's own MatMul at fp32 / bf16 (keyed ``openvino-f32`` /
+    ``openvino-bf16`` by what it actually ran as) when the trunk runs in OpenVINO."""
+    peak = matmul_peak(n, seconds, threads)
+    if runtime != "openvino":
+        return peak
+    threads = threads or cores()
+    fn, runs_as = _openvino_matmul(n, threads, precision)
+    return Peak(n, threads, {**peak.gflops, f"openvino-{runs_as}": _best_rate(fn, 2.0 * n**3, seconds)})
 
 
 def manifest_flops(metadata: dict[str, Any]) -> tuple[int, dict[str, int]] | None:
