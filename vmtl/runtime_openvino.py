@@ -1,5 +1,5 @@
-"""The second CPU runtime and the per-machine choice: OpenVINO sessions with an explicit precision, the
-serving CPU's capabilities, and which of a backbone's accepted (runtime, precision) variants a host runs.
+"""The second CPU runtime: OpenVINO sessions with an explicit precision, and the sessions a host opens for
+the (runtime, precision) variant of its backbone that this machine runs.
 
 - :class:`OvSession`: an OpenVINO compiled model behind the slice of ONNX Runtime's ``InferenceSession``
   API vmtl uses (``run(names, feeds)``, ``get_inputs()``, ``get_outputs()``), so :class:`vmtl.runtime.
@@ -7,12 +7,11 @@ serving CPU's capabilities, and which of a backbone's accepted (runtime, precisi
   is always set explicitly (``INFERENCE_PRECISION_HINT``): OpenVINO would otherwise run bf16 on a bf16 CPU.
   An int8 variant is a file NNCF quantised (FakeQuantize nodes) compiled with the f32 hint (bf16 where the
   CPU has it: "int8 + bf16").
-- :func:`cpu_capabilities`: ``/proc/cpuinfo`` flags (AMX-BF16, AVX512-BF16, VNNI) and OpenVINO's
-  ``OPTIMIZATION_CAPABILITIES``; ``VMTL_CPU_FLAGS`` replaces the flags read (tests, what-if runs).
-- :func:`choose_variant`: the first accepted variant (the export lists them fastest first) the CPU runs
-  natively, or the one an explicit setting names (config parameters ``runtime`` / ``precision``, env
-  ``VMTL_RUNTIME`` / ``VMTL_PRECISION``, which win over the config).
-- :func:`host_backbone`: the session a python-backend host gives a model from its config parameters.
+- the CPU's capabilities and the choice rule live in :mod:`vmtl.precision_choice` (a light module
+  that `vmtl serve` reads without ONNX Runtime); they are re-exported here.
+- :func:`host_backbone`: the session a python-backend host gives a model from its config parameters;
+  :func:`host_pipeline` / :func:`local_pipeline`: a repository's pipeline with the backbone on that same
+  variant (the benchmarks' in-process baselines; ``vmtl batch --engine local``).
 
 Layer 1: numpy, onnxruntime (through :mod:`vmtl.runtime`) and OpenVINO, imported only when used (the
 ``openvino`` extra).
@@ -20,7 +19,6 @@ Layer 1: numpy, onnxruntime (through :mod:`vmtl.runtime`) and OpenVINO, imported
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -31,8 +29,24 @@ from typing import Any
 
 import numpy as np
 
-from vmtl.contract import PARAM_VARIANTS
-from vmtl.runtime import cores, host_session
+from vmtl.contract import PARAM_VARIANTS, config_params, load_configs
+from vmtl.precision_choice import (
+    ENV_CPU_FLAGS,
+    ENV_PRECISION,
+    ENV_RUNTIME,
+    PARAM_PRECISION,
+    PARAM_RUNTIME,
+    PRECISIONS,
+    RUNTIMES,
+    CpuCaps,
+    choose_variant,
+    cpu_capabilities,
+    explicit,
+    openvino_unavailable,
+    parse_variants,
+    planned_choices,
+)
+from vmtl.runtime import LocalModel, OrtPipeline, cores, host_session, ort_session
 
 __all__ = [
     "ENV_CPU_FLAGS",
@@ -49,117 +63,15 @@ __all__ = [
     "choose_variant",
     "cpu_capabilities",
     "host_backbone",
+    "host_pipeline",
+    "local_pipeline",
     "openvino_unavailable",
     "ov_session",
+    "planned_choices",
 ]
 
-PRECISIONS = ("fp32", "bf16", "int8")
-RUNTIMES = ("ort", "openvino")
-#: Backbone config parameters besides :data:`vmtl.contract.PARAM_VARIANTS`: an explicit choice (``auto``
-#: or empty: the host decides).
-PARAM_RUNTIME = "runtime"
-PARAM_PRECISION = "precision"
-ENV_RUNTIME = "VMTL_RUNTIME"
-ENV_PRECISION = "VMTL_PRECISION"
-#: Comma-separated CPU flags that replace /proc/cpuinfo's (e.g. ``amx_bf16,avx512_bf16``).
-ENV_CPU_FLAGS = "VMTL_CPU_FLAGS"
-#: OpenVINO's names of vmtl's precisions (the compiled model's INFERENCE_PRECISION_HINT).
 _OV_HINT = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
-_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-_INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512vnni")
-
 log = logging.getLogger("vmtl.runtime")
-
-
-def openvino_unavailable() -> str | None:
-    """None when OpenVINO imports, else what to install."""
-    try:
-        import openvino  # noqa: F401
-    except ImportError as exc:
-        return f"OpenVINO is not installed ({exc}); pip install 'vmtl[openvino]'"
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# The CPU
-
-
-@dataclass(frozen=True)
-class CpuCaps:
-    """What the serving CPU runs natively: its model name, the relevant flags, OpenVINO's view."""
-
-    model: str
-    flags: frozenset[str]
-    openvino: frozenset[str] = frozenset()  # OPTIMIZATION_CAPABILITIES of OpenVINO's CPU device
-
-    @property
-    def bf16(self) -> bool:
-        return any(f in self.flags for f in _BF16_FLAGS)
-
-    @property
-    def vnni(self) -> bool:
-        return any(f in self.flags for f in _INT8_FLAGS)
-
-    def supports(self, precision: str) -> bool:
-        """fp32 and int8 run everywhere (int8 is fast with VNNI/AMX); bf16 needs AVX512-BF16 or AMX."""
-        return precision != "bf16" or self.bf16
-
-    def describe(self) -> str:
-        shown = [f for f in (*_BF16_FLAGS, *_INT8_FLAGS) if f in self.flags] or ["no bf16/VNNI flags"]
-        ov = f"; OpenVINO {','.join(sorted(self.openvino))}" if self.openvino else ""
-        return f"{self.model} ({' '.join(shown)}{ov})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cpu": self.model,
-            "flags": sorted(f for f in self.flags if f in (*_BF16_FLAGS, *_INT8_FLAGS, "avx512f", "avx2")),
-            "openvino": sorted(self.openvino),
-            "bf16": self.bf16,
-            "vnni": self.vnni,
-        }
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = "unknown CPU", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model == "unknown CPU":
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
-
-
-def _openvino_caps() -> frozenset[str]:
-    if openvino_unavailable():
-        return frozenset()
-    import openvino as ov
-
-    try:
-        return frozenset(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception:  # pragma: no cover - a broken plugin
-        return frozenset()
-
-
-def cpu_capabilities() -> CpuCaps:
-    """This CPU's capabilities (``VMTL_CPU_FLAGS`` replaces the flags read from /proc/cpuinfo).
-
-    bf16 counts only when OpenVINO agrees (``BF16`` in its capabilities) or cannot be asked.
-    """
-    model, flags = _cpuinfo()
-    forced = os.environ.get(ENV_CPU_FLAGS)
-    if forced is not None:
-        flags = {f.strip() for f in forced.split(",") if f.strip()}
-        return CpuCaps(model + " (flags forced by VMTL_CPU_FLAGS)", frozenset(flags))
-    ov = _openvino_caps()
-    if ov and "BF16" not in ov:
-        flags -= set(_BF16_FLAGS)
-    return CpuCaps(model, frozenset(flags), ov)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,63 +156,6 @@ def ov_session(
 # The choice per machine
 
 
-def _explicit(value: str | None) -> str | None:
-    value = (value or "").strip().lower()
-    return None if value in ("", "auto") else value
-
-
-def choose_variant(
-    variants: Sequence[Mapping[str, str]],
-    caps: CpuCaps,
-    *,
-    runtime: str | None = None,
-    precision: str | None = None,
-    installed: Sequence[str] = RUNTIMES,
-) -> tuple[dict[str, str], str]:
-    """(variant, why) among the accepted ``variants`` (fastest first, as measured by the export).
-
-    ``runtime`` / ``precision`` (None or ``auto``: any) restrict the choice; an explicit precision the CPU
-    cannot run natively (bf16 without AVX512-BF16/AMX) is an error rather than a silent f32 run. Without
-    one, the first variant the CPU runs natively (with a runtime that is ``installed``) is taken. Raises
-    ValueError naming what is available.
-    """
-    runtime, precision = _explicit(runtime), _explicit(precision)
-    listed = ", ".join(f"{v['runtime']}/{v['precision']}" for v in variants) or "none"
-    for what, value, allowed in (("runtime", runtime, RUNTIMES), ("precision", precision, PRECISIONS)):
-        if value is not None and value not in allowed:
-            raise ValueError(f"{what} must be auto or one of {', '.join(allowed)}, not {value!r}")
-    pool = [
-        dict(v)
-        for v in variants
-        if (runtime is None or v["runtime"] == runtime) and (precision is None or v["precision"] == precision)
-    ]
-    if not pool:
-        asked = "/".join(x for x in (runtime, precision) if x)
-        raise ValueError(f"no accepted backbone variant matches {asked}; accepted: {listed}")
-    if precision is not None and not caps.supports(precision):
-        raise ValueError(
-            f"precision {precision} was asked for, but this CPU ({caps.describe()}) has no native {precision}; "
-            f"accepted: {listed} (use auto to let the host choose)"
-        )
-    if runtime is not None and runtime not in installed:
-        raise ValueError(
-            f"runtime {runtime} was asked for but is not installed (pip install 'vmtl[openvino]')"
-        )
-    runnable = [v for v in pool if caps.supports(v["precision"]) and v["runtime"] in installed]
-    if not runnable:
-        raise ValueError(f"this CPU ({caps.describe()}) runs none of the accepted variants {listed}")
-    chosen = runnable[0]
-    skipped = [
-        f"{v['runtime']}/{v['precision']} ("
-        + ("not installed" if v["runtime"] not in installed else "not native on this CPU")
-        + ")"
-        for v in pool[: pool.index(chosen)]
-    ]
-    how = "explicit setting" if (runtime or precision) else "fastest accepted the CPU runs"
-    why = f"{how}; CPU {caps.describe()}" + (f"; skipped {', '.join(skipped)}" if skipped else "")
-    return chosen, why
-
-
 @dataclass
 class Hosted:
     """What :func:`host_backbone` opened: the session, its variant and why it was chosen."""
@@ -323,21 +178,6 @@ class Hosted:
         return f"{self.runtime} {self.precision} ({self.file.name}{runs}; {self.why})"
 
 
-def parse_variants(params: Mapping[str, str]) -> list[dict[str, str]]:
-    """The accepted variants of a config's ``vmtl_variants`` parameter ([] when absent)."""
-    text = params.get(PARAM_VARIANTS) or ""
-    if not text:
-        return []
-    data = json.loads(text)
-    if not isinstance(data, list) or not all(
-        isinstance(v, dict) and {"runtime", "precision", "file"} <= set(v) for v in data
-    ):
-        raise ValueError(
-            f"config parameter {PARAM_VARIANTS} must be a JSON list of {{runtime, precision, file}}"
-        )
-    return [{k: str(v[k]) for k in ("runtime", "precision", "file")} for v in data]
-
-
 def host_backbone(
     version_dir: str | os.PathLike[str],
     params: Mapping[str, str],
@@ -358,7 +198,7 @@ def host_backbone(
     runtime = env.get(ENV_RUNTIME) or params.get(PARAM_RUNTIME)
     precision = env.get(ENV_PRECISION) or params.get(PARAM_PRECISION)
     if not variants:
-        if _explicit(runtime) not in (None, "ort") or _explicit(precision) not in (None, "fp32"):
+        if explicit(runtime) not in (None, "ort") or explicit(precision) not in (None, "fp32"):
             raise ValueError(
                 f"{fp32.name}: only ONNX Runtime fp32 was exported for this model "
                 f"(asked for {runtime or 'auto'}/{precision or 'auto'})"
@@ -377,3 +217,35 @@ def host_backbone(
         hosted = Hosted(sess, "openvino", chosen["precision"], path, why, sess.runs_as)
     log.info("backbone runs %s", hosted.describe())
     return hosted
+
+
+def _backbone_params(model: LocalModel) -> dict[str, str]:
+    try:
+        cfg = load_configs(model.path).get(model.manifest.models.backbone)
+    except Exception:  # a repository without configs: ONNX files only
+        return {}
+    return config_params(cfg) if cfg is not None else {}
+
+
+def host_pipeline(model: LocalModel) -> tuple[OrtPipeline, Hosted]:
+    """:meth:`vmtl.runtime.LocalModel.host_pipeline` with the backbone on the variant (runtime, precision)
+    its python-backend host runs on this machine, and that choice."""
+    configs = load_configs(model.path)
+    models = model.manifest.models
+    hosted = host_backbone(model.trunk.parent, config_params(configs[models.backbone]))
+    heads = {n: host_session(f, config_params(configs[models.head(n)])) for n, f in model.heads.items()}
+    return OrtPipeline.from_sessions(model.graph, hosted.session, heads), hosted
+
+
+def local_pipeline(
+    model: LocalModel, tasks: Sequence[str] | None = None, *, threads: int | None = None
+) -> tuple[OrtPipeline, Hosted | None]:
+    """:meth:`vmtl.runtime.LocalModel.pipeline` (``threads`` intra-op threads per model), the backbone on the
+    variant the host would run here when the repository lists several (else None: ONNX Runtime fp32)."""
+    params = _backbone_params(model)
+    if not parse_variants(params):
+        return model.pipeline(tasks, threads=threads), None
+    hosted = host_backbone(model.trunk.parent, {**params, "intra_op_threads": str(threads or 0)})
+    needed = model.graph.closure(tasks or model.graph.names)
+    heads = {n: ort_session(model.heads[n], threads=threads) for n in needed}
+    return OrtPipeline.from_sessions(model.graph, hosted.session, heads), hosted

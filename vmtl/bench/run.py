@@ -77,7 +77,7 @@ def format_report(result: Any) -> str:
     if eff is not None:
         lines += [
             "",
-            f"matmul peak ({eff.peak.n}^3 fp32, {eff.peak.threads} threads): "
+            f"matmul peak ({eff.peak.n}^3, {eff.peak.threads} threads; the trunk runs {eff.runs}): "
             + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in eff.peak.gflops.items()),
             f"trunk: {eff.flops_per_clip / 1e9:.3f} GFLOPs per clip; "
             + "; ".join(

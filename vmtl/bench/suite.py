@@ -29,9 +29,10 @@ from vmtl.bench.eager import EagerTorch
 from vmtl.bench.independent import single_model
 from vmtl.bench.inprocess import IndependentOrt
 from vmtl.bench.load import LoadError, Measurement, run_load
-from vmtl.bench.peak import Peak, manifest_flops, matmul_peak
+from vmtl.bench.peak import Peak, manifest_flops, precision_peak
 from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, PARAM_TASKS, feat_output
 from vmtl.runtime import LocalModel, cores
+from vmtl.runtime_openvino import host_pipeline
 
 
 class BenchError(RuntimeError):
@@ -46,6 +47,7 @@ class TrunkEfficiency:
     peak: Peak
     inprocess: dict[int, float] = field(default_factory=dict)  # batch -> clips/s (ORT, trunk alone, 1 caller)
     served: float | None = None  # clips/s of the served trunk at the top concurrency
+    runs: str = "ort fp32"  # the trunk's runtime and precision (the host's choice on this machine)
 
     def gflops(self, clips_per_s: float) -> float:
         return self.flops_per_clip * clips_per_s / 1e9
@@ -270,7 +272,7 @@ def prepare_calls(
     configuration that cannot run here goes to ``skipped`` with the reason."""
     calls: dict[str, Call] = {}
     triton = TritonCalls(url) if url and any(c.startswith("triton") for c in configs) else None
-    shared = repo.host_pipeline() if {"ort-shared", "ort-trunk"} & set(configs) else None
+    shared = host_pipeline(repo)[0] if {"ort-shared", "ort-trunk"} & set(configs) else None
     for c in configs:
         if c.startswith("triton"):
             if triton is None:
@@ -361,9 +363,15 @@ def trunk_efficiency(
     if flops is None:
         return None
     log("measuring the matmul peak and the in-process trunk at batch 1 and max_batch_size")
-    efficiency = TrunkEfficiency(flops[0], matmul_peak())
-    trunk = repo.host_pipeline().trunk
+    pipeline, hosted = host_pipeline(repo)
+    trunk = pipeline.trunk
     assert trunk is not None
+    # against the matmul peak of the runtime and precision the trunk runs in
+    efficiency = TrunkEfficiency(
+        flops[0],
+        precision_peak(hosted.precision, hosted.runtime),
+        runs=f"{hosted.runtime} {hosted.precision}",
+    )
     for b in sorted({1, repo.max_batch_size}):
         batch = np.ascontiguousarray(np.repeat(video, b, axis=0))
         m = run_load(

@@ -43,6 +43,7 @@ from vmtl.client.client import ClientError, InputError, ServerUnavailableError, 
 from vmtl.client.engine_names import ENGINES
 from vmtl.contract import CLIP_ENSEMBLE, VIDEO_ENSEMBLE, RepositoryError
 from vmtl.runtime import LocalModel, cores
+from vmtl.runtime_openvino import local_pipeline
 from vmtl.tasks import ClipLike, Preprocess, TaskGraph, combine_windows, postprocess
 from vmtl.video import Clip, VideoError, read_clip, sliding_windows
 
@@ -194,7 +195,8 @@ class OrtRunner:
         pre = self.graph.preprocess
         self.clip_shape = (pre.num_frames, pre.size, pre.size, 3)
         try:
-            self.pipeline = model.pipeline(self.tasks, threads=threads)
+            # The backbone on the runtime and precision the served host would run on this machine.
+            self.pipeline, self.hosted = local_pipeline(model, self.tasks, threads=threads)
         except Exception as exc:
             raise BatchError(f"{model.path}: ONNX Runtime cannot load the model: {exc}") from exc
 

@@ -28,6 +28,7 @@ from vmtl.contract import (
     RepositoryError,
     is_model_repository,
 )
+from vmtl.precision_choice import planned_choices
 from vmtl.server.launcher import (
     ServerError,
     TritonServer,
@@ -148,6 +149,8 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
     print(f"vmtl serve: starting Triton on {served.resolve()} ({len(info.models)} models)", flush=True)
     if meta is not None:
         print(f"vmtl serve: {_describe_meta(meta)}", flush=True)
+    for model, choice in planned_choices(served).items():
+        print(f"vmtl serve: {model} runs {choice}", flush=True)
     progress = _Progress(len(info.models), enabled=not args.verbose)
     try:
         with _stop_signals():
