@@ -254,3 +254,21 @@ def test_validation_names_a_missing_variant_file(exported: Exported, tmp_path: P
     (_backbone_dir(repo) / victim["file"]).unlink()
     with pytest.raises(RepositoryError, match="missing model file"):
         validate_repository(repo)
+
+
+def test_local_engine_and_bench_baseline_run_the_hosts_choice(
+    exported: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmtl.runtime_openvino import host_pipeline, local_pipeline, planned_choices
+
+    model = LocalModel.load(exported.repo)
+    monkeypatch.setenv(ENV_RUNTIME, "openvino")
+    monkeypatch.setenv(ENV_PRECISION, "fp32")
+    pipe, hosted = local_pipeline(model, ["motion"], threads=1)
+    assert hosted is not None and (hosted.runtime, hosted.precision) == ("openvino", "fp32")
+    pre = model.graph.preprocess
+    clip = np.zeros((1, pre.num_frames, pre.size, pre.size, 3), np.uint8)
+    want = model.pipeline(["motion"], threads=1).run(clip, ["motion"])["motion"]
+    np.testing.assert_allclose(pipe.run(clip, ["motion"])["motion"], want, rtol=1e-4, atol=1e-4)
+    assert host_pipeline(model)[1].runtime == "openvino"
+    assert planned_choices(exported.repo)[BACKBONE].startswith("openvino fp32")
