@@ -4,7 +4,7 @@ Layers, bottom to top (a module may import its own layer and lower ones)::
 
     0  vmtl.tasks, vmtl.video, vmtl.metrics, vmtl.contract,  numpy / protobuf / PyAV
        vmtl.samples
-    1  vmtl.data, vmtl.runtime                               data readers, ONNX Runtime sessions
+    1  vmtl.data, vmtl.runtime, vmtl.runtime_openvino        data readers, ONNX Runtime / OpenVINO sessions
     2  vmtl.models                                           torch
     3  vmtl.training
     4  vmtl.export
@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "vmtl.samples": 0,
     "vmtl.data": 1,
     "vmtl.runtime": 1,
+    "vmtl.runtime_openvino": 1,
     "vmtl.models": 2,
     "vmtl.training": 3,
     "vmtl.export": 4,

@@ -230,10 +230,8 @@ def _backbone_params(model: LocalModel) -> dict[str, str]:
 def host_pipeline(model: LocalModel) -> tuple[OrtPipeline, Hosted]:
     """:meth:`vmtl.runtime.LocalModel.host_pipeline` with the backbone on the variant (runtime, precision)
     its python-backend host runs on this machine, and that choice."""
-    configs = load_configs(model.path)
-    models = model.manifest.models
-    hosted = host_backbone(model.trunk.parent, config_params(configs[models.backbone]))
-    heads = {n: host_session(f, config_params(configs[models.head(n)])) for n, f in model.heads.items()}
+    hosted = host_backbone(model.trunk.parent, _backbone_params(model))
+    heads = model.host_pipeline().heads  # the heads exactly as LocalModel hosts them
     return OrtPipeline.from_sessions(model.graph, hosted.session, heads), hosted
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper, save
 
 from vmtl.runtime import cores
 from vmtl.runtime_openvino import OvSession
@@ -88,8 +88,6 @@ def matmul_peak(n: int = 1024, seconds: float = 1.5, threads: int | None = None)
 
 def _openvino_matmul(n: int, threads: int, precision: str) -> tuple[Callable[[], object], str]:
     """An n x n x n MatMul compiled by OpenVINO at ``precision`` (fp32 / bf16), and what it runs as."""
-
-    from onnx import TensorProto, helper, numpy_helper, save
 
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "w")
