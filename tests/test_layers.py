@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "vmtl.data": 1,
     "vmtl.runtime": 1,
     "vmtl.runtime_openvino": 1,
+    "vmtl.precision_choice": 1,
     "vmtl.models": 2,
     "vmtl.training": 3,
     "vmtl.export": 4,
