@@ -594,3 +594,81 @@ def test_serve_native_says_what_a_tensorrt_plan_needs(
     assert vmtl_main(["serve", str(native), "--native"]) == 0
     out = capsys.readouterr().out
     assert f"# {model.name}: TensorRT plan built with TensorRT 10.3.0 on a 'NVIDIA H100'" in out
+
+
+def test_serve_killed_with_sigkill_takes_its_tritonserver_along(tmp_path: Path) -> None:
+    """SIGKILL gives `vmtl serve` no chance to stop tritonserver: the kernel does (PR_SET_PDEATHSIG)."""
+    repo = small_repository(tmp_path / "repo")
+    cmd = [sys.executable, "-m", "vmtl.cli", "serve", str(repo), "--log-file", str(tmp_path / "server.log")]
+    cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    server_pid = 0
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        output = "".join(lines)
+        assert "Serving; press Ctrl-C to stop." in output, output
+        server_pid = int(output.split("(pid ")[1].split(")")[0])
+        assert _alive(server_pid)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(server_pid), "tritonserver outlived the vmtl serve that was SIGKILLed"
+        deadline = time.monotonic() + 10  # its python-backend stubs follow once their parent is gone
+        while _processes_mentioning(str(repo)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _processes_mentioning(str(repo))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if server_pid and _alive(server_pid):
+            os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_tls_and_restricted_admin_flags(tmp_path: Path, repo: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    server = TritonServer(
+        repo,
+        host="0.0.0.0",
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        tls_cert=tmp_path / "cert.pem",
+        tls_key=tmp_path / "key.pem",
+        tls_ca=tmp_path / "ca.pem",
+        restrict_admin=("vmtl-admin", "s3cret"),
+    )
+    cmd = server.command()
+    assert "--grpc-use-ssl=true" in cmd and "--grpc-use-ssl-mutual=true" in cmd
+    assert f"--grpc-server-cert={tmp_path / 'cert.pem'}" in cmd
+    assert f"--grpc-root-cert={tmp_path / 'ca.pem'}" in cmd
+    assert "--grpc-restricted-protocol=model-repository,shared-memory:vmtl-admin=s3cret" in cmd
+    assert "--http-restricted-api=model-repository,shared-memory:vmtl-admin=s3cret" in cmd
+    assert "--http-address=127.0.0.1" in cmd and "--grpc-address=0.0.0.0" in cmd  # HTTP has no TLS
+    assert server.admin_headers("grpc") == {"triton-grpc-protocol-vmtl-admin": "s3cret"}
+    assert server.admin_headers("http") == {"vmtl-admin": "s3cret"}
+    with pytest.raises(ServerError, match="needs both a certificate and its key"):
+        TritonServer(repo, tls_cert=tmp_path / "cert.pem")
+    with pytest.raises(ServerError, match="does not exist"):
+        TritonServer(repo, tls_cert=tmp_path / "nope.pem", tls_key=tmp_path / "key.pem")
+    with pytest.raises(ServerError, match="admin header"):
+        TritonServer(repo, restrict_admin=("Bad Key", "v"))
+    plain = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    assert not any("ssl" in a or "restricted" in a for a in plain.command())
+
+
+def test_serve_warns_when_reachable_without_tls(repo: Path) -> None:
+    from vmtl.server.cli import _exposure_warnings
+
+    assert _exposure_warnings(TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)) == []
+    wide = _exposure_warnings(TritonServer(repo, host="0.0.0.0", http_port=0, grpc_port=0, metrics_port=0))
+    assert any("without TLS" in w and "--tls-cert" in w for w in wide)
+    assert any("--restrict-admin" in w for w in wide)

@@ -33,6 +33,7 @@ from vmtl.server.launcher import (
     ServerError,
     TritonServer,
     check_repository,
+    is_loopback,
     prepare_backend_dir,
     response_cache_args,
 )
@@ -53,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Start NVIDIA Triton (the tritonserver binary of nvidia-pytriton, CPU) on a model repository "
         "written by `vmtl export`, wait until all models are loaded, and serve in the foreground until "
-        "Ctrl-C or SIGTERM."
+        "Ctrl-C or SIGTERM. tritonserver dies with this command, even when it is killed (Linux)."
     )
     parser.add_argument(
         "repo",
@@ -89,6 +90,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Triton's response cache of N MiB (--cache-config local,size=...): a clip the backbone has seen "
         "skips the trunk when the repository was exported with --cache; least recently used entries are "
         "evicted when full (default: 0, no cache)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, metavar="PEM", help="serve gRPC over TLS with this certificate"
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, metavar="PEM", help="the certificate's private key"
+    )
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="mutual TLS: accept only clients with a certificate this CA signed",
+    )
+    parser.add_argument(
+        "--restrict-admin",
+        default=None,
+        metavar="KEY=VALUE",
+        help="answer the model-control and shared-memory APIs only to requests carrying header KEY: VALUE "
+        "(gRPC metadata triton-grpc-protocol-KEY; HTTP header KEY)",
     )
     parser.add_argument(
         "--native",
@@ -145,7 +166,13 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
         log_file=args.log_file,
         echo_log=args.verbose,
         extra_args=response_cache_args(args.cache_mb),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        restrict_admin=_admin_header(args.restrict_admin),
     )
+    for warning in _exposure_warnings(server):
+        print(f"vmtl serve: warning: {warning}", file=sys.stderr)
     print(f"vmtl serve: starting Triton on {served.resolve()} ({len(info.models)} models)", flush=True)
     if meta is not None:
         print(f"vmtl serve: {_describe_meta(meta)}", flush=True)
@@ -182,6 +209,35 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
         code = server.stop()
     print(f"vmtl serve: stopped (tritonserver exit code {code}); log: {server.log_file}", flush=True)
     return 0
+
+
+def _admin_header(spec: str | None) -> tuple[str, str] | None:
+    """``KEY=VALUE`` of --restrict-admin."""
+    if spec is None:
+        return None
+    key, sep, value = spec.partition("=")
+    if not sep:
+        raise ServerError(f"--restrict-admin takes KEY=VALUE (a header and its value), not {spec!r}")
+    return key.strip(), value.strip()
+
+
+def _exposure_warnings(server: TritonServer) -> list[str]:
+    """What is reachable beyond this machine without TLS or without a key on the admin APIs."""
+    if is_loopback(server.host):
+        return []
+    warnings = []
+    if not server.tls:
+        warnings.append(
+            f"gRPC on {server.host} is reachable from other machines without TLS: requests, videos and "
+            "results travel in clear text and anyone who can connect is served. Give --tls-cert and "
+            "--tls-key (or bind --host 127.0.0.1 behind a TLS proxy)"
+        )
+    if server.restrict_admin is None:
+        warnings.append(
+            "the model-control and shared-memory APIs are open to every client; --restrict-admin KEY=VALUE "
+            "puts them behind a header"
+        )
+    return warnings
 
 
 class _StopRequested(Exception):
@@ -254,8 +310,13 @@ class _Progress:
 def _print_ready(server: TritonServer, seconds: float) -> None:
     version, index = server.status()
     print(f"vmtl serve: Triton {version} ready in {seconds:.1f} s (pid {server.pid})")
-    print(f"  gRPC     {server.grpc_url}")
-    print(f"  HTTP     http://{server.http_url}")
+    mutual = " (mutual: clients need a certificate)" if server.tls_ca is not None else ""
+    print(f"  gRPC     {server.grpc_url}" + (f"  TLS{mutual}" if server.tls else ""))
+    print(
+        f"  HTTP     http://{server.http_url}" + ("  (loopback only: HTTP has no TLS)" if server.tls else "")
+    )
+    if server.restrict_admin is not None:
+        print(f"  admin    model control and shared memory need header {server.restrict_admin[0]!r}")
     print(f"  metrics  {server.metrics_url}")
     print(f"  log      {server.log_file}")
     print("Models:")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import functools
 import hashlib
 import importlib.util
 import json
@@ -51,13 +53,16 @@ import tritonclient.grpc as grpcclient
 from vmtl.contract import RepositoryError, RepositoryInfo, is_model_repository, validate_repository
 
 __all__ = [
+    "ADMIN_PROTOCOLS",
     "DEFAULT_BACKEND_CONFIG",
     "RepositoryInfo",
     "ServerError",
     "TritonServer",
+    "admin_header",
     "check_repository",
     "find_tritonserver",
     "free_port",
+    "is_loopback",
     "is_model_repository",
     "prepare_backend_dir",
     "pytriton_dist_dir",
@@ -75,6 +80,10 @@ DEFAULT_BACKEND_CONFIG: dict[str, str] = {
     "shm-default-byte-size": str(4 * 1024 * 1024),
     "shm-growth-byte-size": str(4 * 1024 * 1024),
 }
+
+#: Triton's gRPC protocols (HTTP APIs) that change the server rather than ask it: loading and unloading
+#: models, registering shared-memory regions. ``restrict_admin`` puts them behind a header key.
+ADMIN_PROTOCOLS = ("model-repository", "shared-memory")
 
 _INSTALL_HINT = "install it with `pip install nvidia-pytriton` (it ships the tritonserver binary)"
 _LOG_TAIL_LINES = 40
@@ -380,6 +389,14 @@ class TritonServer:
     ``poll``). ``auto_complete_config=False`` (the default) passes ``--disable-auto-complete-config``:
     configs must be complete. ``backend_config`` adds or overrides python-backend settings (see
     :data:`DEFAULT_BACKEND_CONFIG`). ``extra_args`` are appended last to the command line.
+
+    ``tls_cert`` and ``tls_key`` (PEM files) turn on TLS for gRPC; ``tls_ca`` also asks clients for a
+    certificate signed by that CA (mutual TLS). Triton's HTTP endpoint has no TLS, so with TLS on it is
+    bound to loopback only (the readiness probe and :meth:`status` use it there). ``restrict_admin``
+    (``(key, value)``) makes the :data:`ADMIN_PROTOCOLS` answer only requests carrying that header, on
+    gRPC and HTTP. ``die_with_parent`` (Linux) has the kernel kill tritonserver when the process that
+    started it dies, even by SIGKILL (only when started from the main thread: the signal follows the
+    thread that forked, not the process).
     """
 
     def __init__(
@@ -400,11 +417,23 @@ class TritonServer:
         auto_complete_config: bool = False,
         env: dict[str, str] | None = None,
         cache_dir: Path | None = None,
+        tls_cert: Path | str | None = None,
+        tls_key: Path | str | None = None,
+        tls_ca: Path | str | None = None,
+        restrict_admin: tuple[str, str] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         if model_control not in ("none", "explicit", "poll"):
             raise ValueError(f"model_control must be none, explicit or poll, not {model_control!r}")
         self.repo = Path(repo).resolve()
         self.host = host
+        self.tls_cert, self.tls_key, self.tls_ca = _tls_files(tls_cert, tls_key, tls_ca)
+        # Triton's HTTP endpoint has no TLS: with TLS on, keep it off the network.
+        self.http_host = _loopback_for(host) if self.tls_cert is not None else host
+        if restrict_admin is not None:
+            restrict_admin = _check_header(*restrict_admin)
+        self.restrict_admin = restrict_admin
+        self.die_with_parent = die_with_parent
         self._wanted_ports = (http_port, grpc_port, metrics_port)  # 0: pick a free one (again on retry)
         self._pick_ports()
         self.model_control = model_control
@@ -439,7 +468,7 @@ class TritonServer:
     @property
     def http_url(self) -> str:
         """``host:port`` of the HTTP endpoint, as ``tritonclient.http.InferenceServerClient`` expects."""
-        return f"{_client_host(self.host)}:{self.http_port}"
+        return f"{_client_host(self.http_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -469,7 +498,7 @@ class TritonServer:
             f"--model-repository={self.repo}",
             f"--backend-directory={backend_dir}",
             f"--model-control-mode={self.model_control}",
-            f"--http-address={self.host}",
+            f"--http-address={self.http_host}",
             f"--http-port={self.http_port}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
@@ -492,10 +521,59 @@ class TritonServer:
             # Without a GPU, Triton's attempt to allocate its 256 MiB pinned-memory pool only fails with a
             # "CUDA driver version is insufficient" warning; pinned memory is useless on CPU anyway.
             args.append("--pinned-memory-pool-byte-size=0")
+        args += self._security_args()
         caches = pytriton_dist_dir() / "caches"
         if caches.is_dir():  # the wheel's response-cache implementations (default: /opt/tritonserver/caches)
             args.append(f"--cache-directory={caches}")
         return args + self.extra_args
+
+    @property
+    def tls(self) -> bool:
+        """Whether gRPC is served over TLS."""
+        return self.tls_cert is not None
+
+    def _security_args(self) -> list[str]:
+        """tritonserver flags for TLS on gRPC and the restricted admin protocols."""
+        args = []
+        if self.tls_cert is not None:
+            args += [
+                "--grpc-use-ssl=true",
+                f"--grpc-server-cert={self.tls_cert}",
+                f"--grpc-server-key={self.tls_key}",
+            ]
+            if self.tls_ca is not None:  # clients must show a certificate this CA signed
+                args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls_ca}"]
+        if self.restrict_admin is not None:
+            key, value = self.restrict_admin
+            protocols = ",".join(ADMIN_PROTOCOLS)
+            args += [
+                f"--grpc-restricted-protocol={protocols}:{key}={value}",
+                f"--http-restricted-api={protocols}:{key}={value}",
+            ]
+        return args
+
+    def admin_headers(self, protocol: str = "grpc") -> dict[str, str]:
+        """The header the restricted admin protocols ask for, for ``protocol`` ``grpc`` or ``http`` ({} when
+        they are not restricted). Triton 2.51 expects the gRPC key prefixed ``triton-grpc-protocol-``."""
+        if self.restrict_admin is None:
+            return {}
+        key, value = self.restrict_admin
+        return {admin_header(key) if protocol == "grpc" else key: value}
+
+    def grpc_client(self) -> grpcclient.InferenceServerClient:
+        """A tritonclient gRPC client of this server (TLS as the server speaks it: the server's own
+        certificate as the root of trust, and with mutual TLS its own key and certificate as the
+        client's; right for a self-signed certificate or one signed by ``tls_ca``)."""
+        if self.tls_cert is None:
+            return grpcclient.InferenceServerClient(self.grpc_url)
+        mutual = self.tls_ca is not None
+        return grpcclient.InferenceServerClient(
+            self.grpc_url,
+            ssl=True,
+            root_certificates=str(self.tls_ca if mutual else self.tls_cert),
+            private_key=str(self.tls_key) if mutual else None,
+            certificate_chain=str(self.tls_cert) if mutual else None,
+        )
 
     def start(self) -> TritonServer:
         """Launch tritonserver in its own process group and return at once (then call :meth:`wait_ready`)."""
@@ -504,12 +582,12 @@ class TritonServer:
         if not self.repo.is_dir():
             raise ServerError(f"model repository {self.repo} does not exist or is not a directory")
         _check_numpy()
-        for what, port in (
-            ("HTTP", self.http_port),
-            ("gRPC", self.grpc_port),
-            ("metrics", self.metrics_port),
+        for what, host, port in (
+            ("HTTP", self.http_host, self.http_port),
+            ("gRPC", self.host, self.grpc_port),
+            ("metrics", self.host, self.metrics_port),
         ):
-            _check_port_free(_bind_probe_host(self.host), port, what)
+            _check_port_free(_bind_probe_host(host), port, what)
         cmd = self.command()
         if self.log_file is None:
             fd, name = tempfile.mkstemp(prefix="vmtl-tritonserver-", suffix=".log")
@@ -530,6 +608,11 @@ class TritonServer:
             # Own session/process group: Ctrl-C in a terminal reaches only us, and stop() can find and
             # kill every python-backend stub the server forked.
             start_new_session=True,
+            preexec_fn=(
+                functools.partial(_die_with_parent, os.getpid())
+                if self.die_with_parent and _can_tie_to_parent()
+                else None
+            ),
         )
         _LIVE.add(self)
         if self.echo_log:
@@ -612,13 +695,17 @@ class TritonServer:
         """(Triton version, repository index: one {name, version, state, reason} per model), over HTTP like
         the readiness probe (gRPC when HTTP is disabled), so a caller needs no gRPC client of its own."""
         if not self.http_enabled:
-            with grpcclient.InferenceServerClient(self.grpc_url) as client:
+            with self.grpc_client() as client:
                 version = client.get_server_metadata().version
-                return version, client.get_model_repository_index(as_json=True).get("models", [])
+                index = client.get_model_repository_index(headers=self.admin_headers("grpc"), as_json=True)
+                return version, index.get("models", [])
         with _NO_PROXY.open(f"http://{self.http_url}/v2", timeout=5) as response:
             version = json.loads(response.read()).get("version", "?")
         index = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST"
+            f"http://{self.http_url}/v2/repository/index",
+            data=b"{}",
+            method="POST",
+            headers=self.admin_headers("http"),
         )
         with _NO_PROXY.open(index, timeout=5) as response:
             return version, list(json.loads(response.read()))
@@ -631,7 +718,7 @@ class TritonServer:
         """Ready, and really this server: another one on the same port would answer too (``--id`` check)."""
         if not self.http_enabled:
             try:
-                with grpcclient.InferenceServerClient(self.grpc_url) as client:
+                with self.grpc_client() as client:
                     if not client.is_server_ready(client_timeout=2):
                         return False
                     return client.get_server_metadata(client_timeout=2).name == self.server_id
@@ -788,6 +875,71 @@ class TritonServer:
                     if rest:
                         sys.stderr.write(rest.decode(errors="replace"))
                     return
+
+
+def _tls_files(
+    cert: Path | str | None, key: Path | str | None, ca: Path | str | None
+) -> tuple[Path | None, Path | None, Path | None]:
+    """The TLS files, resolved and checked: a certificate needs its key and the other way round."""
+    if (cert is None) != (key is None):
+        raise ServerError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+    if cert is None and ca is not None:
+        raise ServerError("--tls-ca (clients must show a certificate) needs --tls-cert and --tls-key")
+    files = []
+    for what, path in (("certificate", cert), ("key", key), ("CA certificate", ca)):
+        if path is None:
+            files.append(None)
+            continue
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise ServerError(f"TLS {what} {path} does not exist")
+        files.append(path)
+    return files[0], files[1], files[2]
+
+
+def _check_header(key: str, value: str) -> tuple[str, str]:
+    """A gRPC metadata key (lower case, ``[a-z0-9-_.]``) and a value Triton can parse (no ``,`` ``:`` ``=``)."""
+    if not re.fullmatch(r"[a-z0-9_.-]+", key or "") or key.startswith("grpc-"):
+        raise ServerError(
+            f"admin header key {key!r} must be lower case letters, digits, '-', '_' or '.' (not grpc-...)"
+        )
+    if not value or re.search(r"[\s,:=]", value):
+        raise ServerError("the admin header value must be non-empty, without spaces, ',', ':' or '='")
+    return key, value
+
+
+def admin_header(key: str) -> str:
+    """The gRPC metadata key a client sends for ``vmtl serve --restrict-admin KEY=VALUE`` (Triton 2.51 checks
+    ``triton-grpc-protocol-<KEY>``; over HTTP the header is ``KEY`` itself)."""
+    return f"triton-grpc-protocol-{key}"
+
+
+def _loopback_for(host: str) -> str:
+    """The loopback address of ``host``'s family."""
+    return "::1" if ":" in host else "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps a port on this machine (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip("[]")
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _can_tie_to_parent() -> bool:
+    """PR_SET_PDEATHSIG is Linux's, and it fires when the forking *thread* ends: only the main thread."""
+    return sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the forked child, before exec: the kernel sends SIGKILL when the parent dies (any way). A
+    parent that died before the call leaves the child to init: then exit at once."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _has_nvidia_gpu() -> bool:
