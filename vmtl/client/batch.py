@@ -574,6 +574,7 @@ def make_engine(
     batch_size: int | None = None,
     mode: str = "bytes",
     timeout: float = 300.0,
+    tls: dict[str, Any] | None = None,
     ray_address: str | None = None,
     ray_cpus: int | None = None,
 ) -> Engine:
@@ -596,6 +597,7 @@ def make_engine(
             mode=mode,
             timeout=timeout,
             repo=repo,
+            tls=tls,
         )
     if repo is None:
         raise BatchError(f"the {kind} engine needs --repo MODEL_REPOSITORY (written by `vmtl export`)")

@@ -10,9 +10,9 @@ problems (missing repository, unreachable server, empty input, unknown task).
 from __future__ import annotations
 
 import argparse
-import os
 
 from vmtl.client.engine_names import ENGINES
+from vmtl.client.options import add_server_arguments
 
 _DESCRIPTION = """\
 Run every task (or --tasks) of a vmtl model repository over many videos and write one JSON line per
@@ -21,7 +21,9 @@ video to --out. Three engines give the same results:
   local   ONNX Runtime in this process on the repository's ONNX graphs: videos are decoded in
           --concurrency threads with the repository's preprocessing, the trunk runs once per batch of
           --batch-size clips, then only the heads the asked tasks need, in stage order.
-  triton  a running vmtl Triton server (`vmtl serve REPO`) at --url, --concurrency videos in flight.
+  triton  a running vmtl Triton server (`vmtl serve REPO`) at --url, --concurrency videos in flight;
+          several servers (--url a:8001,b:8001) share the videos, and one that goes away mid-run
+          hands its videos to the others (the run stops only when none is left).
   ray     Ray Data: read_binary_files -> decode -> map_batches over a pool of --concurrency actors
           holding ONNX Runtime sessions (Ray fuses the decode into them); for more videos than one
           machine handles (--ray-address of a cluster, else a local instance with --ray-cpus).
@@ -46,6 +48,7 @@ _EPILOG = """\
 examples:
   vmtl batch videos/ --repo model_repository --out results.jsonl
   vmtl batch 'clips/**/*.mp4' --engine triton --url localhost:8001 --out results.jsonl --concurrency 8
+  vmtl batch videos/ --engine triton --url a:8001,b:8001 --ca ca.pem --out results.jsonl   # 2 servers, TLS
   vmtl batch data/synth/motion/val.txt --repo model_repository --out val.jsonl     # + metrics table
   vmtl batch long/ --repo model_repository --out long.jsonl --window 4 --stride 2 --tasks segments
   vmtl batch videos/ --engine ray --repo model_repository --out results.jsonl --parquet results.parquet
@@ -83,11 +86,7 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "against the server's task graph)",
     )
     parser.add_argument("--out", required=True, metavar="FILE.jsonl", help="results, one JSON line per video")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("VMTL_URL", "localhost:8001"),
-        help="triton: the server's gRPC endpoint HOST:PORT (default: $VMTL_URL or %(default)s)",
-    )
+    add_server_arguments(parser, prefix="triton: ")
     parser.add_argument(
         "--tasks", default=None, metavar="A,B", help="comma-separated task names (default: all)"
     )

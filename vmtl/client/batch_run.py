@@ -16,6 +16,7 @@ from vmtl.client.batch import (
     resolve_labels,
     run_batch,
 )
+from vmtl.client.options import client_options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             mode=args.mode,
             timeout=args.timeout,
+            tls=client_options(args),
             ray_address=args.ray_address,
             ray_cpus=args.ray_cpus,
         )

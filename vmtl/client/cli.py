@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
 
 from vmtl.client.client import (
-    DEFAULT_URL,
     ClientError,
     ServerContractError,
     ServerUnavailableError,
@@ -29,6 +27,7 @@ from vmtl.client.client import (
     VmtlClient,
     WindowResult,
 )
+from vmtl.client.options import add_server_arguments, client_options
 from vmtl.client.stream import video_result
 
 
@@ -43,15 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  vmtl analyze clip.mp4\n"
         "  vmtl analyze a.mp4 b.mp4 --tasks motion,tags --json\n"
         "  vmtl analyze long.mp4 --window 4 --stride 2      # sliding windows + whole-video result\n"
+        "  vmtl analyze *.mp4 --url a:8001,b:8001            # two servers share the videos\n"
+        "  vmtl analyze clip.mp4 --url host:8001 --ca ca.pem  # TLS (`vmtl serve --tls-cert ...`)\n"
         "  vmtl analyze --list-tasks                        # what the server can do"
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("videos", nargs="*", metavar="VIDEO", help="video files to analyse")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("VMTL_URL", DEFAULT_URL),
-        help="the server's gRPC endpoint HOST:PORT (default: $VMTL_URL or %(default)s)",
-    )
+    add_server_arguments(parser)
     parser.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line per video")
     parser.add_argument(
@@ -92,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print("vmtl analyze: --concurrency must be >= 1 and --timeout > 0", file=sys.stderr)
         return 2
     try:
-        client = VmtlClient(args.url, timeout=args.timeout)
+        client = VmtlClient(args.url, timeout=args.timeout, **client_options(args))
     except (ServerUnavailableError, ServerContractError) as exc:
         print(f"vmtl analyze: {exc}", file=sys.stderr)
         return 1

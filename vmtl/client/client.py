@@ -47,6 +47,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
 from vmtl.client import stream as _stream
+from vmtl.client.endpoints import (
+    QUEUE_FULL_MESSAGE,
+    Endpoint,
+    EndpointPool,
+    TlsOptions,
+    diagnose_tls,
+    is_server_failure,
+    parse_urls,
+)
 from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
@@ -69,6 +78,7 @@ __all__ = [
     "InputError",
     "ServerContractError",
     "ServerUnavailableError",
+    "TlsError",
     "UnknownTaskError",
     "VideoResult",
     "VmtlClient",
@@ -88,6 +98,18 @@ Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Clip]
 Mode = Literal["bytes", "clip"]
 
 
+@dataclass
+class _ServerInfo:
+    """What connecting learnt of one server."""
+
+    version: str
+    graph: TaskGraph
+    max_batch_size: int
+    video_unavailable: str | None
+    max_video_bytes: int
+    max_queue_size: int
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 
@@ -98,6 +120,11 @@ class ClientError(Exception):
 
 class ServerUnavailableError(ClientError):
     """No Triton server answers at the URL (or it went away)."""
+
+
+class TlsError(ServerUnavailableError):
+    """The connection failed for a TLS reason (plain client at a TLS server or the other way round, an
+    untrusted certificate, a client certificate missing); the message says which and what to pass."""
 
 
 class ServerContractError(ClientError):
@@ -121,11 +148,8 @@ class InferenceError(ClientError):
 
 
 class ServerBusyError(InferenceError):
-    """Triton refused the request at once because a model's queue was full (``max_queue_size``)."""
-
-
-#: Triton's message (status UNAVAILABLE) when a dynamic batcher's queue is at ``max_queue_size``.
-QUEUE_FULL_MESSAGE = "Exceeds maximum queue size"
+    """Refused at once for load: Triton's queue was full (``max_queue_size``), or this client already had
+    ``max_pending`` requests in flight."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,37 +280,84 @@ def _window_spans(duration: float, window: float, stride: float) -> list[tuple[f
 
 
 class VmtlClient:
-    """Client of a Triton server that serves a vmtl model repository (see the module docstring).
+    """Client of one or several Triton servers that serve a vmtl model repository (see the module
+    docstring).
+
+    ``url`` is ``HOST:PORT``, or several (``"a:8001,b:8001"`` or a list) serving the same repository:
+    each request goes to the healthy server with the fewest requests in flight from this client, and a
+    request that fails because its server went away (unreachable, connection lost; not a refusal of the
+    request itself) is sent again to another one, so that each gets exactly one answer while any server
+    is left. A server that failed is set aside for ``cooldown`` seconds, then probed before it gets
+    requests again. Servers unreachable on connect are set aside the same way (at least one must answer);
+    a server serving another task graph is an error.
+
+    ``tls`` connects over TLS (``ca``: the PEM file of the CA to trust, default the system's; ``cert`` and
+    ``key``: a client certificate for servers that ask for one); giving ``ca`` or ``cert`` implies it. A
+    failure that is TLS's raises :class:`TlsError` saying what to change.
 
     ``timeout`` bounds each inference request (seconds), ``connect_timeout`` the calls made on connect.
     ``expect`` (a :class:`vmtl.tasks.Preprocess`, a :class:`TaskGraph`, or a mapping with any of
     ``num_frames``, ``size``, ``sampling``) makes connecting fail unless the server's preprocessing
     matches it. ``max_in_flight`` bounds the requests one :meth:`analyze` call keeps in flight (sliding
-    windows). The client is thread-safe: :meth:`analyze_many` shares it between worker threads.
+    windows; a call waits for a free slot). ``max_pending`` bounds the requests the whole client has in
+    flight, all calls and threads together: beyond it a request is refused at once with
+    :class:`ServerBusyError` instead of queueing (load shedding: an overload costs neither side memory).
+    The client is thread-safe: :meth:`analyze_many` shares it between worker threads.
     """
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
         timeout: float = 300.0,
         connect_timeout: float = 10.0,
         expect: Preprocess | TaskGraph | dict[str, Any] | None = None,
         max_in_flight: int = 4,
+        max_pending: int | None = None,
+        tls: bool = False,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        cooldown: float = 5.0,
         verbose: bool = False,
     ) -> None:
         if timeout <= 0 or connect_timeout <= 0:
             raise ValueError("timeout and connect_timeout must be > 0 seconds")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        self.url = url
+        if max_pending is not None and max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1 (None: no bound), got {max_pending}")
+        try:
+            self.urls = parse_urls(url)
+        except ValueError as exc:
+            raise ServerUnavailableError(str(exc)) from exc
+        self.url = ",".join(self.urls)
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self.max_in_flight = int(max_in_flight)
+        self.max_pending = max_pending
+        self._pending = threading.BoundedSemaphore(max_pending) if max_pending else None
+        self.tls: TlsOptions | None = None
+        if tls or ca is not None or cert is not None:
+            files = [None if f is None else os.fspath(f) for f in (ca, cert, key)]
+            for f in files:
+                if f is not None and not Path(f).is_file():
+                    raise TlsError(f"TLS problem: {f} does not exist (--ca/--cert/--key take PEM files)")
+            try:
+                self.tls = TlsOptions(*files)
+            except ValueError as exc:
+                raise TlsError(f"TLS problem: {exc}") from exc
         try:
-            self._client = grpcclient.InferenceServerClient(url, verbose=verbose)
+            self._pool = EndpointPool(
+                self.urls,
+                self.tls,
+                cooldown=cooldown,
+                probe_timeout=min(connect_timeout, 2.0),
+                verbose=verbose,
+            )
         except Exception as exc:  # a malformed URL
             raise ServerUnavailableError(f"cannot create a gRPC client for {url!r}: {exc}") from exc
+        self._client = self._pool.endpoints[0].client
         try:
             self._connect(expect)
         except BaseException:
@@ -294,70 +365,70 @@ class VmtlClient:
             raise
 
     # -- connecting ---------------------------------------------------------------------------------
-    def _unreachable(self, exc: InferenceServerException) -> ServerUnavailableError:
+    def _unreachable(self, exc: InferenceServerException, url: str) -> ServerUnavailableError:
         cause = _first_line(exc.message() or str(exc))
-        return ServerUnavailableError(f"cannot reach a Triton server at {self.url} ({cause}); {SERVE_HINT}")
+        problem = diagnose_tls(url, self.tls, timeout=min(self.connect_timeout, 3.0))
+        if problem is not None:
+            return TlsError(f"TLS problem with the Triton server at {url}: {problem} (gRPC said: {cause})")
+        return ServerUnavailableError(f"cannot reach a Triton server at {url} ({cause}); {SERVE_HINT}")
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _endpoint(self, endpoint: Endpoint | None) -> Endpoint:
+        """``endpoint``, or the first healthy one (for metadata calls)."""
+        if endpoint is not None:
+            return endpoint
+        healthy = self._pool.healthy
+        return healthy[0] if healthy else self._pool.endpoints[0]
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, url: str | None = None, **kw: Any) -> Any:
         """A metadata call; an unreachable server becomes ServerUnavailableError."""
+        url = url or self._endpoint(None).url
         try:
             return fn(*args, client_timeout=self.connect_timeout, **kw)
         except InferenceServerException as exc:
             if _unavailable(exc):
-                raise self._unreachable(exc) from exc
-            raise ServerContractError(f"{self.url}: {what} failed: {exc.message() or exc}") from exc
+                raise self._unreachable(exc, url) from exc
+            raise ServerContractError(f"{url}: {what} failed: {exc.message() or exc}") from exc
 
-    def _model_config(self, name: str) -> mc.ModelConfig | None:
+    def _model_config(self, name: str, endpoint: Endpoint | None = None) -> mc.ModelConfig | None:
+        ep = self._endpoint(endpoint)
         try:
-            response = self._client.get_model_config(name, client_timeout=self.connect_timeout)
+            response = ep.client.get_model_config(name, client_timeout=self.connect_timeout)
         except InferenceServerException as exc:
             if _unavailable(exc):
-                raise self._unreachable(exc) from exc
+                raise self._unreachable(exc, ep.url) from exc
             return None
         return response.config
 
     def _connect(self, expect: Preprocess | TaskGraph | dict[str, Any] | None) -> None:
-        self._call("liveness check", self._client.is_server_live)
-        meta = self._call("server metadata", self._client.get_server_metadata)
-        self.server_version = str(meta.version)
-        clip_cfg = self._model_config(CLIP_ENSEMBLE)
-        if clip_cfg is None or not self._ready(CLIP_ENSEMBLE):
-            raise ServerContractError(
-                f"the Triton server at {self.url} (version {self.server_version}) has no ready model "
-                f"{CLIP_ENSEMBLE!r}; models there: {self._model_list()}. Is it serving a vmtl model "
-                "repository (written by `vmtl export`)?"
-            )
-        self.graph = _graph_from(clip_cfg, self.url)
-        self.preprocess = self.graph.preprocess
-        self.max_batch_size = max(int(clip_cfg.max_batch_size), 1)
-        _check_clip_ensemble(clip_cfg, self.graph, self.url)
-
-        video_cfg = self._model_config(VIDEO_ENSEMBLE)
-        self.video_unavailable: str | None = None
-        if video_cfg is None or not self._ready(VIDEO_ENSEMBLE):
-            self.video_unavailable = (
-                f"the server at {self.url} has no ready model {VIDEO_ENSEMBLE!r} to decode videos; "
-                "use mode='clip' (--mode clip) to decode on this side"
-            )
-        else:
-            other = _graph_from(video_cfg, self.url)
-            if other != self.graph:
-                raise ServerContractError(
-                    f"{self.url}: {VIDEO_ENSEMBLE!r} and {CLIP_ENSEMBLE!r} carry different task graphs "
-                    f"({other.names} vs {self.graph.names}); re-export the repository"
-                )
-            _check_video_ensemble(video_cfg, self.graph, self.url)
-        self.max_video_bytes = 0
-        decode_cfg = self._model_config(VIDEO_DECODE)
-        if decode_cfg is not None and "max_video_bytes" in decode_cfg.parameters:
+        """Connect to every endpoint; the first that answers sets the task graph, the others must agree."""
+        infos: list[tuple[Endpoint, _ServerInfo]] = []
+        unreachable: list[ServerUnavailableError] = []
+        for ep in self._pool:
             try:
-                self.max_video_bytes = int(decode_cfg.parameters["max_video_bytes"].string_value or 0)
-            except ValueError:
-                self.max_video_bytes = 0
-        self.max_queue_size = 0  # the backbone's, for ServerBusyError's message (0: unbounded/unknown)
-        backbone_cfg = self._model_config(BACKBONE)
-        if backbone_cfg is not None and backbone_cfg.HasField("dynamic_batching"):
-            self.max_queue_size = int(backbone_cfg.dynamic_batching.default_queue_policy.max_queue_size)
+                infos.append((ep, self._connect_endpoint(ep)))
+            except ServerUnavailableError as exc:
+                if len(self._pool) == 1:
+                    raise
+                self._pool.mark_down(ep, str(exc))
+                unreachable.append(exc)
+        if not infos:
+            tls = [e for e in unreachable if isinstance(e, TlsError)]
+            cls = TlsError if len(tls) == len(unreachable) else ServerUnavailableError
+            raise cls("none of the Triton servers answers: " + "; ".join(str(e) for e in unreachable))
+        first_ep, first = infos[0]
+        for ep, info in infos[1:]:
+            self._check_same(first, info, ep.url)
+        self._client = first_ep.client
+        self.server_version = first.version
+        self.graph = first.graph
+        self.preprocess = self.graph.preprocess
+        self.max_batch_size = min(i.max_batch_size for _, i in infos)
+        self.video_unavailable = next((i.video_unavailable for _, i in infos if i.video_unavailable), None)
+        limits = [i.max_video_bytes for _, i in infos if i.max_video_bytes]
+        self.max_video_bytes = min(limits) if limits else 0
+        self.max_queue_size = first.max_queue_size
+        self._info = first
+        self._pool.check = lambda ep: self._check_same(first, self._connect_endpoint(ep), ep.url)
         if expect is not None:
             _check_expectation(self.preprocess, expect, self.url)
         try:
@@ -368,15 +439,108 @@ class VmtlClient:
                 f"can reproduce: {exc}"
             ) from exc
 
-    def _ready(self, model: str) -> bool:
+    @staticmethod
+    def _check_same(first: _ServerInfo, other: _ServerInfo, url: str) -> None:
+        """Servers of one client must serve the same repository (task graph, decoding available)."""
+        if other.graph != first.graph or (other.video_unavailable is None) != (
+            first.video_unavailable is None
+        ):
+            raise ServerContractError(
+                f"{url} serves task graph {other.graph.name!r} ({', '.join(other.graph.names)}) but the first "
+                f"server serves {first.graph.name!r} ({', '.join(first.graph.names)}); every server given "
+                "to one client must serve the same repository"
+            )
+
+    def _connect_endpoint(self, ep: Endpoint) -> _ServerInfo:
+        """Read and check one server's vmtl contract."""
+        self._call("liveness check", ep.client.is_server_live, url=ep.url)
+        meta = self._call("server metadata", ep.client.get_server_metadata, url=ep.url)
+        version = str(meta.version)
+        clip_cfg = self._model_config(CLIP_ENSEMBLE, ep)
+        if clip_cfg is None or not self._ready(CLIP_ENSEMBLE, ep):
+            raise ServerContractError(
+                f"the Triton server at {ep.url} (version {version}) has no ready model "
+                f"{CLIP_ENSEMBLE!r}; models there: {self._model_list(ep)}. Is it serving a vmtl model "
+                "repository (written by `vmtl export`)?"
+            )
+        graph = _graph_from(clip_cfg, ep.url)
+        _check_clip_ensemble(clip_cfg, graph, ep.url)
+
+        video_cfg = self._model_config(VIDEO_ENSEMBLE, ep)
+        video_unavailable: str | None = None
+        if video_cfg is None or not self._ready(VIDEO_ENSEMBLE, ep):
+            video_unavailable = (
+                f"the server at {ep.url} has no ready model {VIDEO_ENSEMBLE!r} to decode videos; "
+                "use mode='clip' (--mode clip) to decode on this side"
+            )
+        else:
+            other = _graph_from(video_cfg, ep.url)
+            if other != graph:
+                raise ServerContractError(
+                    f"{ep.url}: {VIDEO_ENSEMBLE!r} and {CLIP_ENSEMBLE!r} carry different task graphs "
+                    f"({other.names} vs {graph.names}); re-export the repository"
+                )
+            _check_video_ensemble(video_cfg, graph, ep.url)
+        max_video_bytes = 0
+        decode_cfg = self._model_config(VIDEO_DECODE, ep)
+        if decode_cfg is not None and "max_video_bytes" in decode_cfg.parameters:
+            try:
+                max_video_bytes = int(decode_cfg.parameters["max_video_bytes"].string_value or 0)
+            except ValueError:
+                max_video_bytes = 0
+        max_queue_size = 0  # the backbone's, for ServerBusyError's message (0: unbounded/unknown)
+        backbone_cfg = self._model_config(BACKBONE, ep)
+        if backbone_cfg is not None and backbone_cfg.HasField("dynamic_batching"):
+            max_queue_size = int(backbone_cfg.dynamic_batching.default_queue_policy.max_queue_size)
+        return _ServerInfo(
+            version=version,
+            graph=graph,
+            max_batch_size=max(int(clip_cfg.max_batch_size), 1),
+            video_unavailable=video_unavailable,
+            max_video_bytes=max_video_bytes,
+            max_queue_size=max_queue_size,
+        )
+
+    def _ready(self, model: str, endpoint: Endpoint | None = None) -> bool:
         try:
-            return bool(self._client.is_model_ready(model, client_timeout=self.connect_timeout))
+            return bool(
+                self._endpoint(endpoint).client.is_model_ready(model, client_timeout=self.connect_timeout)
+            )
         except InferenceServerException:
             return False
 
-    def _model_list(self) -> str:
+    def is_ready(self, model: str = CLIP_ENSEMBLE) -> bool:
+        """Whether some server of this client is ready and serves ``model`` now (probes them all)."""
+        for ep in self._pool:
+            try:
+                if ep.client.is_server_ready(
+                    client_timeout=self.connect_timeout
+                ) and ep.client.is_model_ready(model, client_timeout=self.connect_timeout):
+                    return True
+            except InferenceServerException:
+                continue
+        return False
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Per server: ``{"url", "healthy", "in_flight", "served", "moved", "last_error"}`` (moved: requests
+        that failed there for the server's sake and went to another server)."""
+        return [
+            {
+                "url": e.url,
+                "healthy": e.healthy,
+                "in_flight": e.in_flight,
+                "served": e.served,
+                "moved": e.moved,
+                "last_error": e.last_error,
+            }
+            for e in self._pool
+        ]
+
+    def _model_list(self, endpoint: Endpoint | None = None) -> str:
         try:
-            index = self._client.get_model_repository_index(client_timeout=self.connect_timeout)
+            index = self._endpoint(endpoint).client.get_model_repository_index(
+                client_timeout=self.connect_timeout
+            )
         except InferenceServerException:
             return "(unknown)"
         names = sorted(f"{m.name} ({m.state or 'unknown'})" for m in index.models)
@@ -417,8 +581,10 @@ class VmtlClient:
         return [n for n in self.graph.names if n in set(wanted)]
 
     def statistics(self) -> dict[str, dict[str, int]]:
-        """Per-model counters from Triton's statistics API: ``{model: {"executions": n, "inferences": n}}``."""
-        stats = self._call("statistics", self._client.get_inference_statistics, as_json=True)
+        """Per-model counters from Triton's statistics API: ``{model: {"executions": n, "inferences": n}}``
+        (of the first healthy server when there are several)."""
+        ep = self._endpoint(None)
+        stats = self._call("statistics", ep.client.get_inference_statistics, url=ep.url, as_json=True)
         return {
             m["name"]: {
                 "executions": int(m.get("execution_count", 0)),
@@ -519,9 +685,13 @@ class VmtlClient:
         """Whether the server serves the streaming ensemble ``vmtl_stream`` (ready)."""
         return _stream.stream_info(self).available
 
-    def _new_grpc_client(self) -> grpcclient.InferenceServerClient:
-        """A gRPC client of its own for one bidirectional stream (tritonclient allows one per client)."""
-        return grpcclient.InferenceServerClient(self.url)
+    def _new_grpc_client(self, url: str | None = None) -> grpcclient.InferenceServerClient:
+        """A gRPC client of its own for one bidirectional stream (tritonclient allows one per client), to
+        ``url`` (default: the first healthy server; a stream stays on one server), with this client's TLS."""
+        url = url or self._endpoint(None).url
+        if self.tls is not None:
+            return self.tls.client(url)
+        return grpcclient.InferenceServerClient(url)
 
     def iter_analyze(
         self,
@@ -734,14 +904,6 @@ class VmtlClient:
         return their results in order. The first failure stops further sends and is raised."""
         slots = threading.Semaphore(self.max_in_flight)
         futures: list[Future[Any]] = []
-
-        def callback(future: Future[Any], result: Any, error: Any) -> None:
-            slots.release()
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
         try:
             for request in requests:
                 slots.acquire()
@@ -750,30 +912,82 @@ class VmtlClient:
                     break
                 future: Future[Any] = Future()
                 futures.append(future)
-                try:
-                    self._client.async_infer(
-                        request.model,
-                        request.inputs,
-                        lambda result, error, future=future: callback(future, result, error),
-                        outputs=request.outputs,
-                        client_timeout=self.timeout,
-                        parameters=self._task_parameter(request),
-                    )
-                except InferenceServerException as exc:
+                if self._pending is not None and not self._pending.acquire(blocking=False):
                     slots.release()
-                    future.set_exception(exc)
+                    future.set_exception(self._shed(name))
                     break
+                self._attempt(request, future, [], slots)
         finally:
             results = []
             first_error: BaseException | None = None
             for future in futures:
                 try:
                     results.append(future.result())
-                except InferenceServerException as exc:
+                except (InferenceServerException, ClientError) as exc:
                     first_error = first_error or exc
+        if isinstance(first_error, ClientError):
+            raise first_error
         if first_error is not None:
             raise self._server_error(first_error, name)  # type: ignore[arg-type]
         return results
+
+    def _attempt(
+        self, request: _Request, future: Future[Any], tried: list[Endpoint], slots: threading.Semaphore
+    ) -> None:
+        """Send ``request`` to the best server not yet ``tried``; on a server failure, to the next one.
+        ``future`` gets the one answer (or the last failure); ``slots`` and the client-wide bound are
+        released once, then."""
+
+        def finish(result: Any, error: Any) -> None:
+            slots.release()
+            if self._pending is not None:
+                self._pending.release()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        ep = self._pool.pick(exclude=tried)
+        if ep is None:
+            last = tried[-1].last_error if tried else ""
+            finish(
+                None,
+                InferenceServerException(
+                    f"failed to connect to any server ({last or 'every server is set aside'})",
+                    status="StatusCode.UNAVAILABLE",
+                ),
+            )
+            return
+        tried.append(ep)
+
+        def done(result: Any, error: Any) -> None:
+            moved = error is not None and is_server_failure(error)
+            self._pool.done(ep, failed=moved)
+            if moved:
+                self._pool.mark_down(ep, _first_line(error.message() or str(error)))
+                if len(tried) < len(self._pool):
+                    self._attempt(request, future, tried, slots)  # another server answers it
+                    return
+            finish(result, error)
+
+        try:
+            ep.client.async_infer(
+                request.model,
+                request.inputs,
+                done,
+                outputs=request.outputs,
+                client_timeout=self.timeout,
+                parameters=self._task_parameter(request),
+            )
+        except InferenceServerException as exc:
+            done(None, exc)
+
+    def _shed(self, name: str) -> ServerBusyError:
+        return ServerBusyError(
+            f"{name}: server busy: this client already has {self.max_pending} requests in flight "
+            "(max_pending); refused at once instead of queueing; retry later or lower concurrency",
+            "RESOURCE_EXHAUSTED",
+        )
 
     def _task_parameter(self, request: _Request) -> dict[str, str] | None:
         """The request parameter that tells the fused heads model which tasks to run (the asked ones)."""
@@ -790,9 +1004,10 @@ class VmtlClient:
                 status,
             )
         if _unavailable(exc):
-            return ServerUnavailableError(
-                f"{name}: lost the Triton server at {self.url} ({_first_line(message)}); {SERVE_HINT}"
+            which = (
+                f"every Triton server ({self.url})" if "," in self.url else f"the Triton server at {self.url}"
             )
+            return ServerUnavailableError(f"{name}: lost {which} ({_first_line(message)}); {SERVE_HINT}")
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
             return InferenceError(f"{name}: no answer from {self.url} within {self.timeout:g} s", status)
         return InferenceError(f"{name}: the server refused the request: {message}", status)
@@ -837,9 +1052,9 @@ class VmtlClient:
 
     # -- lifetime ---------------------------------------------------------------------------------------
     def close(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> VmtlClient:
         return self

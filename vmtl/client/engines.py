@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 
 from vmtl.client.client import ClientError, InputError, ServerUnavailableError, VmtlClient
 from vmtl.client.engine_names import ENGINES
@@ -341,7 +340,10 @@ class TritonEngine:
     """A running vmtl Triton server, ``concurrency`` videos in flight (:meth:`VmtlClient.iter_analyze`).
 
     ``mode="bytes"`` sends the encoded files (the server decodes), ``"clip"`` decodes here. ``repo``, when
-    given, must hold the task graph the server serves.
+    given, must hold the task graph the server serves. ``url`` may name several servers
+    (``"a:8001,b:8001"``): the client spreads the videos over them and moves a request whose server went
+    away to another, so the run stops (to be resumed) only when none is left. ``tls``: the client's TLS
+    keywords (``tls``, ``ca``, ``cert``, ``key``).
     """
 
     name = "triton"
@@ -357,9 +359,10 @@ class TritonEngine:
         mode: str = "bytes",
         timeout: float = 300.0,
         repo: str | os.PathLike[str] | None = None,
+        tls: dict[str, Any] | None = None,
     ) -> None:
         try:
-            self.client = VmtlClient(url, timeout=timeout)
+            self.client = VmtlClient(url, timeout=timeout, **(tls or {}))
         except ClientError as exc:
             raise BatchError(str(exc)) from exc
         try:
@@ -419,14 +422,10 @@ class TritonEngine:
         return not self._healthy()
 
     def _healthy(self) -> bool:
-        """The server is ready and serves the ensemble this run uses."""
+        """A server is ready and serves the ensemble this run uses."""
         model = VIDEO_ENSEMBLE if self.mode == "bytes" else CLIP_ENSEMBLE
         try:
-            with grpcclient.InferenceServerClient(self.client.url) as health:
-                return bool(
-                    health.is_server_ready(client_timeout=10)
-                    and health.is_model_ready(model, client_timeout=10)
-                )
+            return self.client.is_ready(model)
         except Exception:
             return False
 

@@ -136,7 +136,8 @@ class WindowStream:
         self._next = 0
         self._done = False
         self._error: Exception | None = None  # a server error, raised after the windows before it
-        self._grpc = client._new_grpc_client()
+        self._url = client._endpoint(None).url  # the stream and its stop request go to one server
+        self._grpc = client._new_grpc_client(self._url)
         try:
             self._grpc.start_stream(callback=self._on_response)
             self._send(data, start, end)
@@ -267,7 +268,7 @@ class WindowStream:
 
     def _owner_stop(self) -> None:
         """Send the stop request for this stream straight to the decoder (see the module docstring)."""
-        stop = self._owner._new_grpc_client()
+        stop = self._owner._new_grpc_client(self._url)
         acked: queue.Queue[Any] = queue.Queue()
         try:
             stop.start_stream(callback=lambda result, error: acked.put(error))
