@@ -11,7 +11,6 @@ handshake of Python's own ``ssl`` against the same address.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import threading
@@ -257,12 +256,25 @@ def diagnose_tls(url: str, tls: TlsOptions | None, timeout: float = 3.0) -> str 
         context = ssl.create_default_context(cafile=tls.ca)
         if tls.cert is not None:
             context.load_cert_chain(tls.cert, tls.key)
+        wants_cert = (
+            "the server closed the connection right after the TLS handshake: it wants a client "
+            "certificate its CA signed (mutual TLS); give --cert and --key (VmtlClient(cert=..., key=...))"
+        )
         try:
             with context.wrap_socket(raw, server_hostname=host) as conn:
-                conn.settimeout(min(timeout, 1.0))
-                # TLS 1.3: a missing client certificate is refused only after the handshake
-                with contextlib.suppress(TimeoutError, BlockingIOError):
-                    conn.recv(1)
+                # A server that wants a client certificate it did not get closes the connection once
+                # the (TLS 1.3) handshake is done; a content one answers HTTP/2's preface.
+                conn.settimeout(min(timeout, 2.0))
+                try:
+                    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                    if conn.recv(1) == b"":
+                        return wants_cert
+                except (ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+                    return wants_cert
+                except TimeoutError:
+                    pass
+        except ssl.SSLEOFError:
+            return wants_cert  # TLS 1.2: the refusal comes inside the handshake
         except ssl.SSLCertVerificationError as exc:
             where = f"the CA in {tls.ca}" if tls.ca else "this machine's trusted CAs"
             return (
