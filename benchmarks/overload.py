@@ -40,7 +40,8 @@ class OverloadResult:
     bound: int | None  # max_pending (None: no bound)
     capacity: float  # req/s, closed loop
     offered: int
-    seconds: float
+    seconds: float  # of offering
+    drained: float  # from the first request until the last answer
     served: int
     refused: int  # ServerBusyError
     other_errors: int
@@ -57,7 +58,7 @@ class OverloadResult:
 
     @property
     def served_rate(self) -> float:
-        return self.served / self.seconds
+        return self.served / self.drained
 
     def row(self) -> str:
         bound = f"max_pending {self.bound}" if self.bound else "none"
@@ -130,6 +131,7 @@ def offer(
                     time.sleep(delay)
                 pool.submit(one)
             sent_for = time.monotonic() - t0
+        drained = time.monotonic() - t0
         rss_after = tree_rss(server_pid)
     lat = [s for k, s in outcomes if k == "ok"]
     busy = [s for k, s in outcomes if k == "busy"]
@@ -138,6 +140,7 @@ def offer(
         capacity=cap,
         offered=n,
         seconds=sent_for,
+        drained=drained,
         served=len(lat),
         refused=len(busy),
         other_errors=sum(k == "error" for k, _ in outcomes),
@@ -196,7 +199,7 @@ def section(results: list[OverloadResult], factor: float) -> str:
         f"unbounded). Capacity, closed loop of 4 callers: **{cap:.1f} req/s**. Then {factor:g}x that, open "
         "loop (a request started on a clock whatever came back) through one `VmtlClient`, with and "
         "without `max_pending`. RSS: tritonserver and its stubs, before and after.\n\n"
-        "| client bound | offered (req/s) | served (req/s) | refused (ServerBusyError) | other errors | "
+        "| client bound | offered (req/s) | served (req/s, until the last answer) | refused (ServerBusyError) | other errors | "
         "worst served latency (s) | worst refusal (ms) | most in flight | server RSS (MiB) |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
         + "\n".join(r.row() for r in results)
