@@ -609,7 +609,7 @@ class TritonServer:
             # kill every python-backend stub the server forked.
             start_new_session=True,
             preexec_fn=(
-                functools.partial(_die_with_parent, os.getpid())
+                functools.partial(_die_with_parent, ctypes.CDLL(None, use_errno=True).prctl, os.getpid())
                 if self.die_with_parent and _can_tie_to_parent()
                 else None
             ),
@@ -933,11 +933,11 @@ def _can_tie_to_parent() -> bool:
     return sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
 
 
-def _die_with_parent(parent: int) -> None:
+def _die_with_parent(prctl: Any, parent: int) -> None:
     """In the forked child, before exec: the kernel sends SIGKILL when the parent dies (any way). A
-    parent that died before the call leaves the child to init: then exit at once."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    parent that died before the call leaves the child to init: then exit at once. ``prctl`` is looked up
+    in the parent: the child, forked from a process that may run threads, loads nothing."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
