@@ -826,13 +826,8 @@ def _int8_gate(
         )
     ship.gate = gate
     ship.files["cpu"].update(q)
-    ship.precision["cpu"].update(dict.fromkeys(q, "int8"))
     for name in q:
-        ship.sidecars["cpu"][name] = {
-            "precision": "int8",
-            "checked_by": "the int8 accuracy gate (vmtl.json metadata.int8)",
-            "fp32_export_parity": ship.parity["cpu"].pop(name),
-        }
+        _ship_gated(ship, "cpu", name, "int8", "int8", "the int8 accuracy gate (vmtl.json metadata.int8)")
 
 
 def _trt_gate(
@@ -871,11 +866,18 @@ def _trt_gate(
     if not trt_gate.passed:
         raise GateRefused(trt_gate, "the TensorRT fp16 engine")
     ship.trt_info, ship.trt_plan = trt_info, engine
-    ship.precision["native"][BACKBONE] = "fp16-trt"
-    ship.sidecars["native"][BACKBONE] = {
-        "precision": "fp16 (TensorRT)",
-        "checked_by": "the TensorRT fp16 accuracy gate (backbone/tensorrt.json)",
-        "fp32_export_parity": ship.parity["native"].pop(BACKBONE),
+    gate = "the TensorRT fp16 accuracy gate (backbone/tensorrt.json)"
+    _ship_gated(ship, "native", BACKBONE, "fp16-trt", "fp16 (TensorRT)", gate)
+
+
+def _ship_gated(ship: _Shipment, flavour: str, name: str, tag: str, precision: str, checked_by: str) -> None:
+    """Model ``name`` of ``flavour`` ships in a lower precision that an accuracy gate (``checked_by``)
+    accepted: its parity.json says so, and keeps the fp32 export's parity beside it."""
+    ship.precision[flavour][name] = tag
+    ship.sidecars[flavour][name] = {
+        "precision": precision,
+        "checked_by": checked_by,
+        "fp32_export_parity": ship.parity[flavour].pop(name),
     }
 
 

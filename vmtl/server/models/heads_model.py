@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,28 +25,18 @@ import triton_python_backend_utils as pb_utils
 
 from vmtl.contract import PARAM_GRAPH, PARAM_TASKS, feat_output, fused_head_file
 from vmtl.runtime import OrtPipeline, host_session
+from vmtl.server.hosting import BadRequest, config_and_params, version_dir
 from vmtl.tasks import TaskGraph
-
-
-class _BadRequest(Exception):
-    """A request that cannot be run; the message is sent back to its client."""
-
-
-def _version_dir(args: dict[str, str]) -> Path:
-    repo = Path(args["model_repository"])
-    version = str(args["model_version"])
-    return repo if repo.name == version and not (repo / version).is_dir() else repo / version
 
 
 class TritonPythonModel:
     """Every head's ONNX Runtime session; runs the asked tasks' heads in stage order."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
+        config, params = config_and_params(args)
         self.name = config.get("name") or "heads"
-        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
         self.graph = TaskGraph.from_dict(json.loads(params[PARAM_GRAPH]))
-        folder = _version_dir(args)
+        folder = version_dir(args)
         sessions = {}
         for task in self.graph.names:
             path = folder / fused_head_file(task)
@@ -82,7 +71,7 @@ class TritonPythonModel:
         asked = [t.strip() for t in str(value).split(",") if t.strip()]
         unknown = [t for t in asked if t not in self.graph]
         if unknown or not asked:
-            raise _BadRequest(
+            raise BadRequest(
                 f"{self.name}: unknown task(s) {unknown or [value]} in request parameter "
                 f"'{PARAM_TASKS}'; the model has: {', '.join(self.graph.names)}"
             )
@@ -95,11 +84,11 @@ class TritonPythonModel:
             name = feat_output(task)
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
-                raise _BadRequest(f"{self.name}: missing input tensor '{name}'")
+                raise BadRequest(f"{self.name}: missing input tensor '{name}'")
             array = tensor.as_numpy()
             want = self.dims[name]
             if array.dtype != np.float32 or array.shape[1:] != want or batch not in (-1, array.shape[0]):
-                raise _BadRequest(
+                raise BadRequest(
                     f"{self.name}: input '{name}' expected float32 [B,{','.join(map(str, want))}], "
                     f"got {array.dtype.name} {list(array.shape)}"
                 )
@@ -131,7 +120,7 @@ class TritonPythonModel:
             try:
                 tasks = self._tasks(request)
                 feats, batch = self._features(request, tasks)
-            except _BadRequest as exc:
+            except BadRequest as exc:
                 responses[index] = _error(str(exc))
                 continue
             except Exception as exc:

@@ -16,39 +16,26 @@ session once, and splits the outputs back. A request whose tensors have the wron
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vmtl.runtime_openvino import host_backbone
-
-
-class _BadRequest(Exception):
-    """A request that cannot be run; the message is sent back to its client."""
+from vmtl.server.hosting import BadRequest, config_and_params, version_dir
 
 
 def _shape_str(shape: Any) -> str:
     return "[" + ",".join(str(int(d)) for d in shape) + "]"
 
 
-def _version_dir(args: dict[str, str]) -> Path:
-    repo = Path(args["model_repository"])
-    version = str(args["model_version"])
-    # Triton passes the model's directory; tolerate a path that already ends in the version.
-    return repo if repo.name == version and not (repo / version).is_dir() else repo / version
-
-
 class TritonPythonModel:
     """One ONNX Runtime or OpenVINO session; dynamic batches are run as one call."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        config = json.loads(args["model_config"])
+        config, params = config_and_params(args)
         self.name = config.get("name") or args.get("model_name", "model")
-        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-        path = _version_dir(args) / (params.get("onnx_file") or "model.onnx")
+        path = version_dir(args) / (params.get("onnx_file") or "model.onnx")
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
         try:
@@ -95,22 +82,22 @@ class TritonPythonModel:
             if tensor is None:
                 if optional:
                     continue
-                raise _BadRequest(f"{self.name}: missing input tensor '{name}'")
+                raise BadRequest(f"{self.name}: missing input tensor '{name}'")
             array = tensor.as_numpy()
             want = ((-1,) if self.max_batch_size > 0 else ()) + dims
             want_s = f"{dtype.name} [{','.join('B' if d == -1 and j == 0 and self.max_batch_size > 0 else str(d) for j, d in enumerate(want))}]"
             got_s = f"{array.dtype.name} {_shape_str(array.shape)}"
             if array.dtype != dtype:
-                raise _BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong dtype)")
+                raise BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong dtype)")
             if array.ndim != len(want) or any(
                 w not in (-1, g) for w, g in zip(want, array.shape, strict=True)
             ):
-                raise _BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong shape)")
+                raise BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong shape)")
             if self.max_batch_size > 0:
                 if array.shape[0] < 1:
-                    raise _BadRequest(f"{self.name}: input '{name}' has an empty batch")
+                    raise BadRequest(f"{self.name}: input '{name}' has an empty batch")
                 if batch not in (-1, array.shape[0]):
-                    raise _BadRequest(
+                    raise BadRequest(
                         f"{self.name}: input '{name}' has batch size {array.shape[0]} but other inputs have {batch}"
                     )
                 batch = array.shape[0]
@@ -167,7 +154,7 @@ class TritonPythonModel:
             try:
                 feeds, batch = self._read(request)
                 wanted = self._wanted(request)
-            except _BadRequest as exc:
+            except BadRequest as exc:
                 responses[index] = self._error(str(exc))
                 continue
             except Exception as exc:

@@ -24,11 +24,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from vmtl.server.hosting import BadRequest, ClipSpec, config_and_params
+
 _DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-
-
-class _BadRequest(Exception):
-    """A request that cannot be decoded; the message is sent back to its client."""
 
 
 def _bound(value: float) -> float | None:
@@ -46,14 +44,13 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         self.name = config.get("name") or "video_decode"
-        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-        if "vmtl_preprocess" not in params:
-            raise pb_utils.TritonModelException(f"{self.name}: config parameter 'vmtl_preprocess' is missing")
-        pre = json.loads(params["vmtl_preprocess"])
-        self.num_frames = int(pre["num_frames"])
-        self.size = int(pre["size"])
-        self.sampling = str(pre.get("sampling", "uniform"))
-        self.max_bytes = int(params.get("max_video_bytes") or _DEFAULT_MAX_BYTES)
+        params = config_and_params(args)[1]
+        try:
+            spec = ClipSpec.from_params(params, self.name, _DEFAULT_MAX_BYTES)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
+        self.num_frames, self.size, self.sampling = spec.num_frames, spec.size, spec.sampling
+        self.max_bytes = spec.max_bytes
         try:
             from vmtl.video import VideoError, read_clip
         except ImportError as exc:
@@ -71,9 +68,9 @@ class TritonPythonModel:
             item = item.encode("latin-1")
         data = bytes(item)
         if not data:
-            raise _BadRequest(f"{where}: empty payload (0 bytes); send the encoded video file's bytes")
+            raise BadRequest(f"{where}: empty payload (0 bytes); send the encoded video file's bytes")
         if self.max_bytes > 0 and len(data) > self.max_bytes:
-            raise _BadRequest(
+            raise BadRequest(
                 f"{where}: payload of {len(data)} bytes ({_mib(len(data))}) exceeds the limit of "
                 f"{self.max_bytes} bytes ({_mib(self.max_bytes)}; video_decode parameter max_video_bytes); "
                 "send a shorter or smaller video"
@@ -83,14 +80,14 @@ class TritonPythonModel:
     def _decode(self, request: Any) -> Any:
         tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
         if tensor is None:
-            raise _BadRequest(f"{self.name}: missing input 'video_bytes'")
+            raise BadRequest(f"{self.name}: missing input 'video_bytes'")
         items = tensor.as_numpy()
         if items.ndim == 0 or items.shape[0] < 1:
-            raise _BadRequest(f"{self.name}: input 'video_bytes' expected [B,1], got {list(items.shape)}")
+            raise BadRequest(f"{self.name}: input 'video_bytes' expected [B,1], got {list(items.shape)}")
         batch = items.shape[0]
         items = items.reshape(batch, -1)
         if items.shape[1] != 1:
-            raise _BadRequest(
+            raise BadRequest(
                 f"{self.name}: input 'video_bytes' expected [B,1], got {list(tensor.as_numpy().shape)}"
             )
         windows = None
@@ -98,7 +95,7 @@ class TritonPythonModel:
         if wt is not None:
             windows = wt.as_numpy()
             if windows.shape != (batch, 2):
-                raise _BadRequest(
+                raise BadRequest(
                     f"{self.name}: input 'window' expected FP32 [{batch},2] (start, end seconds), "
                     f"got {windows.dtype.name} {list(windows.shape)}"
                 )
@@ -110,17 +107,17 @@ class TritonPythonModel:
             if windows is not None:
                 start, end = _bound(windows[b, 0]), _bound(windows[b, 1])
                 if start is not None and end is not None and end <= start:
-                    raise _BadRequest(f"{where}: window end {end:g} s is not after its start {start:g} s")
+                    raise BadRequest(f"{where}: window end {end:g} s is not after its start {start:g} s")
             try:
                 clip = self._read_clip(
                     data, self.num_frames, self.size, sampling=self.sampling, start=start, end=end
                 )
             except self._video_error as exc:
-                raise _BadRequest(f"{where}: {exc}") from exc
+                raise BadRequest(f"{where}: {exc}") from exc
             frames = np.asarray(clip.frames, dtype=np.uint8)
             want = (self.num_frames, self.size, self.size, 3)
             if frames.shape != want:
-                raise _BadRequest(
+                raise BadRequest(
                     f"{where}: decoder returned frames {list(frames.shape)}, expected {list(want)}"
                 )
             videos.append(frames)
@@ -141,7 +138,7 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._decode(request))
-            except _BadRequest as exc:
+            except BadRequest as exc:
                 responses.append(
                     pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
                 )

@@ -54,16 +54,13 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vmtl.contract import PARAM_CANCEL, PARAM_STREAM_ID, STREAM_RANGE, STREAM_WINDOWING
+from vmtl.server.hosting import BadRequest, ClipSpec, config_and_params
 from vmtl.video import VideoError, window_stream
 
 #: One payload's default cap: what one gRPC request to Triton 2.51 can carry, less room for the rest.
 _DEFAULT_MAX_BYTES = 2**31 - 2**20
 _MARKER_TTL_S = 3600.0
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-class _BadRequest(Exception):
-    """A request that cannot be streamed; the message is sent back to its client."""
 
 
 def _mib(n: int) -> str:
@@ -90,14 +87,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.name}: needs model_transaction_policy {{ decoupled: true }} (re-export the repository)"
             )
-        params = {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
-        if "vmtl_preprocess" not in params:
-            raise pb_utils.TritonModelException(f"{self.name}: config parameter 'vmtl_preprocess' is missing")
-        pre = json.loads(params["vmtl_preprocess"])
-        self.num_frames = int(pre["num_frames"])
-        self.size = int(pre["size"])
-        self.sampling = str(pre.get("sampling", "uniform"))
-        self.max_bytes = int(params.get("max_video_bytes") or _DEFAULT_MAX_BYTES)
+        params = config_and_params(args)[1]
+        try:
+            spec = ClipSpec.from_params(params, self.name, _DEFAULT_MAX_BYTES)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
+        self.num_frames, self.size, self.sampling = spec.num_frames, spec.size, spec.sampling
+        self.max_bytes = spec.max_bytes
         self.slots = threading.Semaphore(max(int(params.get("max_streams") or 4), 1))
         repo = Path(args["model_repository"]).resolve()
         key = hashlib.sha1(str(repo).encode()).hexdigest()[:16]
@@ -132,7 +128,7 @@ class TritonPythonModel:
                     sender.send(flags=_FINAL)
                     continue
                 job = self._job(request, params)
-            except _BadRequest as exc:
+            except BadRequest as exc:
                 sender.send(_error(str(exc)), flags=_FINAL)
                 continue
             except Exception as exc:
@@ -145,29 +141,29 @@ class TritonPythonModel:
         return None
 
     def _job(self, request: Any, params: dict[str, Any]) -> tuple:
-        """(payload, window, stride, start, end, stream id) of a stream request; _BadRequest if bad."""
+        """(payload, window, stride, start, end, stream id) of a stream request; BadRequest if bad."""
         tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
         if tensor is None:
-            raise _BadRequest(f"{self.name}: missing input 'video_bytes'")
+            raise BadRequest(f"{self.name}: missing input 'video_bytes'")
         items = tensor.as_numpy().reshape(-1)
         if items.size != 1:
-            raise _BadRequest(f"{self.name}: input 'video_bytes' expected one item, got {items.size}")
+            raise BadRequest(f"{self.name}: input 'video_bytes' expected one item, got {items.size}")
         item = items[0]
         data = item.encode("latin-1") if isinstance(item, str) else bytes(item)
         if not data:
-            raise _BadRequest(f"{self.name}: empty payload (0 bytes); send the encoded video file's bytes")
+            raise BadRequest(f"{self.name}: empty payload (0 bytes); send the encoded video file's bytes")
         if self.max_bytes > 0 and len(data) > self.max_bytes:
-            raise _BadRequest(
+            raise BadRequest(
                 f"{self.name}: payload of {len(data)} bytes ({_mib(len(data))}) exceeds the limit of "
                 f"{self.max_bytes} bytes ({_mib(self.max_bytes)}; {self.name} parameter max_video_bytes); "
                 "decode on the client side instead (mode='clip', --mode clip)"
             )
         wt = pb_utils.get_input_tensor_by_name(request, STREAM_WINDOWING)
         if wt is None:
-            raise _BadRequest(f"{self.name}: missing input '{STREAM_WINDOWING}' (window, stride seconds)")
+            raise BadRequest(f"{self.name}: missing input '{STREAM_WINDOWING}' (window, stride seconds)")
         windowing = wt.as_numpy().reshape(-1)
         if windowing.size != 2 or not all(math.isfinite(v) and v > 0 for v in windowing):
-            raise _BadRequest(
+            raise BadRequest(
                 f"{self.name}: input '{STREAM_WINDOWING}' must be (window, stride) seconds > 0, "
                 f"got {windowing.tolist()}"
             )
@@ -176,10 +172,10 @@ class TritonPythonModel:
         if rt is not None:
             span = rt.as_numpy().reshape(-1)
             if span.size != 2:
-                raise _BadRequest(f"{self.name}: input '{STREAM_RANGE}' must be (start, end) seconds")
+                raise BadRequest(f"{self.name}: input '{STREAM_RANGE}' must be (start, end) seconds")
             start, end = _bound(span[0]), _bound(span[1])
             if start is not None and end is not None and end <= start:
-                raise _BadRequest(f"{self.name}: range end {end:g} s is not after its start {start:g} s")
+                raise BadRequest(f"{self.name}: range end {end:g} s is not after its start {start:g} s")
         stream_id = _safe_id(params[PARAM_STREAM_ID]) if PARAM_STREAM_ID in params else None
         return data, float(windowing[0]), float(windowing[1]), start, end, stream_id
 
