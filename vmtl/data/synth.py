@@ -58,7 +58,7 @@ from vmtl.data.annotations import (
     write_labels,
     write_records,
 )
-from vmtl.data.images import SOURCES, ImageSet, load_images
+from vmtl.data.images import DEFAULT_SOURCE, SOURCES, ImageSet, load_images
 from vmtl.data.render import ALPHA_GAIN, BACKGROUNDS, ObjectTrack, VideoPlan, encode_mp4, render_frames
 
 GENERATOR = "vmtl.data.synth"
@@ -98,7 +98,7 @@ class SynthConfig:
     size: int = 128
     fps: int = 8
     num_frames: int = 32
-    source: str = "auto"
+    source: str = DEFAULT_SOURCE  # "auto" picks what is installed: machine-dependent, so never the default
     val_fraction: float = 0.2
     crf: int = 20
     tasks: tuple[str, ...] = tuple(TASKS)
@@ -670,6 +670,7 @@ def _manifest(config: SynthConfig, images: ImageSet, plans: dict[str, list[Video
             "origin": images.origin,
             "num_images": len(images.images),
             "class_names": list(images.class_names),
+            "sha256": images.digest(),
         },
         "video": {
             "container": "mp4",

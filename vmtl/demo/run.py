@@ -77,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def _resolved_config(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """A data manifest's generator config with ``source: auto`` replaced by the source it picked (data an
+    older vmtl made with ``auto`` is the same data as the explicit source it resolved to)."""
+    config = manifest.get("config")
+    if isinstance(config, dict) and config.get("source") == "auto":
+        return {**config, "source": manifest.get("image_source", {}).get("name")}
+    return config
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -213,7 +222,7 @@ class Demo:
         manifest = self.data_dir / "manifest.json"
         if manifest.is_file():
             try:
-                have = json.loads(manifest.read_text()).get("config")
+                have = _resolved_config(json.loads(manifest.read_text()))
             except ValueError:
                 have = None
             if have == want:
