@@ -3,13 +3,16 @@
 
 A vmtl checkpoint is a directory (written by `vmtl train`, read by `vmtl eval` / `vmtl export`)::
 
-    model.safetensors   weights (+ model config and task graph in its metadata)
+    model.safetensors   weights (+ model config and task graph in its metadata); byte-identical for
+                        identical weights (`save_weights` sorts the metadata safetensors writes unordered)
     task_graph.yaml     the task graph (labels inline, preprocessing)
     model_config.json   the resolved ModelConfig
     config.yaml         the training config as run
     metrics.json        held-out metrics after each stage
-    trainer_state.json  where training stands (resume point)
-    optimizer.pt        loss state (embed prototypes), plus the optimizer while a stage is unfinished
+    trainer_state.json  where training stands (resume point), and the run's environment (torch version,
+                        threads, CPU capability: what else decides the exact weights)
+    optimizer.pt        loss state (embed prototypes), plus the optimizer and the clip sampler's state
+                        while a stage is unfinished
 
 A pretrained trunk is a local HF VideoMAE directory (`save_pretrained`: config.json + weights);
 nothing is ever downloaded.
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformers import VideoMAEConfig, VideoMAEModel
 
@@ -41,6 +44,7 @@ __all__ = [
     "checkpoint_dir",
     "load_hf_videomae",
     "resolve_weights",
+    "save_weights",
     "square_dim",
 ]
 
@@ -233,3 +237,26 @@ def load_hf_videomae(
         raise CheckpointError(f"{path}: the weights do not fit config.json: {exc}") from exc
     mean, std = _read_mean_std(path)
     return HFVideoMAE(model=model.eval(), config=config, path=path, mean=mean, std=std, head_norm=head_norm)
+
+
+def save_weights(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """`safetensors.torch.save_file` with its header made canonical: safetensors (0.8) writes the metadata
+    map in hash order, which changes from run to run, so identical weights gave different files (and
+    sha256s). The header is rewritten with the metadata keys sorted; the tensor data is not touched."""
+    save_file(state, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # never for save_file's own compact JSON; rewrite the file rather than fail
+            f.seek(8 + n)
+            data = f.read()
+            text += b" " * (-(8 + len(text)) % 8)
+            f.seek(0)
+            f.write(len(text).to_bytes(8, "little") + text + data)
+            f.truncate()
+            return
+        f.seek(8)
+        f.write(text + b" " * (n - len(text)))  # safetensors pads its header with spaces too

@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..tasks import TaskGraph
 from .backbone import VideoTrunk, build_videomae
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, save_weights
 from .config import ModelConfig, ModelConfigError
 from .heads import TaskHead, build_head
 
@@ -342,7 +342,7 @@ class MultiTaskModel(nn.Module):
             "task_graph": self.graph.to_json(),
         }
         meta.update(metadata or {})
-        save_file(state, str(path), metadata=meta)
+        save_weights(state, path, meta)
         return path
 
     @classmethod

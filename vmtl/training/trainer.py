@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import random
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from vmtl.models.multitask import MultiTaskModel
 from vmtl.training.config import TrainConfig, save_config
 
 MOSAIC = "mosaic"  # the stage-0 draw that renders object mosaics instead of reading a task's dataset
+CLIP_RNG = "clip_rng"  # mid-stage saves: the clip sampler's state, so a resumed run draws what it would have
 
 
 @dataclass
@@ -70,6 +72,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def run_environment(threads: int, world: int) -> dict[str, Any]:
+    """What, besides config, data and seed, decides the exact weights: recorded in the state file."""
+    return {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "threads": threads,
+        "world_size": world,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
 
 
 def load_splits(cfg: TrainConfig, num_tokens: int, split: str, progress: bool) -> dict[str, ClipSet]:
@@ -154,7 +168,7 @@ class Trainer:
         self.dist = init_distributed()
         self.log = log if self.dist.main else (lambda _msg: None)
         threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // self.dist.world)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # CPU float reductions depend on it: recorded in the state file
         seed_everything(cfg.seed)
         self.state: dict[str, Any] = {"stage": None, "step": 0, "completed": [], "metrics": {}}
         if resume:
@@ -167,6 +181,7 @@ class Trainer:
             self.model = MultiTaskModel(cfg.graph, cfg.model)
             if init_from is not None:
                 load_trunk(self.model, Path(init_from))
+        self.state["environment"] = run_environment(threads, self.dist.world)
         tokens = self.model.temporal_tokens
         show = progress and self.dist.main
         self.train_sets = load_splits(cfg, tokens, "train", show)
@@ -178,8 +193,10 @@ class Trainer:
                 self.losses[n].load_state_dict(sd)
             self._optimizer_state = bundle.get("optimizer")
             self._mosaic_state = bundle.get(MOSAIC)
+            self._clip_rng_state = bundle.get(CLIP_RNG)
         else:
-            self._optimizer_state = self._mosaic_state = None
+            self._optimizer_state = self._mosaic_state = self._clip_rng_state = None
+        self._clip_rng: np.random.Generator | None = None
         self.mosaic_readout: torch.nn.Linear | None = None
 
     # -- stages ----------------------------------------------------------------------------------------------
@@ -237,6 +254,9 @@ class Trainer:
         clip_rng = np.random.default_rng([self.cfg.seed, stage, self.dist.rank, 1])
         for _ in range(start):  # replay the draws so a resumed run continues the same sequence
             task_rng.choice(len(names), p=weights)
+        if start and self._clip_rng_state is not None:  # and the clips (and mosaics) where they stopped
+            clip_rng.bit_generator.state = self._clip_rng_state
+        self._clip_rng = clip_rng
         self.model.train()
         bar = tqdm(
             range(start, sc.steps),
@@ -329,6 +349,8 @@ class Trainer:
             bundle["optimizer"] = opt.state_dict()
             if self.mosaic_readout is not None and self.state["stage"] == 0:
                 bundle[MOSAIC] = self.mosaic_readout.state_dict()
+            if self._clip_rng is not None:
+                bundle[CLIP_RNG] = self._clip_rng.bit_generator.state
         torch.save(bundle, self.out / OPTIMIZER_FILE)
         (self.out / STATE_FILE).write_text(json.dumps(self.state, indent=2))
 
