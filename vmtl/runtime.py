@@ -74,7 +74,7 @@ def cores() -> int:
 
 
 def ort_session(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | bytes,
     *,
     optimization: str = "all",
     threads: int | None = None,
@@ -106,7 +106,8 @@ def ort_session(
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     if save_to is not None:
         opts.optimized_model_filepath = str(save_to)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(PROVIDERS))
+    model = path if isinstance(path, bytes) else str(path)  # a file, or a serialised ModelProto
+    return ort.InferenceSession(model, sess_options=opts, providers=list(PROVIDERS))
 
 
 def host_session(path: str | os.PathLike[str], params: Mapping[str, str]) -> ort.InferenceSession:

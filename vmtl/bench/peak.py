@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper, save
 
-from vmtl.runtime import cores
+from vmtl.runtime import cores, ort_session
 from vmtl.runtime_openvino import OvSession
 
 
@@ -62,14 +61,7 @@ def _ort_matmul(n: int, threads: int) -> Callable[[], object]:
     c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul", [a, b], [c])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(
-        model.SerializeToString(),
-        sess_options=opts,
-        providers=["CPUExecutionProvider"],
-    )
+    sess = ort_session(model.SerializeToString(), threads=threads)
     rng = np.random.default_rng(0)
     feeds = {"a": rng.standard_normal((n, n), np.float32), "b": rng.standard_normal((n, n), np.float32)}
     return lambda: sess.run(None, feeds)
