@@ -85,6 +85,7 @@ class PerfAnalyzer:
         measurement_ms: int = 2000,
         parameters: Mapping[str, str] | None = None,
         extra: Sequence[str] = (),
+        stability: int = 25,
     ) -> list[str]:
         """perf_analyzer's command line for a concurrency sweep over gRPC at batch 1, random inputs."""
         levels = sorted({int(c) for c in concurrency})
@@ -92,7 +93,7 @@ class PerfAnalyzer:
             raise PerfAnalyzerError(f"concurrency levels must be >= 1, got {list(concurrency)}")
         cmd = [str(self.binary), "-m", model, "-u", url, "-i", "grpc", "-b", "1"]
         cmd += ["--measurement-mode", "time_windows", "--measurement-interval", str(measurement_ms)]
-        cmd += ["--stability-percentage", "25", "--max-trials", "6", "-f", str(csv_file)]
+        cmd += ["--stability-percentage", str(stability), "--max-trials", "8", "-f", str(csv_file)]
         for key, value in (parameters or {}).items():
             cmd += ["--request-parameter", f"{key}:{value}:string"]
         if len(levels) == 1:
@@ -112,22 +113,47 @@ class PerfAnalyzer:
         parameters: Mapping[str, str] | None = None,
         timeout: float = 600.0,
     ) -> list[dict[str, float]]:
-        """Run a sweep; return one row per concurrency level (perf_analyzer's CSV, numbers as floats)."""
+        """Run a sweep; return one row per concurrency level (perf_analyzer's CSV, numbers as floats).
+
+        perf_analyzer refuses a point whose windows disagree by more than 25%; on a busy machine that
+        happens, so a refused sweep is run once more with windows twice as long and a 50% bound.
+        """
         csv_file = Path(csv_file)
         csv_file.parent.mkdir(parents=True, exist_ok=True)
-        cmd = self.command(
-            model, url, concurrency, csv_file, measurement_ms=measurement_ms, parameters=parameters
-        )
-        try:
-            proc = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise PerfAnalyzerError(
-                f"perf_analyzer did not finish in {timeout:.0f} s: {' '.join(cmd)}"
-            ) from exc
+        proc = self._run(model, url, concurrency, csv_file, measurement_ms, parameters, 25, timeout)
+        if proc.returncode != 0 and "stable measurement" in proc.stdout + proc.stderr:
+            proc = self._run(model, url, concurrency, csv_file, 2 * measurement_ms, parameters, 50, timeout)
         if proc.returncode != 0 or not csv_file.is_file():
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise PerfAnalyzerError(f"perf_analyzer failed (exit {proc.returncode}) on {model}:\n{tail}")
         return read_csv(csv_file)
+
+    def _run(
+        self,
+        model: str,
+        url: str,
+        concurrency: Sequence[int],
+        csv_file: Path,
+        measurement_ms: int,
+        parameters: Mapping[str, str] | None,
+        stability: int,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = self.command(
+            model,
+            url,
+            concurrency,
+            csv_file,
+            measurement_ms=measurement_ms,
+            parameters=parameters,
+            stability=stability,
+        )
+        try:
+            return subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise PerfAnalyzerError(
+                f"perf_analyzer did not finish in {timeout:.0f} s: {' '.join(cmd)}"
+            ) from exc
 
 
 def _step(levels: Sequence[int]) -> int:
