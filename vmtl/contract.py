@@ -48,12 +48,14 @@ __all__ = [
     "PARAM_GRAPH",
     "PARAM_PREPROCESS",
     "PARAM_STREAM_ID",
+    "PARAM_TAP_TASKS",
     "PARAM_TASKS",
     "PARAM_VARIANTS",
     "STREAM_ENSEMBLE",
     "STREAM_EXTRA_OUTPUTS",
     "STREAM_RANGE",
     "STREAM_WINDOWING",
+    "TAPS_OUTPUT",
     "TRITON_VERSION",
     "VIDEO_DECODE",
     "VIDEO_ENSEMBLE",
@@ -121,6 +123,11 @@ HEADS_MODEL = "heads"
 PARAM_TASKS = "vmtl_tasks"
 #: The heads' layouts: one python step for all (``fused``) or one model per head (``separate``).
 HEAD_LAYOUTS = ("fused", "separate")
+#: The backbone's task-independent output from which a task added after it was exported computes its own
+#: features inside its head (a *tap task*; ``vmtl.export.taps``). Heads-only exports record the tap tasks
+#: in the manifest metadata's ``tap_tasks`` and pass them to the fused heads model as ``vmtl_tap_tasks``.
+TAPS_OUTPUT = "trunk_taps"
+PARAM_TAP_TASKS = "vmtl_tap_tasks"
 
 #: The streaming path (long videos): ``vmtl_stream`` is an ensemble whose first step, ``video_stream``, is a
 #: decoupled python-backend decoder that takes the encoded video once and answers one response per window.
@@ -710,10 +717,27 @@ def _validate_model(model_dir: Path, name: str, cfg: mc.ModelConfig) -> None:
         raise RepositoryError(f"{where}: no numeric version directory (e.g. {model_dir / '1'})")
     if cfg.platform == "ensemble":
         return
-    for version in versions:
+    if cfg.version_policy.HasField("specific"):
+        missing = sorted(set(cfg.version_policy.specific.versions) - {int(v.name) for v in versions})
+        if missing:
+            raise RepositoryError(f"{where}: version_policy names versions {missing} that have no directory")
+    for version in served_versions(cfg, versions):
         for filename in _model_files(name, cfg):
             if not (version / filename).exists():
                 raise RepositoryError(f"{where}: missing model file {version.name}/{filename}")
+
+
+def served_versions(cfg: mc.ModelConfig, versions: list[Path]) -> list[Path]:
+    """The version directories Triton serves under ``cfg``'s version policy (default: the latest one);
+    older ones kept for a rollback need not fit the current config."""
+    policy = cfg.version_policy
+    if policy.HasField("all"):
+        return versions
+    if policy.HasField("specific"):
+        wanted = {int(v) for v in policy.specific.versions}
+        return [v for v in versions if int(v.name) in wanted]
+    count = policy.latest.num_versions if policy.HasField("latest") else 1
+    return sorted(versions, key=lambda p: int(p.name))[-max(count, 1) :]
 
 
 def _pruning_warnings(name: str, cfg: mc.ModelConfig) -> list[str]:

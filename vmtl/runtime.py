@@ -27,6 +27,7 @@ from vmtl.contract import (
     HEAD_FEATURES,
     HEAD_OUTPUT,
     HEAD_REPR,
+    TAPS_OUTPUT,
     VIDEO_INPUT,
     ExportRecord,
     Manifest,
@@ -147,12 +148,13 @@ class OrtPipeline:
         *,
         optimization: str = "all",
         threads: int | None = None,
+        tap_tasks: Sequence[str] = (),
     ) -> None:
         trunk_model = (
             trunk if callable(trunk) else ort_session(trunk, optimization=optimization, threads=threads)
         )
         sessions = {n: ort_session(p, optimization=optimization, threads=threads) for n, p in heads.items()}
-        self._setup(graph, trunk_model, sessions)
+        self._setup(graph, trunk_model, sessions, tap_tasks)
 
     @classmethod
     def from_sessions(
@@ -160,9 +162,10 @@ class OrtPipeline:
         graph: TaskGraph,
         trunk: ort.InferenceSession | TrunkRunner,
         heads: Mapping[str, ort.InferenceSession],
+        tap_tasks: Sequence[str] = (),
     ) -> OrtPipeline:
         pipeline = cls.__new__(cls)
-        pipeline._setup(graph, trunk, heads)
+        pipeline._setup(graph, trunk, heads, tap_tasks)
         return pipeline
 
     def _setup(
@@ -170,8 +173,11 @@ class OrtPipeline:
         graph: TaskGraph,
         trunk: ort.InferenceSession | TrunkRunner,
         heads: Mapping[str, ort.InferenceSession],
+        tap_tasks: Sequence[str] = (),
     ) -> None:
         self.graph = graph
+        #: The trunk output each task's head reads: ``feat_<task>``, or ``trunk_taps`` for a tap task.
+        self.feature_output = {n: TAPS_OUTPUT if n in tap_tasks else feat_output(n) for n in graph.names}
         #: The trunk's ORT session (None when the trunk is a callable).
         self.trunk: ort.InferenceSession | None = None if callable(trunk) else trunk
         self._trunk_fn: TrunkRunner | None = trunk if callable(trunk) else None
@@ -191,11 +197,12 @@ class OrtPipeline:
         names = self.graph.names if tasks is None else self.graph.closure(tasks)
         if self._trunk_fn is not None:
             outputs = self.trunk_outputs(video)
-            return {n: outputs[feat_output(n)] for n in names}
+            return {n: outputs[self.feature_output[n]] for n in names}
         assert self.trunk is not None
         video = np.ascontiguousarray(video, dtype=np.uint8)
-        feats = self.trunk.run([feat_output(n) for n in names], {VIDEO_INPUT: video})
-        return dict(zip(names, feats, strict=True))
+        wanted = list(dict.fromkeys(self.feature_output[n] for n in names))
+        outputs = dict(zip(wanted, self.trunk.run(wanted, {VIDEO_INPUT: video}), strict=True))
+        return {n: outputs[self.feature_output[n]] for n in names}
 
     def run_head(
         self, task: str, features: np.ndarray, reprs: Mapping[str, np.ndarray]
@@ -260,6 +267,11 @@ class LocalModel:
         return self.manifest.max_batch_size
 
     @property
+    def tap_tasks(self) -> list[str]:
+        """Tasks added after the backbone was exported: their heads read ``trunk_taps``."""
+        return [str(t) for t in self.manifest.metadata.extra.get("tap_tasks") or []]
+
+    @property
     def flavour(self) -> str:
         return self.manifest.flavour
 
@@ -274,7 +286,8 @@ class LocalModel:
     def pipeline(self, tasks: Sequence[str] | None = None, *, threads: int | None = None) -> OrtPipeline:
         """The trunk and the heads ``tasks`` need (default all), ``threads`` intra-op threads each."""
         needed = self.graph.closure(tasks or self.graph.names)
-        return OrtPipeline(self.graph, self.trunk, {n: self.heads[n] for n in needed}, threads=threads)
+        heads = {n: self.heads[n] for n in needed}
+        return OrtPipeline(self.graph, self.trunk, heads, threads=threads, tap_tasks=self.tap_tasks)
 
     def host_pipeline(self) -> OrtPipeline:
         """Every model with the session options the ``cpu`` flavour's python-backend host gives it (read
@@ -284,4 +297,4 @@ class LocalModel:
         models = self.manifest.models
         trunk = host_session(self.trunk, config_params(configs[models.backbone]))
         heads = {n: host_session(f, config_params(configs[models.head(n)])) for n, f in self.heads.items()}
-        return OrtPipeline.from_sessions(self.graph, trunk, heads)
+        return OrtPipeline.from_sessions(self.graph, trunk, heads, self.tap_tasks)

@@ -25,8 +25,13 @@ Steps of :func:`export_checkpoint` (each a function of this module):
 
 ``only_heads``: when the checkpoint's trunk (VideoMAE + VMT-Adapters + per-task extraction/norms and the
 trunk layout) has the SHA-256 recorded by the full export, only the heads are exported and the repository
-is rewritten around the existing backbone file (same bytes, same mtime). Adding or removing a task
-changes the trunk (each task has its own adapter scale/shift and feature output), so it needs a full export.
+is rewritten around the existing backbone file (same bytes, same mtime). A repository written by this
+version also records the trunk's core (VideoMAE + shared adapters + layout) and each task's trunk-side parts
+(:mod:`vmtl.export.taps`): then a checkpoint with the same core may add tasks or change some (``vmtl train
+--init-from``): those become *tap tasks*, whose heads compute their features from the backbone's
+``trunk_taps`` output, and only the heads model(s) and the ensembles are rewritten: the backbone's and
+video_decode's directories are not touched, the fused heads go to a new version directory (the previous
+one stays, for ``vmtl reload --rollback``; :mod:`vmtl.export.generations` records what to return to).
 """
 
 from __future__ import annotations
@@ -49,10 +54,16 @@ import torch
 
 from vmtl.contract import (
     BACKBONE,
+    CLIP_ENSEMBLE,
     HEAD_LAYOUTS,
     HEADS_MODEL,
     MANIFEST,
     PARAM_VARIANTS,
+    STREAM_ENSEMBLE,
+    TAPS_OUTPUT,
+    VIDEO_DECODE,
+    VIDEO_ENSEMBLE,
+    VIDEO_STREAM,
     RepositoryError,
     fused_head_file,
     head_model,
@@ -60,6 +71,7 @@ from vmtl.contract import (
     read_manifest,
 )
 from vmtl.data.clips import load_clipset
+from vmtl.export.generations import highest_version, push_generation, snapshot_generation
 from vmtl.export.precision import PrecisionResult, gate_precisions
 from vmtl.export.quantize import (
     INT8_SETTINGS,
@@ -75,6 +87,7 @@ from vmtl.export.quantize import (
     quantize_model,
 )
 from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_DELAY_US, write_repository
+from vmtl.export.taps import head_fingerprints, task_fingerprints, trunk_core_fingerprint
 from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
 from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
@@ -276,7 +289,13 @@ def trunk_fingerprint(model: MultiTaskModel) -> dict[str, Any]:
     parts["layout"].update(json.dumps(layout, sort_keys=True, default=str).encode())
     digests = {k: h.hexdigest() for k, h in parts.items()}
     overall = hashlib.sha256("".join(digests[k] for k in sorted(digests)).encode()).hexdigest()
-    return {"sha256": overall, "parts": digests, "tasks": list(model.graph.names)}
+    return {
+        "sha256": overall,
+        "parts": digests,
+        "tasks": list(model.graph.names),
+        "core": trunk_core_fingerprint(model),
+        "task_parts": task_fingerprints(model),
+    }
 
 
 def _parity_clips(model: MultiTaskModel, data_root: Path | None, seed: int) -> tuple[np.ndarray, str]:
@@ -314,13 +333,16 @@ def _torch_reference(
     ref = _Reference({}, {n: {} for n in graph.names})
     for b in (1, 2):
         video = torch.from_numpy(np.ascontiguousarray(clips[:b]))
-        feats = dict(zip(trunk.tasks, trunk(video), strict=True))
-        ref.trunk[b] = ({"video": video.numpy()}, {f"feat_{k}": v.numpy() for k, v in feats.items()})
+        *outputs, taps = trunk(video)
+        feats = dict(zip(trunk.tasks, outputs, strict=True))
+        want = {f"feat_{k}": v.numpy() for k, v in feats.items()}
+        ref.trunk[b] = ({"video": video.numpy()}, {**want, TAPS_OUTPUT: taps.numpy()})
+        inputs = {n: taps if heads[n].taps is not None else feats[n] for n in graph.names}
         order = graph.closure(graph.names)
         auxiliaries = {n: heads[n].aux_names for n in order}
-        outs, reprs = run_heads(order, feats, auxiliaries, lambda n, f, aux: heads[n](f, *aux))
+        outs, reprs = run_heads(order, inputs, auxiliaries, lambda n, f, aux: heads[n](f, *aux))
         for name in order:
-            ins = (feats[name], *(reprs[a] for a in auxiliaries[name]))
+            ins = (inputs[name], *(reprs[a] for a in auxiliaries[name]))
             ref.heads[name][b] = (
                 {k: v.numpy() for k, v in zip(heads[name].input_names, ins, strict=True)},
                 {"output": outs[name].numpy(), "repr": reprs[name].numpy()},
@@ -482,6 +504,7 @@ class _Loaded:
     clips: np.ndarray  # the parity inputs
     clips_desc: str
     reference: _Reference
+    tap_tasks: list[str] = field(default_factory=list)  # --only-heads: heads that read trunk_taps
 
     @property
     def graph(self) -> TaskGraph:
@@ -676,13 +699,23 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
         graph = model.graph
         fingerprint = trunk_fingerprint(model)
         flops = _flops(model)
-        trunk_mod, head_mods = export_modules(model)
     progress.say(f"loaded {plan.weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
 
     existing: dict[str, dict[str, Any]] = {}
+    tap_tasks: list[str] = []
     if plan.only_heads:
-        existing = {f: _check_only_heads(p, fingerprint) for f, p in plan.targets.items()}
-        progress.say(f"--only-heads: trunk sha256 {fingerprint['sha256'][:16]}... matches the repository")
+        for f, p in plan.targets.items():
+            existing[f], taps = _check_only_heads(p, fingerprint)
+            tap_tasks += [t for t in taps if t not in tap_tasks]
+        if tap_tasks:
+            progress.say(
+                f"--only-heads: the trunk core matches the repository; new or changed tasks "
+                f"{', '.join(tap_tasks)} read the backbone's {TAPS_OUTPUT}"
+            )
+        else:
+            progress.say(f"--only-heads: trunk sha256 {fingerprint['sha256'][:16]}... matches the repository")
+    with progress.step("load"):
+        trunk_mod, head_mods = export_modules(model, tap_tasks)
     max_batch_size = plan.max_batch_size
     if max_batch_size is None:
         max_batch_size = int(next(iter(existing.values()))["max_batch_size"]) if existing else 8
@@ -701,6 +734,7 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
         clips,
         clips_desc,
         reference,
+        tap_tasks,
     )
 
 
@@ -906,6 +940,8 @@ def _write_flavour(
         loaded.flops,
         both=len(plan.targets) == 2 and not plan.only_heads,
         previous=loaded.existing.get(fl),
+        tap_tasks=loaded.tap_tasks,
+        head_sha=head_fingerprints(loaded.model, loaded.tap_tasks),
     )
     variants = ship.variants if fl == "cpu" else None
     kept_variants: tuple[list[tuple[str, str, str]], dict[str, Path]] = ([], {})
@@ -915,6 +951,8 @@ def _write_flavour(
         meta["variants"] = [v.to_dict() for v in variants.accepted]
         meta["refused"] = [v.to_dict() for v in variants.refused]
         meta["measured_on"] = variants.measured_on
+    if loaded.tap_tasks:
+        return _write_live(plan, loaded, ship, fl, target, meta, progress, kept_variants)
     kept: dict[str, bytes] = {}
     if plan.only_heads:
         trunk_file, trunk_plan, kept, threads = _existing_backbone(target, raw.get(BACKBONE))
@@ -953,6 +991,91 @@ def _write_flavour(
     rows = _model_reports(target, fl, graph, ship.precision[fl], ship.parity[fl], plan.only_heads)
     progress.say(f"wrote the {fl} repository {target}")
     return rows
+
+
+def _write_live(
+    plan: _Plan,
+    loaded: _Loaded,
+    ship: _Shipment,
+    fl: str,
+    target: Path,
+    meta: dict[str, Any],
+    progress: _Progress,
+    kept_variants: tuple[list[tuple[str, str, str]], dict[str, Path]] = ([], {}),
+) -> list[ModelReport]:
+    """--only-heads with new or changed tasks: rewrite only the heads that changed (fused: a new version
+    directory of the heads model holding every head, the unchanged ones copied byte for byte from the
+    previous version) and the ensembles, leave the backbone's and video_decode's directories untouched,
+    and record the previous generation for a rollback."""
+    graph = loaded.graph
+    previous = dict(loaded.existing[fl].get("metadata") or {})
+    old_sha = dict(previous.get("head_sha256") or {})
+    new_sha = dict(meta["head_sha256"])
+    unchanged = {n for n in graph.names if old_sha.get(n) == new_sha[n]}
+    layout = _head_layout(plan, loaded, fl)
+    heads = {n: ship.files[fl][head_model(n)] for n in graph.names}
+    keep = [BACKBONE, VIDEO_DECODE, VIDEO_STREAM]
+    versions: dict[str, int] = {}
+    added: list[str] = []
+    if layout == "fused":
+        old_version = highest_version(target / HEADS_MODEL)
+        for n in unchanged:
+            old_file = target / HEADS_MODEL / str(old_version) / fused_head_file(n)
+            if old_file.is_file():
+                heads[n] = old_file
+        versions[HEADS_MODEL] = old_version + 1
+        if not old_version:
+            added.append(HEADS_MODEL)
+        replaced = [HEADS_MODEL]
+    else:
+        replaced = []
+        for n in graph.names:
+            model_dir = target / head_model(n)
+            if n in unchanged and model_dir.is_dir():
+                keep.append(head_model(n))
+                continue
+            versions[head_model(n)] = highest_version(model_dir) + 1
+            (replaced if model_dir.is_dir() else added).append(head_model(n))
+    models = loaded.existing[fl].get("models") or {}
+    ensembles = [
+        str(models.get("clip_ensemble", CLIP_ENSEMBLE)),
+        str(models.get("video_ensemble", VIDEO_ENSEMBLE)),
+    ]
+    ensembles += [STREAM_ENSEMBLE] if (target / STREAM_ENSEMBLE).is_dir() else []
+    snapshot = snapshot_generation(target, [*replaced, *ensembles])
+    threads = _existing_backbone(target, None)[3]
+    write_repository(
+        target,
+        graph,
+        target / BACKBONE / "1" / "model.onnx",
+        heads,
+        flavour=fl,  # type: ignore[arg-type]
+        max_batch_size=loaded.max_batch_size,
+        cpu_threads=threads if fl == "cpu" else None,
+        metadata=meta,
+        max_queue_size=plan.max_queue_size,
+        queue_delay_us=plan.queue_delay_us,
+        heads=layout,  # type: ignore[arg-type]
+        cache=plan.cache,
+        backbone_variants=kept_variants[0],
+        backbone_files=kept_variants[1],
+        tap_tasks=loaded.tap_tasks,
+        backbone_tasks=list(previous.get("backbone_tasks") or []),
+        versions=versions,
+        keep=keep,
+    )
+    push_generation(target, snapshot, added)
+    for name, rec in ship.parity[fl].items():
+        if name.removeprefix("head_") in unchanged or name == BACKBONE:
+            continue
+        record = {"model": name, "inputs": loaded.clips_desc, **rec}
+        _write_json(_sidecar_dir(target, name) / _parity_name(target, name), record)
+    progress.say(
+        f"wrote the {fl} repository {target}: heads of {', '.join(loaded.tap_tasks)} read {TAPS_OUTPUT}; "
+        f"unchanged: {', '.join(sorted(unchanged)) or 'none'}; backbone and {VIDEO_DECODE} untouched; "
+        f"the previous generation is kept for `vmtl reload --rollback`"
+    )
+    return _model_reports(target, fl, graph, ship.precision[fl], ship.parity[fl], True)
 
 
 def _head_layout(plan: _Plan, loaded: _Loaded, flavour: str) -> str:
@@ -1079,6 +1202,8 @@ def _metadata(
     *,
     both: bool,
     previous: Mapping[str, Any] | None,
+    tap_tasks: list[str] | None = None,
+    head_sha: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     versions = _versions()
     summary = {n: {k: r[k] for k in ("max_abs", "batch1", "batch2")} for n, r in parity[flavour].items()}
@@ -1106,6 +1231,19 @@ def _metadata(
             "flops": flops,
         }
     )
+    backbone_record = {
+        "trunk_core_sha256": fingerprint["core"],
+        "task_parts_sha256": fingerprint["task_parts"],
+        "backbone_tasks": fingerprint["tasks"],
+    }
+    if previous is not None and tap_tasks:  # the backbone stays: so do its fingerprints
+        old = dict(previous.get("metadata") or {})
+        for key in ("trunk_sha256", "trunk_parts_sha256", *backbone_record):
+            meta[key] = old.get(key)
+    else:
+        meta.update(backbone_record)
+    meta["tap_tasks"] = list(tap_tasks or [])
+    meta["head_sha256"] = dict(head_sha or {})
     if previous is not None:  # --only-heads: the backbone's records stay those of the full export
         meta.update(backbone_meta)
         meta["parity"] = {**{k: v for k, v in old_parity.items() if k == BACKBONE}, **summary}
@@ -1133,8 +1271,10 @@ def _metadata(
     return meta
 
 
-def _check_only_heads(repo: Path, fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """The existing manifest, after checking that its trunk is this checkpoint's."""
+def _check_only_heads(repo: Path, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The existing manifest and the tap tasks (new or changed tasks, whose heads read ``trunk_taps``),
+    after checking that the repository's trunk is this checkpoint's: the whole trunk, or (repositories
+    that record it) its core, the other tasks' trunk-side parts being those of the backbone."""
     manifest = read_manifest(repo)
     meta = manifest.get("metadata") or {}
     stored = meta.get("trunk_sha256")
@@ -1143,8 +1283,23 @@ def _check_only_heads(repo: Path, fingerprint: dict[str, Any]) -> dict[str, Any]
             f"--only-heads: {repo}/{MANIFEST} records no trunk_sha256 (not written by a full `vmtl export`); "
             "run a full export"
         )
+    core = meta.get("trunk_core_sha256")
+    if core and core == fingerprint["core"]:
+        in_backbone = list(meta.get("backbone_tasks") or meta.get("tasks") or [])
+        recorded = dict(meta.get("task_parts_sha256") or {})
+        taps = [
+            t
+            for t in fingerprint["tasks"]
+            if t not in in_backbone or recorded.get(t) != fingerprint["task_parts"][t]
+        ]
+        if taps and not _backbone_has_taps(repo):
+            raise ExportError(
+                f"--only-heads refused: tasks {taps} are new or changed and need the backbone's {TAPS_OUTPUT!r} "
+                f"output, which {repo}'s backbone lacks (exported before vmtl added it); run a full export once"
+            )
+        return manifest, taps
     if stored == fingerprint["sha256"]:
-        return manifest
+        return manifest, []
     old_parts = meta.get("trunk_parts_sha256") or {}
     differ = [k for k, v in fingerprint["parts"].items() if old_parts.get(k) not in (None, v)]
     old_tasks = list(meta.get("tasks") or [])
@@ -1171,6 +1326,14 @@ def _check_only_heads(repo: Path, fingerprint: dict[str, Any]) -> dict[str, Any]
         + (f"; {'; '.join(detail)}" if detail else "")
         + ". Run a full export (without --only-heads) to replace the backbone."
     )
+
+
+def _backbone_has_taps(repo: Path) -> bool:
+    try:
+        cfg = load_configs(repo).get(BACKBONE)
+    except RepositoryError:
+        return False
+    return cfg is not None and any(o.name == TAPS_OUTPUT for o in cfg.output)
 
 
 def _existing_backbone(
@@ -1231,10 +1394,11 @@ def _model_reports(
 ) -> list[ModelReport]:
     rows = []
     for name in [BACKBONE, *(head_model(n) for n in graph.names)]:
-        version = repo / name / "1"
+        version = repo / name / str(highest_version(repo / name) or 1)
         path = version / "model.plan" if (version / "model.plan").is_file() else version / "model.onnx"
         if not version.is_dir():  # a head of the fused heads model
-            path = repo / HEADS_MODEL / "1" / fused_head_file(name.removeprefix("head_"))
+            fused = repo / HEADS_MODEL / str(highest_version(repo / HEADS_MODEL) or 1)
+            path = fused / fused_head_file(name.removeprefix("head_"))
         reused = only_heads and name == BACKBONE
         prec = precision.get(name, "kept" if reused else "fp32")
         if reused:

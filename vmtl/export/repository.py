@@ -52,10 +52,12 @@ from vmtl.contract import (
     MANIFEST,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
+    PARAM_TAP_TASKS,
     PARAM_VARIANTS,
     STREAM_ENSEMBLE,
     STREAM_RANGE,
     STREAM_WINDOWING,
+    TAPS_OUTPUT,
     VIDEO_DECODE,
     VIDEO_ENSEMBLE,
     VIDEO_STREAM,
@@ -114,6 +116,9 @@ def _feat(task: str) -> str:
 
 def _repr(task: str) -> str:
     return f"_repr_{task}"
+
+
+_TAPS_TENSOR = "_taps"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,6 +239,7 @@ def _instances(cfg: mc.ModelConfig, count: int, gpu: bool) -> None:
 class _Trunk:
     video: TensorSig
     feats: dict[str, TensorSig]
+    taps: TensorSig | None = None  # the trunk_taps output (absent from backbones exported before it)
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,7 @@ class _Head:
     repr: TensorSig
 
 
-def _read_trunk(graph: TaskGraph, path: Path) -> _Trunk:
+def _read_trunk(graph: TaskGraph, path: Path, tasks: Iterable[str] | None = None) -> _Trunk:
     inputs, outputs, _ = onnx_signature(path)
     where = f"trunk {path.name}"
     if "video" not in inputs:
@@ -267,7 +273,7 @@ def _read_trunk(graph: TaskGraph, path: Path) -> _Trunk:
     # Concrete dims from the preprocess spec where the ONNX file leaves them dynamic.
     video = TensorSig("video", video.dtype, (-1, pre.num_frames, pre.size, pre.size, 3))
     feats = {}
-    for name in graph.names:
+    for name in graph.names if tasks is None else tasks:
         out = outputs.get(feat_output(name))
         if out is None:
             raise RepositoryError(
@@ -277,7 +283,10 @@ def _read_trunk(graph: TaskGraph, path: Path) -> _Trunk:
             raise RepositoryError(f"{where}: output {feat_output(name)!r} must be float32 [B,N,D], got {out}")
         _batched(out, where)
         feats[name] = out
-    return _Trunk(video, feats)
+    taps = outputs.get(TAPS_OUTPUT)
+    if taps is not None and (taps.dtype != "TYPE_FP32" or len(taps.shape) != 3):
+        raise RepositoryError(f"{where}: output {TAPS_OUTPUT!r} must be float32 [B,N,W], got {taps}")
+    return _Trunk(video, feats, taps)
 
 
 def _read_head(task: TaskSpec, path: Path) -> _Head:
@@ -330,6 +339,11 @@ class _Options:
     cache: bool = False  # Triton's response cache on the backbone
     max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES
     variants: tuple[tuple[str, str, str], ...] = ()  # cpu backbone: accepted (runtime, precision, file)
+    tap_tasks: tuple[str, ...] = ()  # tasks whose head reads trunk_taps instead of feat_<task>
+    versions: tuple[tuple[str, int], ...] = ()  # model -> the version directory its files go to (default 1)
+
+    def version(self, model: str) -> int:
+        return dict(self.versions).get(model, 1)
 
     @property
     def native(self) -> bool:
@@ -383,6 +397,10 @@ def write_repository(
     max_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES,
     backbone_variants: Sequence[tuple[str, str, str]] = (),
     backbone_files: Mapping[str, Path] | None = None,
+    tap_tasks: Iterable[str] = (),
+    backbone_tasks: Iterable[str] | None = None,
+    versions: Mapping[str, int] | None = None,
+    keep: Iterable[str] = (),
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -406,6 +424,14 @@ def write_repository(
     directory -> source) besides ``model.onnx``. The repository is staged in a temporary directory, validated,
     then moved into place; only models listed in an existing ``vmtl.json`` are replaced, and a non-empty
     directory without one is refused.
+
+    Adding tasks to a served repository (``vmtl export --only-heads``): ``tap_tasks`` read the trunk's
+    ``trunk_taps`` output instead of ``feat_<task>`` (:mod:`vmtl.export.taps`); ``backbone_tasks`` are
+    the tasks the trunk has ``feat_<task>`` outputs for (default: the graph's other tasks); ``versions``
+    puts a model's files into that version directory (the older version directories of a replaced model
+    are carried over, for a rollback); ``keep`` names entries left exactly as they are in ``out`` (the
+    backbone and video_decode: their configs are read from there, their files not touched, so a live
+    server does not reload them).
     """
     out = Path(out)
     opts = _Options(
@@ -421,8 +447,11 @@ def write_repository(
         cache,
         max_stream_bytes,
         tuple((str(r), str(p), str(f)) for r, p, f in backbone_variants),
+        tuple(tap_tasks),
+        tuple(sorted((versions or {}).items())),
     )
     opts.check()
+    keep = [k for k in keep if (out / k).is_dir()]
     missing = [n for n in graph.names if n not in head_onnx]
     extra = sorted(set(head_onnx) - set(graph.names))
     if missing or extra:
@@ -438,7 +467,15 @@ def write_repository(
 
     trunk_onnx = Path(trunk_onnx)
     head_onnx = {k: Path(v) for k, v in head_onnx.items()}
-    trunk = _read_trunk(graph, trunk_onnx)
+    in_trunk = (
+        [n for n in graph.names if n not in opts.tap_tasks] if backbone_tasks is None else backbone_tasks
+    )
+    trunk = _read_trunk(graph, trunk_onnx, list(in_trunk))
+    if opts.tap_tasks and trunk.taps is None:
+        raise RepositoryError(
+            f"tasks {list(opts.tap_tasks)} read the backbone's {TAPS_OUTPUT!r} output, which this backbone "
+            "does not have (exported before vmtl added it): run a full export once"
+        )
     heads = {n: _read_head(graph.task(n), head_onnx[n]) for n in graph.names}
     if trunk_plan is not None and not Path(trunk_plan).is_file():
         raise RepositoryError(f"TensorRT plan not found: {trunk_plan}")
@@ -459,8 +496,10 @@ def write_repository(
             target = stage / BACKBONE / "1" / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
+        for name in keep:  # validate against what stays in place
+            shutil.copy2(out / name / "config.pbtxt", stage / name / "config.pbtxt")
 
-    _stage_and_install(out, manifest, files)
+    _stage_and_install(out, manifest, files, keep=keep, carry=[m for m, _ in opts.versions])
     return out
 
 
@@ -499,9 +538,10 @@ def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> mc.Mode
     else:
         cfg.platform = "onnxruntime_onnx"
     cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", trunk.video.shape[1:]))
-    for name in graph.names:
-        sig = trunk.feats[name]
+    for name, sig in trunk.feats.items():
         cfg.output.append(_io(mc.ModelOutput, feat_output(name), sig.dtype, sig.shape[1:]))
+    if trunk.taps is not None:
+        cfg.output.append(_io(mc.ModelOutput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:]))
     _dynamic_batching(cfg, opts.max_batch_size, opts.queue_delay_us, opts.max_queue_size)
     _instances(cfg, 1, opts.native)
     if opts.cache:
@@ -537,9 +577,15 @@ def _fused_heads_config(
 ) -> mc.ModelConfig:
     """heads: every head's ONNX Runtime session in one python-backend model (``heads_model.py``)."""
     cfg = mc.ModelConfig(name=HEADS_MODEL, backend="python", max_batch_size=opts.max_batch_size)
-    for name in graph.names:
-        sig = trunk.feats[name]
-        cfg.input.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:]))
+    # Every feat_<task> the backbone has (optional when no head reads it) and trunk_taps (optional): an
+    # ensemble of the previous task graph still feeds this model while a live reload switches them.
+    for name, sig in trunk.feats.items():
+        unread = name in opts.tap_tasks or name not in graph
+        cfg.input.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:], optional=unread))
+    if opts.tap_tasks and trunk.taps is not None:
+        cfg.input.append(
+            _io(mc.ModelInput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:], optional=True)
+        )
     for name in graph.names:
         head = heads[name]
         labels = f"labels_{name}.txt" if _labelled(head.task) else ""
@@ -547,7 +593,10 @@ def _fused_heads_config(
             _io(mc.ModelOutput, name, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
         )
     files = ",".join(fused_head_file(n) for n in graph.names)
-    _set_params(cfg, {PARAM_GRAPH: shared[PARAM_GRAPH], "onnx_files": files, "intra_op_threads": "1"})
+    params = {PARAM_GRAPH: shared[PARAM_GRAPH], "onnx_files": files, "intra_op_threads": "1"}
+    if opts.tap_tasks:
+        params[PARAM_TAP_TASKS] = ",".join(opts.tap_tasks)
+    _set_params(cfg, params)
     # No waiting: the backbone's batch reaches the heads at once (see _head_config).
     _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
     _instances(cfg, 1, False)
@@ -673,15 +722,21 @@ def _trunk_and_heads(
     """The backbone step on ``clip_tensor``, then the fused heads step or one step per head."""
     step = steps.add(model_name=BACKBONE, model_version=-1)
     step.input_map["video"] = clip_tensor
-    for task in graph.names:
+    direct = [t for t in graph.names if t not in opts.tap_tasks]
+    for task in direct:
         step.output_map[feat_output(task)] = _feat(task)
+    if opts.tap_tasks:
+        step.output_map[TAPS_OUTPUT] = _TAPS_TENSOR
     if opts.fused:
         step = steps.add(model_name=HEADS_MODEL, model_version=-1)
-        for task in graph.names:
+        for task in direct:
             step.input_map[feat_output(task)] = _feat(task)
+        if opts.tap_tasks:
+            step.input_map[TAPS_OUTPUT] = _TAPS_TENSOR
+        for task in graph.names:
             step.output_map[task] = task
     else:
-        _separate_head_steps(steps, graph, heads)
+        _separate_head_steps(steps, graph, heads, opts.tap_tasks)
 
 
 def _task_outputs(cfg: mc.ModelConfig, graph: TaskGraph, heads: Mapping[str, _Head]) -> None:
@@ -694,13 +749,15 @@ def _task_outputs(cfg: mc.ModelConfig, graph: TaskGraph, heads: Mapping[str, _He
         )
 
 
-def _separate_head_steps(steps: Any, graph: TaskGraph, heads: Mapping[str, _Head]) -> None:
+def _separate_head_steps(
+    steps: Any, graph: TaskGraph, heads: Mapping[str, _Head], tap_tasks: Iterable[str] = ()
+) -> None:
     """One ensemble step per head, in stage order, each fed its auxiliaries' ``repr``."""
     for stage in graph.stages():
         for task in stage:
             head = heads[task]
             step = steps.add(model_name=head_model(task), model_version=-1)
-            step.input_map["features"] = _feat(task)
+            step.input_map["features"] = _TAPS_TENSOR if task in tap_tasks else _feat(task)
             for aux in head.task.auxiliaries:
                 step.input_map[repr_input(aux)] = _repr(aux)
             step.output_map["output"] = task
@@ -719,7 +776,7 @@ def _stage_models(
 ) -> None:
     """Write every model directory into ``stage``: configs, model files, python sources, labels."""
     for name, cfg in configs.items():
-        _write_config(stage / name, cfg)
+        _write_config(stage / name, cfg, opts.version(name))
     if trunk_plan is None:
         _copy_onnx(trunk_onnx, stage / BACKBONE / "1", "model.onnx")
     else:  # the ONNX file only served to read the I/O signature
@@ -727,14 +784,16 @@ def _stage_models(
     if not opts.native:
         _copy_source(_ORT_HOST, stage / BACKBONE / "1")
     if opts.fused:
+        version = stage / HEADS_MODEL / str(opts.version(HEADS_MODEL))
         for name in graph.names:
-            _copy_onnx(head_onnx[name], stage / HEADS_MODEL / "1", fused_head_file(name))
-        _copy_source(_HEADS_HOST, stage / HEADS_MODEL / "1")
+            _copy_onnx(head_onnx[name], version, fused_head_file(name))
+        _copy_source(_HEADS_HOST, version)
     else:
         for name in graph.names:
-            _copy_onnx(head_onnx[name], stage / head_model(name) / "1", "model.onnx")
+            version = stage / head_model(name) / str(opts.version(head_model(name)))
+            _copy_onnx(head_onnx[name], version, "model.onnx")
             if not opts.native:
-                _copy_source(_ORT_HOST, stage / head_model(name) / "1")
+                _copy_source(_ORT_HOST, version)
     _copy_source(_DECODE_HOST, stage / VIDEO_DECODE / "1")
     _copy_source(_STREAM_HOST, stage / VIDEO_STREAM / "1")
     for task in graph.tasks:
@@ -748,8 +807,8 @@ def _stage_models(
                 (stage / ens / f"labels_{task.name}.txt").write_text(text)
 
 
-def _write_config(model_dir: Path, cfg: mc.ModelConfig) -> None:
-    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+def _write_config(model_dir: Path, cfg: mc.ModelConfig, version: int = 1) -> None:
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
     text = text_format.MessageToString(cfg)
     # Round trip: what reaches Triton is exactly what its protobuf parser accepts.
     text_format.Parse(text, mc.ModelConfig())
@@ -782,9 +841,17 @@ def _copy_source(filename: str, version_dir: Path) -> None:
 # Installing the staged repository
 
 
-def _stage_and_install(out: Path, manifest: Manifest, write_models: Callable[[Path], None]) -> None:
+def _stage_and_install(
+    out: Path,
+    manifest: Manifest,
+    write_models: Callable[[Path], None],
+    *,
+    keep: Iterable[str] = (),
+    carry: Iterable[str] = (),
+) -> None:
     """Stage the repository beside ``out`` (``write_models`` fills the model directories, then the
-    manifest is written), validate it and move it into place."""
+    manifest is written), validate it and move it into place (but ``keep``'s entries: see
+    :func:`_install`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
@@ -792,7 +859,7 @@ def _stage_and_install(out: Path, manifest: Manifest, write_models: Callable[[Pa
         write_models(stage)
         manifest.write(stage)
         validate_repository(stage)
-        _install(stage, out, manifest.entries)
+        _install(stage, out, manifest.entries, keep=keep, carry=carry)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -811,9 +878,21 @@ def _check_target(out: Path) -> None:
         )
 
 
-def _install(stage: Path, out: Path, entries: list[str]) -> None:
-    """Move the staged entries into ``out``; replace only what vmtl wrote there before."""
+def _install(
+    stage: Path, out: Path, entries: list[str], *, keep: Iterable[str] = (), carry: Iterable[str] = ()
+) -> None:
+    """Move the staged entries into ``out``; replace only what vmtl wrote there before. Entries in
+    ``keep`` stay as they are in ``out`` (not even their directories' times change); the models in
+    ``carry`` take their older version directories along into the new model directory."""
     _check_target(out)
+    keep = set(keep)
+    entries = [e for e in entries if e not in keep]
+    for model in carry:
+        if model in keep or not (out / model).is_dir() or not (stage / model).is_dir():
+            continue
+        for old in (out / model).iterdir():
+            if old.is_dir() and old.name.isdigit() and not (stage / model / old.name).exists():
+                os.rename(old, stage / model / old.name)
     if not out.exists():
         os.rename(stage, out)
         return
@@ -827,7 +906,7 @@ def _install(stage: Path, out: Path, entries: list[str]) -> None:
     try:
         # The manifest moves last, so an interrupted install still lists every entry it owns.
         ordered = [e for e in entries if e != MANIFEST] + [MANIFEST]
-        for name in sorted(set(old) | set(entries)):
+        for name in sorted((set(old) | set(entries)) - keep):
             if name != MANIFEST and (out / name).exists() and "/" not in name and name not in ("", ".", ".."):
                 os.rename(out / name, trash / name)
         for name in ordered:

@@ -1,8 +1,9 @@
 """The PyTorch modules that `vmtl export` turns into ONNX, and the export itself.
 
 `export_modules(model)` gives eval-mode copies with DLMs on: the trunk as `TrunkExport` (`video` uint8
-[B,T,S,S,3] -> `feat_<task>`... in graph order) and each head as `HeadExport` (`features`, `repr_<aux>`...
--> `output`, `repr`); `export_onnx` writes one of them with a dynamic batch axis; `export_spec(model)`
+[B,T,S,S,3] -> `feat_<task>`... in graph order, then `trunk_taps`) and each head as `HeadExport` (`features`,
+`repr_<aux>`... -> `output`, `repr`; a *tap task*'s `features` are the trunk's `trunk_taps`, see
+`vmtl.export.taps`); `export_onnx` writes one of them with a dynamic batch axis; `export_spec(model)`
 lists every exported model's inputs and outputs.
 """
 
@@ -18,6 +19,8 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from vmtl.contract import TAPS_OUTPUT
+from vmtl.export.taps import TapFeatures, trunk_forward_with_taps
 from vmtl.models.backbone import VideoTrunk
 from vmtl.models.heads import TaskHead
 from vmtl.models.multitask import MultiTaskModel
@@ -26,14 +29,15 @@ __all__ = ["HeadExport", "TrunkExport", "export_modules", "export_onnx", "export
 
 
 class TrunkExport(nn.Module):
-    """The trunk as exported: `video` uint8 [B,T,S,S,3] -> (`feat_<task>` [B,N',D], ...) in graph order."""
+    """The trunk as exported: `video` uint8 [B,T,S,S,3] -> (`feat_<task>` [B,N',D], ...) in graph order,
+    then `trunk_taps` [B,N,D+k*r] (what heads added later compute their features from)."""
 
     def __init__(self, trunk: VideoTrunk, tasks: Sequence[str]) -> None:
         super().__init__()
         self.trunk = trunk
         self.tasks = list(tasks)
         self.input_names = ["video"]
-        self.output_names = [f"feat_{t}" for t in self.tasks]
+        self.output_names = [*(f"feat_{t}" for t in self.tasks), TAPS_OUTPUT]
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -45,16 +49,17 @@ class TrunkExport(nn.Module):
         return (torch.randint(0, 256, (batch, t, s, s, 3), generator=g, dtype=torch.uint8),)
 
     def forward(self, video: Tensor) -> tuple[Tensor, ...]:
-        feats = self.trunk(video, self.tasks)
-        return tuple(feats[t] for t in self.tasks)
+        feats, taps = trunk_forward_with_taps(self.trunk, video, self.tasks)
+        return (*(feats[t] for t in self.tasks), taps)
 
 
 class HeadExport(nn.Module):
     """One head as exported: (`features`, `repr_<aux>`...) -> (`output`, `repr`), DLMs on."""
 
-    def __init__(self, head: TaskHead, aux_dims: Mapping[str, int]) -> None:
+    def __init__(self, head: TaskHead, aux_dims: Mapping[str, int], taps: TapFeatures | None = None) -> None:
         super().__init__()
         self.head = head
+        self.taps = taps  # a tap task: its features come from `trunk_taps`
         self.aux_names = list(head.aux_names)
         self.aux_dims = dict(aux_dims)
         self.input_names = ["features", *(f"repr_{a}" for a in self.aux_names)]
@@ -67,11 +72,18 @@ class HeadExport(nn.Module):
     def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
         g = torch.Generator().manual_seed(seed)
         h = self.head
-        feats = torch.randn(batch, h.num_features, h.feature_dim, generator=g)
+        if self.taps is None:
+            feats = torch.randn(batch, h.num_features, h.feature_dim, generator=g)
+        else:
+            feats = torch.randn(
+                batch, self.taps.temporal_tokens * self.taps.patch_grid**2, self.taps.width, generator=g
+            )
         reprs = [torch.randn(batch, h.num_queries, self.aux_dims[a], generator=g) for a in self.aux_names]
         return (feats, *reprs)
 
     def forward(self, features: Tensor, *aux_reprs: Tensor) -> tuple[Tensor, Tensor]:
+        if self.taps is not None:
+            features = self.taps(features)
         return self.head(features, list(aux_reprs) if aux_reprs else None, use_dlm=True)
 
 
@@ -109,9 +121,11 @@ def export_onnx(
     return path
 
 
-def export_modules(model: MultiTaskModel) -> tuple[TrunkExport, dict[str, HeadExport]]:
-    """Eval-mode copies for ONNX: the trunk (`video` -> `feat_<task>`...) and each head
-    (`features`, `repr_<aux>`... -> `output`, `repr`), DLMs on."""
+def export_modules(
+    model: MultiTaskModel, tap_tasks: Sequence[str] = ()
+) -> tuple[TrunkExport, dict[str, HeadExport]]:
+    """Eval-mode copies for ONNX: the trunk (`video` -> `feat_<task>`..., `trunk_taps`) and each head
+    (`features`, `repr_<aux>`... -> `output`, `repr`), DLMs on; the heads of `tap_tasks` read `trunk_taps`."""
     m = copy.deepcopy(model)
     for p in m.parameters():
         p.requires_grad_(False)
@@ -120,7 +134,11 @@ def export_modules(model: MultiTaskModel) -> tuple[TrunkExport, dict[str, HeadEx
     m.stage = None
     m.eval()
     dims = {n: h.dim for n, h in m.heads.items()}  # type: ignore[union-attr]
-    return TrunkExport(m.trunk, m.graph.names), {n: HeadExport(h, dims) for n, h in m.heads.items()}  # type: ignore[arg-type]
+    heads = {
+        n: HeadExport(h, dims, TapFeatures(m.trunk, n) if n in tap_tasks else None)  # type: ignore[arg-type]
+        for n, h in m.heads.items()
+    }
+    return TrunkExport(m.trunk, m.graph.names), heads
 
 
 def export_spec(model: MultiTaskModel) -> dict[str, Any]:

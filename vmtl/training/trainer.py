@@ -43,6 +43,7 @@ from vmtl.models.checkpoint import (
 from vmtl.models.losses import TaskLoss, build_loss
 from vmtl.models.multitask import MultiTaskModel
 from vmtl.training.config import TrainConfig, save_config
+from vmtl.training.incremental import Increment, apply_increment, plan_increment, restrict_to_increment
 
 MOSAIC = "mosaic"  # the stage-0 draw that renders object mosaics instead of reading a task's dataset
 CLIP_RNG = "clip_rng"  # mid-stage saves: the clip sampler's state, so a resumed run draws what it would have
@@ -171,8 +172,12 @@ class Trainer:
         torch.set_num_threads(threads)  # CPU float reductions depend on it: recorded in the state file
         seed_everything(cfg.seed)
         self.state: dict[str, Any] = {"stage": None, "step": 0, "completed": [], "metrics": {}}
+        #: With --init-from a checkpoint whose graph this one extends: the tasks this run trains.
+        self.increment: Increment | None = None
         if resume:
             self.model = self._resume()
+            if self.state.get("increment"):
+                self.increment = Increment.from_dict(self.state["increment"])
         else:
             if (self.out / STATE_FILE).exists():
                 raise FileExistsError(
@@ -180,7 +185,17 @@ class Trainer:
                 )
             self.model = MultiTaskModel(cfg.graph, cfg.model)
             if init_from is not None:
-                load_trunk(self.model, Path(init_from))
+                self.increment = plan_increment(cfg, Path(init_from))
+                if self.increment is None:
+                    load_trunk(self.model, Path(init_from))
+                else:
+                    apply_increment(self.model, self.increment)
+                    self.state["increment"] = self.increment.to_dict()
+                    self.log(
+                        f"incremental run from {self.increment.base}: training {', '.join(self.increment.trained)} "
+                        f"(new {self.increment.new}, changed {self.increment.changed}, dependents "
+                        f"{self.increment.dependents}); every other weight stays as it is"
+                    )
         self.state["environment"] = run_environment(threads, self.dist.world)
         tokens = self.model.temporal_tokens
         show = progress and self.dist.main
@@ -206,9 +221,15 @@ class Trainer:
             s.append(0)
         if self.cfg.train.stage1.steps > 0:
             s.append(1)
-        if self.model.has_dlms() and self.cfg.train.stage2.steps > 0:
+        if self.model.has_dlms() and self.cfg.train.stage2.steps > 0 and self._stage2_tasks():
             s.append(2)
         return s
+
+    def _trained(self, names: list[str]) -> list[str]:
+        return names if self.increment is None else [n for n in names if n in self.increment.trained]
+
+    def _stage2_tasks(self) -> list[str]:
+        return self._trained([t.name for t in self.cfg.graph.tasks if t.auxiliaries and self.cfg.model.dlm])
 
     def run(self) -> Path:
         if self.dist.main:
@@ -233,6 +254,9 @@ class Trainer:
         sc = self.cfg.train.stage(stage)
         self.model.set_stage(stage)
         tasks = [t.name for t in self.cfg.graph.tasks if stage != 2 or (t.auxiliaries and self.cfg.model.dlm)]
+        if self.increment is not None:
+            restrict_to_increment(self.model, self.increment)
+            tasks = self._trained(tasks)
         params = self.model.trainable_parameters()
         if stage != 2:  # the embed head's identity prototypes train with the heads
             params += [p for n in tasks for p in self.losses[n].parameters()]

@@ -10,6 +10,9 @@ ensemble request's parameters to every step), each with its DLM auxiliaries, in 
 it every task runs (a plain KServe-v2 client gets every output). An unknown name is that request's error.
 Outputs of tasks that were not asked are left out of the response (the ensemble tolerates that).
 
+Tasks added after the backbone was exported (config parameter ``vmtl_tap_tasks``, comma-separated) read
+the backbone's ``trunk_taps`` output instead of ``feat_<task>``: their head graph computes the features.
+
 Per-task Prometheus counters on Triton's metrics endpoint: ``vmtl_head_executions_total`` (clips a head
 ran on) and ``vmtl_head_compute_microseconds_total``, labelled ``task``.
 """
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vmtl.contract import PARAM_GRAPH, PARAM_TASKS, feat_output, fused_head_file
+from vmtl.contract import PARAM_GRAPH, PARAM_TAP_TASKS, PARAM_TASKS, TAPS_OUTPUT, feat_output, fused_head_file
 from vmtl.runtime import OrtPipeline, host_session
 from vmtl.server.hosting import BadRequest, config_and_params, version_dir
 from vmtl.tasks import TaskGraph
@@ -36,6 +39,8 @@ class TritonPythonModel:
         config, params = config_and_params(args)
         self.name = config.get("name") or "heads"
         self.graph = TaskGraph.from_dict(json.loads(params[PARAM_GRAPH]))
+        taps = {t for t in params.get(PARAM_TAP_TASKS, "").split(",") if t}
+        self.input_of = {t: TAPS_OUTPUT if t in taps else feat_output(t) for t in self.graph.names}
         folder = version_dir(args)
         sessions = {}
         for task in self.graph.names:
@@ -81,7 +86,7 @@ class TritonPythonModel:
         feats: dict[str, np.ndarray] = {}
         batch = -1
         for task in self.graph.closure(tasks):
-            name = feat_output(task)
+            name = self.input_of[task]
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise BadRequest(f"{self.name}: missing input tensor '{name}'")
