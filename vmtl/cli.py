@@ -55,6 +55,11 @@ COMMANDS: dict[str, Command] = {
     "serve": Command(
         "vmtl.server.cli", "vmtl.server.cli", "start the real Triton server on a model repository"
     ),
+    "reload": Command(
+        "vmtl.server.reload_cli",
+        "vmtl.server.reload_cli",
+        "load new or changed heads into a running server (or roll back)",
+    ),
     "analyze": Command(
         "vmtl.client.cli", "vmtl.client.cli", "analyse videos through a running server over gRPC"
     ),

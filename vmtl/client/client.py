@@ -347,6 +347,7 @@ class VmtlClient:
                 self.tls = TlsOptions(*files)
             except ValueError as exc:
                 raise TlsError(f"TLS problem: {exc}") from exc
+        self._refresh_lock = threading.Lock()
         try:
             self._pool = EndpointPool(
                 self.urls,
@@ -501,6 +502,22 @@ class VmtlClient:
             max_queue_size=max_queue_size,
         )
 
+    def refresh(self) -> bool:
+        """Re-read the task graph from the server's ensembles (after `vmtl reload` added or removed tasks);
+        returns whether it changed. The client also does this by itself, once, when a request names a
+        task it does not know or the server refuses an output it no longer has."""
+        with self._refresh_lock:
+            before = self.graph
+            self._connect(None)
+            return self.graph != before
+
+    def _refreshed(self) -> bool:
+        """:meth:`refresh`, False when the server cannot be read right now."""
+        try:
+            return self.refresh()
+        except ClientError:
+            return False
+
     def _ready(self, model: str, endpoint: Endpoint | None = None) -> bool:
         try:
             return bool(
@@ -573,6 +590,9 @@ class VmtlClient:
         if not wanted:
             raise UnknownTaskError(f"no task given; the server at {self.url} has: {kinds}")
         unknown = [t for t in wanted if t not in self.graph]
+        if unknown and self._refreshed():  # a live reload may have added them
+            kinds = ", ".join(f"{t.name} ({t.kind})" for t in self.graph.tasks)
+            unknown = [t for t in wanted if t not in self.graph]
         if unknown:
             raise UnknownTaskError(
                 f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
@@ -1008,6 +1028,11 @@ class VmtlClient:
                 f"every Triton server ({self.url})" if "," in self.url else f"the Triton server at {self.url}"
             )
             return ServerUnavailableError(f"{name}: lost {which} ({_first_line(message)}); {SERVE_HINT}")
+        if any(m in message for m in _GRAPH_CHANGED_MESSAGES) and self._refreshed():
+            return UnknownTaskError(
+                f"{name}: the server's task graph changed (a live reload); it now has: "
+                f"{', '.join(self.graph.names)}: {_first_line(message)}"
+            )
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in message:
             return InferenceError(f"{name}: no answer from {self.url} within {self.timeout:g} s", status)
         return InferenceError(f"{name}: the server refused the request: {message}", status)
@@ -1027,6 +1052,7 @@ class VmtlClient:
             for n in names:
                 array = result.as_numpy(n)
                 if array is None:
+                    self._refreshed()
                     raise InferenceError(f"{name}: the server's answer has no output {n!r}")
                 outputs[n] = array
             for i, clip in enumerate(request.clips):
@@ -1072,6 +1098,10 @@ class VmtlClient:
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
+
+
+#: Server errors that mean the ensembles no longer have an asked task (after a live reload or rollback).
+_GRAPH_CHANGED_MESSAGES = ("unexpected inference output", "unknown task")
 
 
 def _unavailable(exc: InferenceServerException) -> bool:

@@ -37,6 +37,7 @@ from vmtl.server.launcher import (
     prepare_backend_dir,
     response_cache_args,
 )
+from vmtl.server.reload import precompile_models
 
 #: Triton release inside nvidia-pytriton 0.7.0; its NGC container is tritonserver:24.10-py3.
 BUNDLED_TRITON_VERSION = TRITON_VERSION
@@ -112,6 +113,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(gRPC metadata triton-grpc-protocol-KEY; HTTP header KEY)",
     )
     parser.add_argument(
+        "--model-control",
+        choices=("explicit", "none"),
+        default="explicit",
+        help="explicit (default): Triton loads every model at start and `vmtl reload` can load new heads "
+        "into it while it serves; none: the repository is fixed while the server runs",
+    )
+    parser.add_argument(
         "--native",
         action="store_true",
         help="start nothing; print how to run the repository's `native` flavour (ONNX Runtime / TensorRT "
@@ -142,6 +150,16 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ serve
 
 
+def _model_control(repo: Path, mode: str) -> tuple[str, list[str]]:
+    """Triton's model-control mode and arguments for ``--model-control``: explicit loads every model at
+    start, after compiling the python-backend sources (so that a later `vmtl reload` never reloads the
+    backbone)."""
+    if mode != "explicit":
+        return "none", []
+    precompile_models(repo)
+    return "explicit", ["--load-model=*"]
+
+
 def _serve(repo: Path, args: argparse.Namespace) -> int:
     served = _flavour_dir(repo, "cpu")
     if served is None:
@@ -157,6 +175,7 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
     for warning in info.warnings:
         print(f"vmtl serve: warning: {warning}", file=sys.stderr)
 
+    model_control, load_args = _model_control(served, args.model_control)
     server = TritonServer(
         served,
         host=args.host,
@@ -165,7 +184,8 @@ def _serve(repo: Path, args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         log_file=args.log_file,
         echo_log=args.verbose,
-        extra_args=response_cache_args(args.cache_mb),
+        extra_args=[*response_cache_args(args.cache_mb), *load_args],
+        model_control=model_control,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
