@@ -21,6 +21,7 @@ back generation added.
 
 from __future__ import annotations
 
+import importlib.util
 import py_compile
 import time
 from collections.abc import Callable
@@ -67,12 +68,17 @@ class ReloadReport:
 
 def precompile_models(repo: Path) -> list[Path]:
     """Compile every ``<model>/<version>/model.py`` of ``repo`` in place (``__pycache__``), so that
-    loading a python-backend model writes nothing under it. Returns the files compiled."""
+    loading a python-backend model writes nothing under it. A file already compiled is left alone
+    (rewriting its cache would itself count as a change and reload the model). Returns the files compiled."""
     done = []
     for source in sorted(Path(repo).glob("*/*/model.py")):
-        if source.parent.name.isdigit():
-            py_compile.compile(str(source), doraise=True)
-            done.append(source)
+        if not source.parent.name.isdigit():
+            continue
+        cache = Path(importlib.util.cache_from_source(str(source)))
+        if cache.is_file() and cache.stat().st_mtime >= source.stat().st_mtime:
+            continue
+        py_compile.compile(str(source), doraise=True)
+        done.append(source)
     return done
 
 
