@@ -98,7 +98,7 @@ def test_the_incremental_run_refuses_another_trunk_or_preprocessing(
     with pytest.raises(CheckpointError, match=r"model config changes.*adapter_bottleneck"):
         _train(tmp_path, "trunk", spec, init_from=ckpts.base)
     with pytest.raises(CheckpointError, match="missing from the new graph"):
-        _train(tmp_path, "fewer", _spec(ckpts.data, {B}), init_from=ckpts.base)
+        _train(tmp_path, "fewer", _spec(ckpts.data, {B, C}), init_from=ckpts.base)
 
 
 def _tree(path: Path) -> dict[str, tuple[float, int]]:

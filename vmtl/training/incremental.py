@@ -1,7 +1,8 @@
 """Training one more task: `vmtl train --init-from CKPT` with a task graph that extends CKPT's trains only
 the new or changed tasks and keeps every other weight bit-identical.
 
-The trained tasks are the new ones, the changed ones (a spec that differs from CKPT's, its dataset
+It applies when the new graph adds or changes tasks of CKPT's (else `--init-from` only starts the trunk
+from CKPT, as before). The trained tasks are the new ones, the changed ones (a spec that differs from CKPT's, its dataset
 directory aside) and the tasks that use a changed one as an auxiliary (their DLMs read its representation).
 Of those only their own parts train: each tapped block's knowledge extraction (gamma, beta) and LayerNorm
 in the trunk, the head and its DLMs. The VideoMAE weights, the shared adapter weights and every other
@@ -80,13 +81,19 @@ def _read_base(ckpt: Path) -> tuple[Path, TaskGraph, dict[str, Any]]:
 
 
 def plan_increment(cfg: TrainConfig, ckpt: Path) -> Increment | None:
-    """The increment from ``ckpt`` to ``cfg``'s task graph, or None when they share no task (then
-    ``--init-from`` only starts the trunk from ``ckpt``). Raises :class:`IncrementError` for a graph that
+    """The increment from ``ckpt`` to ``cfg``'s task graph, or None when the graph adds or changes no task
+    of ``ckpt``'s, or shares none (then ``--init-from`` only starts the trunk from ``ckpt``, as for an
+    ablation of the same tasks). Raises :class:`IncrementError` for a graph that adds or changes tasks but
     changes the preprocessing or leaves a task out."""
-    weights, old, _ = _read_base(ckpt)
+    try:
+        weights, old, _ = _read_base(ckpt)
+    except CheckpointError:
+        return None  # load_trunk says what is wrong with it
     graph = cfg.graph
     common = [n for n in graph.names if n in old]
-    if not common:
+    new = [n for n in graph.names if n not in old]
+    changed = [n for n in common if not _same_task(graph.task(n), old.task(n))]
+    if not common or not (new or changed):
         return None
     if graph.preprocess != old.preprocess:
         raise IncrementError(
@@ -101,8 +108,6 @@ def plan_increment(cfg: TrainConfig, ckpt: Path) -> Increment | None:
             "incremental run adds or changes tasks (keep them, or roll back the served repository with "
             "`vmtl reload --rollback`)"
         )
-    new = [n for n in graph.names if n not in old]
-    changed = [n for n in common if not _same_task(graph.task(n), old.task(n))]
     dependents: list[str] = []
     todo = list(changed)
     while todo:
