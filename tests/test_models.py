@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from vmtl.export.taps import TapFeatures
 from vmtl.export.wrappers import export_modules, export_onnx, export_spec
 from vmtl.models import (
     CheckpointError,
@@ -454,14 +455,20 @@ def test_onnx_parity_trunk_and_dlm_head(graph: TaskGraph, tmp_path: Path) -> Non
     path = export_onnx(trunk, tmp_path / "trunk.onnx")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["video"] and sess.get_inputs()[0].type == "tensor(uint8)"
-    assert [o.name for o in sess.get_outputs()] == [f"feat_{n}" for n in graph.names]
-    assert [o.shape for o in sess.get_outputs()] == [["batch", *m.feature_shape(n)] for n in graph.names]
+    # feat_<task> per task, then trunk_taps (what heads of tasks added later read; vmtl.export.taps)
+    assert [o.name for o in sess.get_outputs()] == [*(f"feat_{n}" for n in graph.names), "trunk_taps"]
+    assert [o.shape for o in sess.get_outputs()][:-1] == [["batch", *m.feature_shape(n)] for n in graph.names]
     (v,) = trunk.example_inputs(batch=3, seed=5)  # batch 3 != export batch 2: dynamic axis
     got = sess.run(None, {"video": v.numpy()})
     with torch.no_grad():
         want = trunk(v)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+    with torch.no_grad():  # every task's features, recomputed from trunk_taps alone
+        for n, w in zip(graph.names, want, strict=False):
+            np.testing.assert_allclose(
+                TapFeatures(m.trunk, n)(want[-1]).numpy(), w.numpy(), atol=1e-5, rtol=0
+            )
 
     head = heads["loc"]  # two auxiliaries -> two DLMs
     assert head.input_names == ["features", "repr_act", "repr_attr"]
@@ -494,9 +501,11 @@ def test_onnx_parity_eager_lite_trunk(graph: TaskGraph, tmp_path: Path) -> None:
     (v,) = trunk.example_inputs(batch=1, seed=2)
     with torch.no_grad():
         want = trunk(v)
-    for g, w in zip(sess.run(None, {"video": v.numpy()}), want, strict=True):
+    *feats, taps = sess.run(None, {"video": v.numpy()})
+    for g, w in zip(feats, want[:-1], strict=True):
         assert g.shape == (1, T // 2 * 16, 128)  # feature_grid 0: the full 4x4 patch grid
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(taps, want[-1].numpy(), atol=1e-4, rtol=0)  # trunk_taps
 
 
 # -- losses -----------------------------------------------------------------------------------------------
