@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from vmtl.client import VmtlClient
 from vmtl.client.client import UnknownTaskError
 from vmtl.contract import BACKBONE, HEADS_MODEL, Manifest, validate_repository
-from vmtl.demo import quick_spec
+from vmtl.demo.config import quick_spec
 from vmtl.export.generations import HISTORY_FILE
 from vmtl.export.onnx import export_checkpoint
 from vmtl.models.checkpoint import CheckpointError
