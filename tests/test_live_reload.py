@@ -169,8 +169,8 @@ class Load:
         return [lat for t, lat, _ in self.records if start <= t < end]
 
 
-def _stub_pids(name: str) -> set[int]:
-    """Process ids of the python-backend stubs running model ``name``."""
+def _stub_pids(repo: Path, name: str) -> set[int]:
+    """Process ids of the python-backend stubs running model ``name`` of ``repo``."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -182,7 +182,7 @@ def _stub_pids(name: str) -> set[int]:
         if (
             args
             and args[0].endswith(b"triton_python_backend_stub")
-            and any(f"/{name}/".encode() in a for a in args)
+            and any(f"{repo}/{name}/".encode() in a for a in args)
         ):
             pids.add(int(proc.name))
     return pids
@@ -231,7 +231,7 @@ def test_a_task_is_added_and_rolled_back_on_a_live_server_under_load(
     watcher = VmtlClient(server.grpc_url)
     assert watcher.tasks == [A, B]
     before = watcher.infer_clip(clip, [A, B])
-    stubs = _stub_pids(BACKBONE)
+    stubs = _stub_pids(repo, BACKBONE)
     assert len(stubs) == 1
     load = Load(VmtlClient(server.grpc_url), clip)
     load.start(4)
@@ -252,7 +252,7 @@ def test_a_task_is_added_and_rolled_back_on_a_live_server_under_load(
     for task in (A, B):
         assert np.array_equal(after[task], before[task])
     time.sleep(3.0)
-    assert _stub_pids(BACKBONE) == stubs
+    assert _stub_pids(repo, BACKBONE) == stubs
     grown = watcher.statistics()[BACKBONE]["executions"]
     assert grown > executions  # the same backbone instance: its count carried on
 
@@ -269,7 +269,7 @@ def test_a_task_is_added_and_rolled_back_on_a_live_server_under_load(
         assert np.array_equal(again[task], before[task])
     time.sleep(3.0)
     load.finish()
-    assert _stub_pids(BACKBONE) == stubs
+    assert _stub_pids(repo, BACKBONE) == stubs
     assert watcher.statistics()[BACKBONE]["executions"] > grown
 
     errors = [e for _, _, e in load.records if e is not None]

@@ -11,7 +11,8 @@ so without this the first ensemble reload would restart the backbone. :func:`rel
    model unloads the ensemble);
 2. compiles the new ``model.py`` files, checks the server serves this repository's backbone;
 3. ``load_model`` on each heads model (a new version directory is picked up; unchanged models are not
-   reloaded), then on each ensemble. Triton finishes requests in flight on the old models and sends new
+   reloaded), then on each ensemble (on a rollback the ensembles first: the side with more outputs goes
+   first, so the ensembles never ask the heads for an output they lack). Triton finishes requests in flight on the old models and sends new
    ones to the new; the backbone is never named, so it keeps its process and statistics.
 
 ``rollback=True`` first rewrites the repository to its previous generation
@@ -136,7 +137,10 @@ def reload_repository(
                 )
         precompile_models(repo)
         report = ReloadReport(repo, manifest.graph.names, previous, rollback=rollback)
-        for model in [*models.head_models(), *ensembles]:
+        # The side with more outputs goes first, so that every moment the ensembles ask the heads only for
+        # outputs they have: adding tasks, the heads then the ensembles; rolling back, the reverse.
+        order = [*ensembles, *models.head_models()] if rollback else [*models.head_models(), *ensembles]
+        for model in order:
             start = time.perf_counter()
             try:
                 client.load_model(model, headers=headers, client_timeout=timeout)
