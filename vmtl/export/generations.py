@@ -32,6 +32,7 @@ __all__ = [
     "read_history",
     "rollback_generation",
     "snapshot_generation",
+    "write_deferred",
 ]
 
 HISTORY_FILE = "vmtl-history.json"
@@ -51,6 +52,14 @@ def _served_version(model_dir: Path) -> int:
     if cfg.version_policy.HasField("specific") and cfg.version_policy.specific.versions:
         return int(max(cfg.version_policy.specific.versions))
     return highest_version(model_dir)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` as a new file renamed into place: the model directory's time changes too (Triton
+    missed a config rewritten in place when deciding whether an ensemble changed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def read_history(repo: Path) -> list[dict[str, Any]]:
@@ -101,13 +110,19 @@ class Rollback:
 
     load: list[str] = field(default_factory=list)
     unload: list[str] = field(default_factory=list)
+    deferred: dict[str, str] = field(default_factory=dict)  # model -> config text still to write
     tasks_before: list[str] = field(default_factory=list)
     tasks_after: list[str] = field(default_factory=list)
 
 
-def rollback_generation(repo: Path) -> Rollback:
+def rollback_generation(repo: Path, *, defer_models: bool = False) -> Rollback:
     """Rewrite ``repo`` to its previous generation (see the module docstring). The result is validated;
-    when it is invalid every file is restored and :class:`RepositoryError` raised."""
+    when it is invalid every file is restored and :class:`RepositoryError` raised.
+
+    ``defer_models``: write only the ensembles' configs (and the manifest) now and return the other
+    models' in ``Rollback.deferred``, for :func:`write_deferred` once a live server has loaded the
+    ensembles (Triton reloads a changed composing model when an ensemble is loaded, and then the other
+    ensembles with their loaded configs, which may not fit the previous heads)."""
     repo = Path(repo)
     generations = read_history(repo)
     if not generations:
@@ -127,11 +142,13 @@ def rollback_generation(repo: Path) -> Rollback:
             cfg.version_policy.Clear()
             cfg.version_policy.specific.versions.append(version)
         texts[name] = text_format.MessageToString(cfg)
+    deferred = {n: t for n, t in texts.items() if n not in ensembles} if defer_models else {}
+    texts = {n: t for n, t in texts.items() if n not in deferred}
     saved = {name: (repo / name / "config.pbtxt").read_text() for name in texts}
     saved_manifest = (repo / MANIFEST).read_text()
     try:
         for name, text in texts.items():
-            (repo / name / "config.pbtxt").write_text(text)
+            _replace(repo / name / "config.pbtxt", text)
         previous.write(repo)
         validate_repository(repo)
     except (RepositoryError, OSError) as exc:
@@ -142,9 +159,19 @@ def rollback_generation(repo: Path) -> Rollback:
             f"{repo}: the previous generation does not validate, nothing changed: {exc}"
         ) from exc
     _write_history(repo, generations[:-1])
+    models = [n for n in [*texts, *deferred] if n not in ensembles]
     return Rollback(
-        load=[n for n in texts if n not in ensembles] + [n for n in texts if n in ensembles],
+        load=models + [n for n in texts if n in ensembles],
         unload=list(last.get("added") or []),
         tasks_before=current.graph.names,
         tasks_after=previous.graph.names,
+        deferred=deferred,
     )
+
+
+def write_deferred(repo: Path, rollback: Rollback) -> None:
+    """Write the configs :func:`rollback_generation` deferred, and validate the repository."""
+    for name, text in rollback.deferred.items():
+        _replace(Path(repo) / name / "config.pbtxt", text)
+    rollback.deferred = {}
+    validate_repository(repo)

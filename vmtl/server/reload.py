@@ -33,7 +33,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from vmtl.contract import STREAM_ENSEMBLE, Manifest, RepositoryError, validate_repository
-from vmtl.export.generations import rollback_generation
+from vmtl.export.generations import Rollback, rollback_generation, write_deferred
 
 __all__ = ["ReloadError", "ReloadReport", "precompile_models", "reload_repository"]
 
@@ -121,8 +121,9 @@ def reload_repository(
             )
         previous = _served_tasks(client, models.clip_ensemble, timeout)
         unload: list[str] = []
+        plan: Rollback | None = None
         if rollback:
-            plan = rollback_generation(repo)
+            plan = rollback_generation(repo, defer_models=True)
             say(f"rolled {repo} back: tasks {plan.tasks_before} -> {plan.tasks_after}")
             manifest = Manifest.read(repo)
             models = manifest.models
@@ -138,9 +139,15 @@ def reload_repository(
         precompile_models(repo)
         report = ReloadReport(repo, manifest.graph.names, previous, rollback=rollback)
         # The side with more outputs goes first, so that every moment the ensembles ask the heads only for
-        # outputs they have: adding tasks, the heads then the ensembles; rolling back, the reverse.
-        order = [*ensembles, *models.head_models()] if rollback else [*models.head_models(), *ensembles]
+        # outputs they have: adding tasks, the heads then the ensembles; rolling back, the reverse, and
+        # the heads' previous configs are written only once the ensembles are loaded.
+        heads = [*models.head_models(), *(plan.load if plan else [])]
+        heads = [m for m in dict.fromkeys(heads) if m not in ensembles]
+        order = [*ensembles, *heads] if rollback else [*heads, *ensembles]
         for model in order:
+            if plan is not None and plan.deferred and model not in ensembles:
+                write_deferred(repo, plan)
+                precompile_models(repo)
             start = time.perf_counter()
             try:
                 client.load_model(model, headers=headers, client_timeout=timeout)
