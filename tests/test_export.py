@@ -477,12 +477,12 @@ def test_fused_heads_export_parity_reports_and_only_heads(
 
 
 def test_batcher_delay_presets(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """--latency: the backbone's batcher never waits; --queue-delay-us: as given; the default waits for
-    company (--throughput). The heads never wait."""
+    """--latency (the default): the backbone's batcher never waits; --throughput: it waits for company;
+    --queue-delay-us: as given. The heads never wait."""
     for flag, want in (
-        (["--latency"], 0),
+        (["--throughput"], THROUGHPUT_QUEUE_DELAY_US),
         (["--queue-delay-us", "700"], 700),
-        ([], THROUGHPUT_QUEUE_DELAY_US),
+        ([], 0),
     ):
         out = tmp_path / f"r{want}"
         assert main(["export", str(tiny_checkpoint), "--out", str(out), "--quiet", *flag]) == 0

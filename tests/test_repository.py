@@ -27,6 +27,7 @@ from vmtl.contract import (
     read_manifest,
     validate_repository,
 )
+from vmtl.export.defaults import DEFAULT_QUEUE_DELAY_US
 from vmtl.export.repository import write_repository
 from vmtl.tasks import TaskGraph
 
@@ -217,7 +218,7 @@ def test_both_flavours_write_and_parse(tmp_path: Path, toy, flavour: str) -> Non
     assert backbone.input[0].data_type == mc.TYPE_UINT8
     assert [o.name for o in backbone.output] == ["feat_a", "feat_b", "feat_c"]
     assert list(backbone.dynamic_batching.preferred_batch_size) == [2, 4]
-    assert backbone.dynamic_batching.max_queue_delay_microseconds > 0
+    assert backbone.dynamic_batching.max_queue_delay_microseconds == DEFAULT_QUEUE_DELAY_US
     assert (out / BACKBONE / "1" / "model.onnx").is_file()
     assert configs[VIDEO_DECODE].backend == "python"
     assert (out / VIDEO_DECODE / "1" / "model.py").is_file()

@@ -134,15 +134,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="queue_delay_us",
         action="store_const",
         const=0,
-        help="the backbone's batcher never waits for a batch to fill: lowest latency for a lone request",
+        help="the backbone's batcher never waits for a batch to fill (the default): lowest latency for a "
+        "lone request; requests that queue while the trunk runs are still batched",
     )
     delay.add_argument(
         "--throughput",
         dest="queue_delay_us",
         action="store_const",
         const=THROUGHPUT_QUEUE_DELAY_US,
-        help=f"the backbone's batcher waits up to {THROUGHPUT_QUEUE_DELAY_US} us for company (the default): "
-        "fuller batches under load, that wait added to a lone request",
+        help=f"the backbone's batcher waits up to {THROUGHPUT_QUEUE_DELAY_US} us for company: fuller "
+        "batches under load, that wait added to a lone request",
     )
     delay.add_argument(
         "--queue-delay-us",
