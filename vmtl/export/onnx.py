@@ -357,6 +357,20 @@ def _max_abs(want: np.ndarray, got: np.ndarray) -> float:
     return float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))) if diff.size else 0.0
 
 
+def _parity_error(name: str, want: np.ndarray, got: np.ndarray) -> float:
+    """Max-abs error; for the trunk's ``trunk_taps`` (raw hidden states, whose values reach far beyond 1)
+    relative to the tensor's largest magnitude when that is above 1, so float32 rounding of large values
+    is not read as a mismatch (the task features computed from them are held to the plain max-abs)."""
+    err = _max_abs(want, got)
+    if name == TAPS_OUTPUT:
+        err /= max(1.0, float(np.max(np.abs(want))) if want.size else 1.0)
+    return err
+
+
+def _error_kind(name: str) -> str:
+    return "max-abs relative to its scale" if name == TAPS_OUTPUT else "max-abs"
+
+
 def _check_parity(
     path: Path,
     model: str,
@@ -378,13 +392,13 @@ def _check_parity(
             names = list(want)
             got = dict(zip(names, sess.run(names, feed), strict=True))
             for name in names:
-                err = _max_abs(want[name], got[name])
+                err = _parity_error(name, want[name], got[name])
                 per_batch[b] = max(per_batch.get(b, 0.0), err)
                 per_output[name] = max(per_output.get(name, 0.0), err)
                 if not err <= tol:
                     raise ParityError(
                         f"parity check failed for {model} ({where}, session {session_name}): output {name!r} "
-                        f"differs from PyTorch by max-abs {err:.3g} at batch {b} (tolerance {tol:g}). The "
+                        f"differs from PyTorch by {_error_kind(name)} {err:.3g} at batch {b} (tolerance {tol:g}). The "
                         "exported graph does not reproduce the checkpoint; nothing was written."
                     )
     return {
