@@ -32,7 +32,7 @@ from vmtl.demo.config import quick_spec
 from vmtl.export.generations import HISTORY_FILE
 from vmtl.export.onnx import export_checkpoint
 from vmtl.models.checkpoint import CheckpointError
-from vmtl.server.launcher import ServerError, TritonServer
+from vmtl.server.launcher import TritonServer
 from vmtl.server.reload import precompile_models, reload_repository
 from vmtl.training.config import load_config
 from vmtl.training.trainer import Trainer
@@ -196,29 +196,14 @@ def _percentiles(lat: list[float]) -> dict[str, float]:
 
 
 @pytest.fixture()
-def live(ckpts: Checkpoints, tmp_path: Path) -> Iterator[tuple[TritonServer, Path]]:
+def live(ckpts: Checkpoints, tmp_path: Path, start_triton) -> Iterator[tuple[TritonServer, Path]]:
     repo = tmp_path / "repo"
     export_checkpoint(ckpts.base, repo)
     precompile_models(repo)
-    server = TritonServer(
-        repo,
-        http_port=0,
-        grpc_port=0,
-        metrics_port=0,
-        log_file=tmp_path / "triton.log",
-        model_control="explicit",
-        extra_args=["--load-model=*"],
-    )
-    try:
-        server.start_ready(90)
-    except ServerError as exc:
-        if "not installed" in str(exc) or "no python-backend stub" in str(exc):
-            pytest.skip(str(exc))
-        raise
-    try:
+    with start_triton(
+        repo, tmp_path / "triton.log", model_control="explicit", extra_args=["--load-model=*"]
+    ) as server:
         yield server, repo
-    finally:
-        server.stop()
 
 
 @pytest.mark.triton
