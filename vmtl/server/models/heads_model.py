@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vmtl.contract import PARAM_GRAPH, PARAM_TAP_TASKS, PARAM_TASKS, TAPS_OUTPUT, feat_output, fused_head_file
+from vmtl.contract import PARAM_GRAPH, PARAM_TAP_TASKS, PARAM_TASKS, fused_head_file
 from vmtl.runtime import OrtPipeline, host_session
 from vmtl.server.hosting import BadRequest, config_and_params, version_dir
 from vmtl.tasks import TaskGraph
@@ -39,8 +39,7 @@ class TritonPythonModel:
         config, params = config_and_params(args)
         self.name = config.get("name") or "heads"
         self.graph = TaskGraph.from_dict(json.loads(params[PARAM_GRAPH]))
-        taps = {t for t in params.get(PARAM_TAP_TASKS, "").split(",") if t}
-        self.input_of = {t: TAPS_OUTPUT if t in taps else feat_output(t) for t in self.graph.names}
+        taps = [t for t in params.get(PARAM_TAP_TASKS, "").split(",") if t]
         folder = version_dir(args)
         sessions = {}
         for task in self.graph.names:
@@ -48,7 +47,7 @@ class TritonPythonModel:
             if not path.is_file():
                 raise pb_utils.TritonModelException(f"{self.name}: head file not found: {path}")
             sessions[task] = host_session(path, params)
-        self.pipeline = OrtPipeline.from_sessions(self.graph, _no_trunk, sessions)
+        self.pipeline = OrtPipeline.from_sessions(self.graph, _no_trunk, sessions, tap_tasks=taps)
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.dims = {i["name"]: tuple(int(d) for d in i["dims"]) for i in config["input"]}
         self.executions = pb_utils.MetricFamily(
@@ -86,7 +85,7 @@ class TritonPythonModel:
         feats: dict[str, np.ndarray] = {}
         batch = -1
         for task in self.graph.closure(tasks):
-            name = self.input_of[task]
+            name = self.pipeline.feature_output[task]
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise BadRequest(f"{self.name}: missing input tensor '{name}'")
