@@ -91,10 +91,19 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def single_trunk(spec: dict[str, Any]) -> dict[str, Any]:
+    """A training config spec without its trunks section and the tasks on trunks after the first (the
+    demo's seven synthetic tasks on the VideoMAE trunk; tests/test_multi_trunk.py covers the others)."""
+    trunks = spec.get("trunks") or []
+    first = trunks[0]["name"] if trunks else None
+    tasks = [t for t in spec["tasks"] if t.get("trunk") in (None, first)]
+    return {**{k: v for k, v in spec.items() if k != "trunks"}, "tasks": tasks}
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint directory (model.safetensors, task_graph.yaml, config.yaml...) of configs/demo.yaml's
-    seven tasks, shrunk as `vmtl demo --quick` shrinks it (tiny trunk, 4 frames x 32 px, a few steps). Treat it as read-only."""
+    seven tasks on its VideoMAE trunk, shrunk as `vmtl demo --quick` shrinks it (tiny trunk, 4 frames x 32 px, a few steps). Treat it as read-only."""
     import yaml
 
     from vmtl.demo.config import quick_spec
@@ -102,8 +111,10 @@ def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     from vmtl.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("tiny-checkpoint")
-    spec = quick_spec(
-        yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    spec = single_trunk(
+        quick_spec(
+            yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+        )
     )
     spec["data_root"] = str(tiny_data)
     cfg_path = root / "config.yaml"

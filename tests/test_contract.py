@@ -65,6 +65,7 @@ def _every_field() -> Manifest:
             clip_ensemble="clip",
             video_ensemble="video",
             fused_heads="all_heads",
+            trunks={"video": "trunk", "image": "image_trunk"},
         ),
         entries=["backbone", "head_a", MANIFEST],
         metadata=record,

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import single_trunk
 from safetensors.torch import load_file
 
 from vmtl.client import VmtlClient
@@ -41,8 +42,10 @@ A, B, C = "motion", "object", "tags"  # C reads B's representation through its D
 
 
 def _spec(data: Path, tasks: set[str]) -> dict:
-    spec = quick_spec(
-        yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    spec = single_trunk(
+        quick_spec(
+            yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+        )
     )
     spec["data_root"] = str(data)
     spec["tasks"] = [t for t in spec["tasks"] if t["name"] in tasks]

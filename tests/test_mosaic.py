@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import single_trunk
 
 from vmtl.data.images import load_images
 from vmtl.data.mosaic import MosaicError, ObjectMosaic
@@ -59,7 +60,7 @@ def test_mosaic_needs_synthetic_data_of_the_same_classes(tiny_data: Path, tmp_pa
 
 
 def _config(tmp: Path, data: Path, **train: object) -> Path:
-    spec = quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
+    spec = single_trunk(quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())))
     spec["data_root"] = str(data)
     spec["train"] = {
         "stage0": {"steps": 6, "batch_size": 2, "warmup": 1},

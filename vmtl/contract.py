@@ -46,6 +46,7 @@ __all__ = [
     "MANIFEST_FORMAT",
     "PARAM_CANCEL",
     "PARAM_GRAPH",
+    "PARAM_HEAD_TASKS",
     "PARAM_PREPROCESS",
     "PARAM_STREAM_ID",
     "PARAM_TAP_TASKS",
@@ -71,6 +72,8 @@ __all__ = [
     "RepositoryInfo",
     "feat_output",
     "fused_head_file",
+    "fused_heads_groups",
+    "fused_heads_model",
     "head_model",
     "head_onnx_file",
     "is_model_repository",
@@ -78,6 +81,7 @@ __all__ = [
     "onnx_file",
     "read_manifest",
     "repr_input",
+    "trunk_model",
     "validate_repository",
 ]
 
@@ -118,6 +122,9 @@ HEAD_REPR = "repr"
 #: The ``cpu`` flavour's fused heads model: every head's ONNX file (:func:`fused_head_file`) in one
 #: python-backend step, inputs ``feat_<task>``, one output per task named after it.
 HEADS_MODEL = "heads"
+#: The tasks a fused heads model answers (comma-separated; absent: every task of the graph). A multi-trunk
+#: repository has one fused heads model per trunk, so that a trunk whose tasks are not asked is pruned.
+PARAM_HEAD_TASKS = "vmtl_head_tasks"
 #: Request parameter naming the tasks to run (comma-separated); Triton forwards an ensemble request's
 #: parameters to every step, so the fused heads model reads it and every other model ignores it.
 PARAM_TASKS = "vmtl_tasks"
@@ -157,6 +164,28 @@ class RepositoryError(ValueError):
 def head_model(task: str) -> str:
     """Triton model name of a task's head."""
     return f"head_{task}"
+
+
+def trunk_model(graph: TaskGraph, trunk: str) -> str:
+    """Triton model name of a trunk: ``backbone`` for the graph's first, ``backbone_<trunk>`` for others."""
+    return BACKBONE if trunk == graph.trunk_names[0] else f"{BACKBONE}_{trunk}"
+
+
+def fused_heads_groups(graph: TaskGraph) -> dict[str, list[str]]:
+    """The fused heads models of ``graph`` and the tasks each answers, grouped by the trunks a task needs
+    (its own and its auxiliaries'): ``heads`` for the tasks that need only the first trunk, else
+    ``heads_<trunk>_<trunk>...``. So a request runs a trunk only if an asked task needs it."""
+    groups: dict[str, list[str]] = {}
+    for task in graph.names:
+        trunks = graph.trunks_for([task])
+        name = HEADS_MODEL if trunks == graph.trunk_names[:1] else "_".join([HEADS_MODEL, *trunks])
+        groups.setdefault(name, []).append(task)
+    return groups
+
+
+def fused_heads_model(graph: TaskGraph, task: str) -> str:
+    """The fused heads model that answers ``task`` (see :func:`fused_heads_groups`)."""
+    return next(m for m, tasks in fused_heads_groups(graph).items() if task in tasks)
 
 
 def fused_head_file(task: str) -> str:
@@ -334,13 +363,23 @@ class ModelNames:
     heads: dict[str, str] = field(default_factory=dict)  # task -> the model that runs its head
     clip_ensemble: str = CLIP_ENSEMBLE
     video_ensemble: str = VIDEO_ENSEMBLE
-    fused_heads: str | None = None  # the fused heads model (every head in one step), or None
+    fused_heads: str | None = None  # the (first trunk's) fused heads model, or None
+    trunks: dict[str, str] = field(default_factory=dict)  # multi-trunk graphs: trunk -> its backbone model
 
     @classmethod
     def for_graph(cls, graph: TaskGraph, *, fused: bool = False) -> ModelNames:
+        trunks = {t: trunk_model(graph, t) for t in graph.trunk_names} if graph.multi_trunk else {}
         if fused:
-            return cls(heads=dict.fromkeys(graph.names, HEADS_MODEL), fused_heads=HEADS_MODEL)
-        return cls(heads={n: head_model(n) for n in graph.names})
+            groups = fused_heads_groups(graph)
+            heads = {n: m for m, tasks in groups.items() for n in tasks}
+            return cls(heads=heads, fused_heads=next(iter(groups)), trunks=trunks)
+        return cls(heads={n: head_model(n) for n in graph.names}, trunks=trunks)
+
+    def trunk(self, trunk: str, graph: TaskGraph) -> str:
+        """The backbone model of ``trunk`` (``backbone`` in a single-trunk repository)."""
+        return self.trunks.get(trunk) or (
+            self.backbone if trunk == graph.trunk_names[0] else trunk_model(graph, trunk)
+        )
 
     @property
     def layout(self) -> str:
@@ -361,9 +400,10 @@ class ModelNames:
         names = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for key, value in names.items():
             if value is not None or key != "fused_heads":
-                _check_type(value, "dict" if key == "heads" else "str", f"{where}.{key}")
-        if "heads" in names:
-            names["heads"] = {str(k): str(v) for k, v in names["heads"].items()}
+                _check_type(value, "dict" if key in ("heads", "trunks") else "str", f"{where}.{key}")
+        for key in ("heads", "trunks"):
+            if key in names:
+                names[key] = {str(k): str(v) for k, v in names[key].items()}
         return cls(**names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -376,6 +416,8 @@ class ModelNames:
         }
         if self.fused_heads:
             out["fused_heads"] = self.fused_heads
+        if self.trunks:
+            out["trunks"] = dict(self.trunks)
         return out
 
 
@@ -553,11 +595,12 @@ def head_onnx_file(repo: str | os.PathLike[str], models: ModelNames, task: str) 
     if not models.fused_heads:
         return onnx_file(repo, models.head(task))
     name = fused_head_file(task)
-    for version in _versions(Path(repo) / models.fused_heads):
+    fused = models.head(task)
+    for version in _versions(Path(repo) / fused):
         if (version / name).is_file():
             return version / name
     raise RepositoryError(
-        f"{repo}: the fused heads model {models.fused_heads!r} has no <version>/{name}; re-export the repository"
+        f"{repo}: the fused heads model {fused!r} has no <version>/{name}; re-export the repository"
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +134,13 @@ def host_session(path: str | os.PathLike[str], params: Mapping[str, str]) -> ort
 
 
 class OrtPipeline:
-    """Trunk once, then the needed heads in stage order; every model an ORT session (or a trunk callable).
+    """Each needed trunk once, then the needed heads in stage order; every model an ORT session (or the
+    VideoMAE trunk as a callable).
 
-    Built from ONNX files (``trunk``, ``heads``: task -> file, at least the asked tasks' closure) with
-    :func:`ort_session`'s ``optimization`` and ``threads``, or from open sessions (:meth:`from_sessions`).
+    Built from ONNX files (``trunk``: the graph's first trunk; ``frame_trunks``: trunk name -> file for
+    the others; ``heads``: task -> file, at least the asked tasks' closure) with :func:`ort_session`'s
+    ``optimization`` and ``threads``, or from open sessions (:meth:`from_sessions`). A trunk runs only when
+    an asked task (or one of their auxiliaries) reads its features.
     """
 
     def __init__(
@@ -149,12 +152,17 @@ class OrtPipeline:
         optimization: str = "all",
         threads: int | None = None,
         tap_tasks: Sequence[str] = (),
+        frame_trunks: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> None:
         trunk_model = (
             trunk if callable(trunk) else ort_session(trunk, optimization=optimization, threads=threads)
         )
         sessions = {n: ort_session(p, optimization=optimization, threads=threads) for n, p in heads.items()}
-        self._setup(graph, trunk_model, sessions, tap_tasks)
+        frames = {
+            t: ort_session(p, optimization=optimization, threads=threads)
+            for t, p in (frame_trunks or {}).items()
+        }
+        self._setup(graph, trunk_model, sessions, tap_tasks, frames)
 
     @classmethod
     def from_sessions(
@@ -163,9 +171,10 @@ class OrtPipeline:
         trunk: ort.InferenceSession | TrunkRunner,
         heads: Mapping[str, ort.InferenceSession],
         tap_tasks: Sequence[str] = (),
+        frame_trunks: Mapping[str, ort.InferenceSession] | None = None,
     ) -> OrtPipeline:
         pipeline = cls.__new__(cls)
-        pipeline._setup(graph, trunk, heads, tap_tasks)
+        pipeline._setup(graph, trunk, heads, tap_tasks, frame_trunks or {})
         return pipeline
 
     def _setup(
@@ -173,18 +182,21 @@ class OrtPipeline:
         graph: TaskGraph,
         trunk: ort.InferenceSession | TrunkRunner,
         heads: Mapping[str, ort.InferenceSession],
-        tap_tasks: Sequence[str] = (),
+        tap_tasks: Sequence[str],
+        frame_trunks: Mapping[str, ort.InferenceSession],
     ) -> None:
         self.graph = graph
         #: The trunk output each task's head reads: ``feat_<task>``, or ``trunk_taps`` for a tap task.
         self.feature_output = {n: TAPS_OUTPUT if n in tap_tasks else feat_output(n) for n in graph.names}
-        #: The trunk's ORT session (None when the trunk is a callable).
+        #: The VideoMAE trunk's ORT session (None when the trunk is a callable).
         self.trunk: ort.InferenceSession | None = None if callable(trunk) else trunk
         self._trunk_fn: TrunkRunner | None = trunk if callable(trunk) else None
+        #: The other trunks' sessions, by trunk name.
+        self.frame_trunks = dict(frame_trunks)
         self.heads = dict(heads)
 
     def trunk_outputs(self, video: np.ndarray) -> dict[str, np.ndarray]:
-        """Every trunk output (``feat_<task>`` -> features) of a uint8 clip batch [B,T,S,S,3]."""
+        """Every output of the VideoMAE trunk (``feat_<task>`` -> features) of a uint8 clip batch [B,T,S,S,3]."""
         video = np.ascontiguousarray(video, dtype=np.uint8)
         if self._trunk_fn is not None:
             return self._trunk_fn(video)
@@ -193,15 +205,26 @@ class OrtPipeline:
         return dict(zip(names, self.trunk.run(names, {VIDEO_INPUT: video}), strict=True))
 
     def features(self, video: np.ndarray, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """Trunk features {task: array} of ``tasks``' closure (None: every task's)."""
+        """Trunk features {task: array} of ``tasks``' closure (None: every task's); each trunk runs once."""
         names = self.graph.names if tasks is None else self.graph.closure(tasks)
-        if self._trunk_fn is not None:
-            outputs = self.trunk_outputs(video)
-            return {n: outputs[self.feature_output[n]] for n in names}
-        assert self.trunk is not None
         video = np.ascontiguousarray(video, dtype=np.uint8)
-        wanted = list(dict.fromkeys(self.feature_output[n] for n in names))
-        outputs = dict(zip(wanted, self.trunk.run(wanted, {VIDEO_INPUT: video}), strict=True))
+        first = self.graph.trunk_names[0]
+        outputs: dict[str, np.ndarray] = {}
+        on_video = [n for n in names if self.graph.trunk_of(n) == first]
+        if on_video and self._trunk_fn is not None:
+            outputs.update(self.trunk_outputs(video))
+        elif on_video:
+            assert self.trunk is not None
+            wanted = list(dict.fromkeys(self.feature_output[n] for n in on_video))
+            outputs.update(zip(wanted, self.trunk.run(wanted, {VIDEO_INPUT: video}), strict=True))
+        for trunk in self.graph.trunk_names[1:]:
+            wanted = [self.feature_output[n] for n in names if self.graph.trunk_of(n) == trunk]
+            if not wanted:
+                continue
+            if trunk not in self.frame_trunks:
+                raise ValueError(f"trunk {trunk!r} (of tasks {names}) has no ONNX model in this pipeline")
+            session = self.frame_trunks[trunk]
+            outputs.update(zip(wanted, session.run(wanted, {VIDEO_INPUT: video}), strict=True))
         return {n: outputs[self.feature_output[n]] for n in names}
 
     def run_head(
@@ -241,12 +264,13 @@ class OrtPipeline:
 
 @dataclass(frozen=True)
 class LocalModel:
-    """A model repository's manifest and the ONNX files of its trunk and heads (task -> file)."""
+    """A model repository's manifest and the ONNX files of its trunks and heads (task -> file)."""
 
     path: Path
     manifest: Manifest
     trunk: Path
     heads: dict[str, Path]
+    frame_trunks: dict[str, Path] = field(default_factory=dict)  # the other trunks: name -> file
 
     @classmethod
     def load(cls, repo: str | os.PathLike[str]) -> LocalModel:
@@ -254,9 +278,11 @@ class LocalModel:
         (:class:`vmtl.contract.RepositoryError` saying what is missing)."""
         path = Path(repo)
         manifest = Manifest.read(path)
-        trunk = onnx_file(path, manifest.models.backbone)
-        heads = {n: head_onnx_file(path, manifest.models, n) for n in manifest.graph.names}
-        return cls(path, manifest, trunk, heads)
+        graph, models = manifest.graph, manifest.models
+        trunk = onnx_file(path, models.backbone)
+        heads = {n: head_onnx_file(path, models, n) for n in graph.names}
+        frames = {t: onnx_file(path, models.trunk(t, graph)) for t in graph.trunk_names[1:]}
+        return cls(path, manifest, trunk, heads, frames)
 
     @property
     def graph(self) -> TaskGraph:
@@ -280,14 +306,23 @@ class LocalModel:
         return self.manifest.metadata
 
     def files(self) -> dict[str, Path]:
-        """Model name -> ONNX file, the backbone first (the heads as ``head_<task>``, also when fused)."""
-        return {BACKBONE: self.trunk, **{head_model(n): f for n, f in self.heads.items()}}
+        """Model name -> ONNX file, the backbones first (the heads as ``head_<task>``, also when fused)."""
+        models = self.manifest.models
+        frames = {models.trunk(t, self.graph): f for t, f in self.frame_trunks.items()}
+        return {BACKBONE: self.trunk, **frames, **{head_model(n): f for n, f in self.heads.items()}}
 
     def pipeline(self, tasks: Sequence[str] | None = None, *, threads: int | None = None) -> OrtPipeline:
         """The trunk and the heads ``tasks`` need (default all), ``threads`` intra-op threads each."""
         needed = self.graph.closure(tasks or self.graph.names)
         heads = {n: self.heads[n] for n in needed}
-        return OrtPipeline(self.graph, self.trunk, heads, threads=threads, tap_tasks=self.tap_tasks)
+        return OrtPipeline(
+            self.graph,
+            self.trunk,
+            heads,
+            threads=threads,
+            tap_tasks=self.tap_tasks,
+            frame_trunks=self.frame_trunks,
+        )
 
     def host_pipeline(self) -> OrtPipeline:
         """Every model with the session options the ``cpu`` flavour's python-backend host gives it (read
@@ -297,4 +332,8 @@ class LocalModel:
         models = self.manifest.models
         trunk = host_session(self.trunk, config_params(configs[models.backbone]))
         heads = {n: host_session(f, config_params(configs[models.head(n)])) for n, f in self.heads.items()}
-        return OrtPipeline.from_sessions(self.graph, trunk, heads, self.tap_tasks)
+        frames = {
+            t: host_session(f, config_params(configs[models.trunk(t, self.graph)]))
+            for t, f in self.frame_trunks.items()
+        }
+        return OrtPipeline.from_sessions(self.graph, trunk, heads, self.tap_tasks, frames)

@@ -7,12 +7,23 @@ combined over windows and formatted; code elsewhere reads it instead of naming k
 
     name: demo
     preprocess: {num_frames: 16, size: 224, sampling: uniform, mean: [...], std: [...]}
+    trunks:                                   # optional; default one VideoMAE trunk named "video"
+      - {name: video, kind: videomae}         # the first trunk: the adapted VideoMAE (`model:` config)
+      - {name: image, kind: frames, preset: efficientnet_lite0, size: 160}
     tasks:
       - {name: object, kind: classify, labels_file: labels.txt, data: object}
       - {name: tags, kind: tag, labels: [a, b, c], auxiliaries: [object], threshold: 0.5}
+      - {name: scene, kind: classify, trunk: image, head: pretrained}   # ImageNet's classifier, no training
 
 `labels_file` is read when the graph is loaded (relative to the task's data directory under
 `data_root`, else to the spec file's directory); saved graphs always carry their labels inline.
+
+Trunks: every trunk takes the same decoded clip and runs once per clip, only when one of its tasks (or
+their auxiliaries) is asked. The first is the VideoMAE trunk with VMT-Adapters; the others are frame-wise
+image networks (kind ``frames``: the network on every frame, one feature token per frame), which may
+resize the clip's frames to their own ``size`` inside their graph. A task on a ``frames`` trunk with
+``head: pretrained`` uses the network's own ImageNet classifier, averaged over frames, untrained; its
+labels default to ImageNet's 1000 class names.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -48,6 +60,12 @@ RESERVED_NAMES: frozenset[str] = frozenset(
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+TRUNK_KINDS: tuple[str, ...] = ("videomae", "frames")
+FRAME_PRESETS: tuple[str, ...] = ("efficientnet_lite0",)
+HEAD_SOURCES: tuple[str, ...] = ("trained", "pretrained")
+IMAGENET_CLASSES_RESOURCE = "models/data/imagenet_classes.txt"  # inside the vmtl package
 
 
 class TaskGraphError(ValueError):
@@ -91,6 +109,44 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class TrunkSpec:
+    """One trunk: ``videomae`` (the first, adapted; its architecture is the `model:` config) or ``frames``
+    (a pretrained image network on every frame; ``preset`` names it, ``size`` resizes frames inside it)."""
+
+    name: str
+    kind: str = "videomae"
+    preset: str | None = None  # frames: the image network (default efficientnet_lite0)
+    size: int | None = None  # frames: the side its frames are resized to in-graph (default: the clip's)
+
+    def validate(self, index: int) -> None:
+        where = f"trunk {self.name!r}"
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise TaskGraphError(f"{where}: names must be lower-case identifiers ([a-z][a-z0-9_]*)")
+        if self.kind not in TRUNK_KINDS:
+            raise TaskGraphError(
+                f"{where}: unknown kind {self.kind!r}; choose one of {', '.join(TRUNK_KINDS)}"
+            )
+        if (index == 0) != (self.kind == "videomae"):
+            raise TaskGraphError(
+                f"{where}: the first trunk is the VideoMAE trunk (kind videomae, its architecture in "
+                "`model:`) and every other trunk is a frame-wise image network (kind frames)"
+            )
+        if self.kind == "videomae" and (self.preset is not None or self.size is not None):
+            raise TaskGraphError(
+                f"{where}: a videomae trunk takes its architecture from `model:`, not preset/size"
+            )
+        if self.kind == "frames" and (self.preset or FRAME_PRESETS[0]) not in FRAME_PRESETS:
+            raise TaskGraphError(
+                f"{where}: unknown preset {self.preset!r}; choose one of {', '.join(FRAME_PRESETS)}"
+            )
+        if self.size is not None and self.size < 32:
+            raise TaskGraphError(f"{where}: size must be at least 32 pixels, got {self.size}")
+
+
+DEFAULT_TRUNKS: tuple[TrunkSpec, ...] = (TrunkSpec("video"),)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task: its kind, labels, auxiliaries (tasks whose representations prompt it) and options."""
 
@@ -104,6 +160,13 @@ class TaskSpec:
     threshold: float = 0.5  # tag: sigmoid threshold; localize: minimum segment score
     scale: tuple[float, ...] = ()  # regress: value = raw * scale + offset (per value, or one for all)
     offset: tuple[float, ...] = ()
+    trunk: str = ""  # the trunk whose features the head reads ("": the graph's first trunk)
+    head: str = "trained"  # "pretrained": a frames trunk's own classifier (no training)
+
+    @property
+    def pretrained(self) -> bool:
+        """The head is a pretrained classifier used as it is: no training data, no training."""
+        return self.head == "pretrained"
 
     @property
     def num_classes(self) -> int:
@@ -131,6 +194,7 @@ class TaskGraph:
     tasks: tuple[TaskSpec, ...]
     preprocess: Preprocess = field(default_factory=Preprocess)
     name: str = "vmtl"
+    trunks: tuple[TrunkSpec, ...] = DEFAULT_TRUNKS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -148,6 +212,34 @@ class TaskGraph:
 
     def __contains__(self, name: object) -> bool:
         return any(t.name == name for t in self.tasks)
+
+    # -- trunks --------------------------------------------------------------------------------------
+    @property
+    def trunk_names(self) -> list[str]:
+        return [t.name for t in self.trunks]
+
+    def trunk(self, name: str) -> TrunkSpec:
+        for t in self.trunks:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown trunk {name!r}; this graph has: {', '.join(self.trunk_names)}")
+
+    def trunk_of(self, task: str) -> str:
+        """The trunk whose features ``task``'s head reads."""
+        return self.task(task).trunk or self.trunks[0].name
+
+    def trunk_tasks(self, trunk: str) -> list[str]:
+        """The tasks whose heads read ``trunk``'s features, in declaration order."""
+        return [t.name for t in self.tasks if (t.trunk or self.trunks[0].name) == trunk]
+
+    def trunks_for(self, tasks: Iterable[str]) -> list[str]:
+        """The trunks that must run for ``tasks`` (and their auxiliaries), in trunk order."""
+        used = {self.trunk_of(n) for n in self.closure(tasks)}
+        return [t for t in self.trunk_names if t in used]
+
+    @property
+    def multi_trunk(self) -> bool:
+        return len(self.trunks) > 1
 
     def stages(self) -> list[list[str]]:
         """Topological stages: stage 0 has no auxiliaries, stage k needs only earlier stages."""
@@ -182,6 +274,14 @@ class TaskGraph:
         if not self.tasks:
             raise TaskGraphError("the task graph has no tasks")
         self.preprocess.validate()
+        if not self.trunks:
+            raise TaskGraphError(
+                "`trunks:` needs at least one trunk (or leave it out for one VideoMAE trunk)"
+            )
+        for i, trunk in enumerate(self.trunks):
+            trunk.validate(i)
+        if len(set(self.trunk_names)) != len(self.trunks):
+            raise TaskGraphError(f"duplicate trunk names in {self.trunk_names}")
         seen: set[str] = set()
         for t in self.tasks:
             where = f"task {t.name!r}"
@@ -211,11 +311,43 @@ class TaskGraph:
                 raise TaskGraphError(f"{where}: {problem}")
             if t.name in t.auxiliaries:
                 raise TaskGraphError(f"{where}: a task cannot be its own auxiliary")
+            self._check_trunk(t, where)
         for t in self.tasks:
             for a in t.auxiliaries:
                 if a not in seen:
                     raise TaskGraphError(f"task {t.name!r}: auxiliary {a!r} is not a task of this graph")
         self._topological_order()
+        for trunk in self.trunks[1:]:
+            if not self.trunk_tasks(trunk.name):
+                raise TaskGraphError(
+                    f"trunk {trunk.name!r} has no tasks: give a task `trunk: {trunk.name}` or remove the trunk"
+                )
+
+    def _check_trunk(self, t: TaskSpec, where: str) -> None:
+        if t.trunk and t.trunk not in self.trunk_names:
+            raise TaskGraphError(
+                f"{where}: trunk {t.trunk!r} is not a trunk of this graph ({', '.join(self.trunk_names)})"
+            )
+        kind = self.trunk(t.trunk or self.trunks[0].name).kind
+        if t.head not in HEAD_SOURCES:
+            raise TaskGraphError(f"{where}: head must be one of {', '.join(HEAD_SOURCES)}, got {t.head!r}")
+        if kind == "frames" and t.temporal:
+            raise TaskGraphError(
+                f"{where}: a frames trunk gives one pooled token per frame and serves the pooled kinds "
+                f"({', '.join(k for k, s in KIND_SPECS.items() if s.pooled)}); put {t.kind} tasks on the "
+                "videomae trunk"
+            )
+        if t.pretrained:
+            if kind != "frames" or t.kind not in ("classify", "tag"):
+                raise TaskGraphError(
+                    f"{where}: head 'pretrained' is a frames trunk's own ImageNet classifier: it needs a "
+                    "classify or tag task on a frames trunk"
+                )
+            if len(t.labels) != 1000 or t.auxiliaries:
+                raise TaskGraphError(
+                    f"{where}: a pretrained head has ImageNet's 1000 labels (leave `labels` out) and no "
+                    "auxiliaries"
+                )
 
     def _topological_order(self) -> list[str]:
         deps = {t.name: list(t.auxiliaries) for t in self.tasks}
@@ -250,7 +382,11 @@ class TaskGraph:
             tasks.append(d)
         pre = asdict(self.preprocess)
         pre["mean"], pre["std"] = list(pre["mean"]), list(pre["std"])
-        return {"name": self.name, "preprocess": pre, "tasks": tasks}
+        out: dict[str, Any] = {"name": self.name, "preprocess": pre}
+        if self.trunks != DEFAULT_TRUNKS:
+            out["trunks"] = [{k: v for k, v in asdict(t).items() if v is not None} for t in self.trunks]
+        out["tasks"] = tasks
+        return out
 
     @classmethod
     def from_dict(
@@ -273,8 +409,11 @@ class TaskGraph:
         raw_tasks = spec["tasks"]
         if not isinstance(raw_tasks, Sequence) or isinstance(raw_tasks, str):
             raise TaskGraphError("`tasks:` must be a list of task mappings")
+        trunks = _trunks_from_dict(spec.get("trunks"))
         tasks = [_task_from_dict(t, i, base_dir, data_root) for i, t in enumerate(raw_tasks)]
-        return cls(tasks=tuple(tasks), preprocess=preprocess, name=str(spec.get("name", "vmtl")))
+        return cls(
+            tasks=tuple(tasks), preprocess=preprocess, name=str(spec.get("name", "vmtl")), trunks=trunks
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -306,10 +445,47 @@ class TaskGraph:
     def subset(self, names: Iterable[str]) -> TaskGraph:
         """The graph restricted to `names` and their auxiliaries."""
         keep = set(self.closure(names))
-        return replace(self, tasks=tuple(t for t in self.tasks if t.name in keep))
+        tasks = tuple(t for t in self.tasks if t.name in keep)
+        used = {t.trunk or self.trunks[0].name for t in tasks}
+        trunks = (self.trunks[0], *(t for t in self.trunks[1:] if t.name in used))
+        return replace(self, tasks=tasks, trunks=trunks)
 
 
 _TASK_KEYS = {f.name for f in fields(TaskSpec)} | {"labels_file"}
+_TRUNK_KEYS = {f.name for f in fields(TrunkSpec)}
+
+
+def _trunks_from_dict(raw: Any) -> tuple[TrunkSpec, ...]:
+    if raw is None:
+        return DEFAULT_TRUNKS
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise TaskGraphError("`trunks:` must be a list of trunk mappings")
+    out = []
+    for i, t in enumerate(raw):
+        if not isinstance(t, Mapping) or "name" not in t:
+            raise TaskGraphError(f"trunks[{i}]: expected a mapping with a `name`")
+        unknown = set(t) - _TRUNK_KEYS
+        if unknown:
+            raise TaskGraphError(
+                f"trunk {t['name']!r}: unknown keys {sorted(unknown)}; known: {sorted(_TRUNK_KEYS)}"
+            )
+        out.append(TrunkSpec(**t))
+    return tuple(out)
+
+
+def imagenet_labels() -> tuple[str, ...]:
+    """ImageNet-1k's 1000 class names (the labels of a pretrained head), read from vmtl's package data.
+
+    Two names occur twice in ImageNet (``missile``, ``sunglasses``); their second class gets its index
+    appended (``sunglasses (class 837)``) so that every label is unique.
+    """
+    text = resources.files("vmtl").joinpath(IMAGENET_CLASSES_RESOURCE).read_text(encoding="utf-8")
+    seen: set[str] = set()
+    out = []
+    for i, name in enumerate(line for line in text.splitlines() if line):
+        out.append(name if name not in seen else f"{name} (class {i})")
+        seen.add(name)
+    return tuple(out)
 
 
 def _task_from_dict(
@@ -330,6 +506,8 @@ def _task_from_dict(
         if d.get("labels"):
             raise TaskGraphError(f"{where}: give `labels` or `labels_file`, not both")
         d["labels"] = _read_labels_file(labels_file, d.get("data"), base_dir, data_root, where)
+    if d.get("head") == "pretrained" and not d.get("labels"):
+        d["labels"] = imagenet_labels()
     for key in ("labels", "auxiliaries"):
         v = d.get(key) or ()
         if isinstance(v, str):

@@ -66,9 +66,11 @@ from vmtl.contract import (
     VIDEO_STREAM,
     RepositoryError,
     fused_head_file,
+    fused_heads_model,
     head_model,
     load_configs,
     read_manifest,
+    trunk_model,
 )
 from vmtl.data.clips import load_clipset
 from vmtl.export.generations import highest_version, push_generation, snapshot_generation
@@ -89,7 +91,14 @@ from vmtl.export.quantize import (
 from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_DELAY_US, write_repository
 from vmtl.export.taps import head_fingerprints, task_fingerprints, trunk_core_fingerprint
 from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
-from vmtl.export.wrappers import HeadExport, TrunkExport, export_modules, export_onnx
+from vmtl.export.wrappers import (
+    FrameTrunkExport,
+    HeadExport,
+    TrunkExport,
+    export_modules,
+    export_onnx,
+    frame_trunk_modules,
+)
 from vmtl.models.checkpoint import CheckpointError, checkpoint_dir, resolve_weights
 from vmtl.models.multitask import MultiTaskModel, run_heads
 from vmtl.runtime import OrtPipeline, ort_session
@@ -287,6 +296,12 @@ def trunk_fingerprint(model: MultiTaskModel) -> dict[str, Any]:
         "config": {k: v for k, v in model.cfg.to_dict().items() if not k.startswith(skip)},
     }
     parts["layout"].update(json.dumps(layout, sort_keys=True, default=str).encode())
+    if model.frame_trunks:  # the other trunks are frozen pretrained networks: one part for all of them
+        parts["frame_trunks"] = hashlib.sha256()
+        for name, t in sorted(model.frame_trunks.items()):
+            for key, value in sorted(t.state_dict().items()):
+                parts["frame_trunks"].update(f"{name}|{key}|{tuple(value.shape)}|".encode())
+                parts["frame_trunks"].update(_tensor_bytes(value))
     digests = {k: h.hexdigest() for k, h in parts.items()}
     overall = hashlib.sha256("".join(digests[k] for k in sorted(digests)).encode()).hexdigest()
     return {
@@ -303,7 +318,7 @@ def _parity_clips(model: MultiTaskModel, data_root: Path | None, seed: int) -> t
     t, s = model.trunk.num_frames, model.trunk.image_size
     if data_root is not None:
         frames = []
-        for task in model.graph.tasks:
+        for task in (t for t in model.graph.tasks if not t.pretrained):
             try:
                 clips = load_clipset(
                     data_root, task, "val", model.graph.preprocess, model.temporal_tokens, progress=False
@@ -324,11 +339,26 @@ class _Reference:
 
     trunk: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
     heads: dict[str, dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]
+    frame_trunks: dict[str, dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]] = field(
+        default_factory=dict
+    )  # by model name (backbone_<trunk>)
+
+    def cases(self, model: str) -> dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """The parity cases of a model (the backbone, a frames trunk's backbone or head_<task>)."""
+        if model == BACKBONE:
+            return self.trunk
+        if model in self.frame_trunks:
+            return self.frame_trunks[model]
+        return self.heads[model.removeprefix("head_")]
 
 
 @torch.no_grad()
 def _torch_reference(
-    graph: TaskGraph, trunk: TrunkExport, heads: Mapping[str, HeadExport], clips: np.ndarray
+    graph: TaskGraph,
+    trunk: TrunkExport,
+    heads: Mapping[str, HeadExport],
+    clips: np.ndarray,
+    frame_trunks: Mapping[str, FrameTrunkExport] | None = None,
 ) -> _Reference:
     ref = _Reference({}, {n: {} for n in graph.names})
     for b in (1, 2):
@@ -337,6 +367,11 @@ def _torch_reference(
         feats = dict(zip(trunk.tasks, outputs, strict=True))
         want = {f"feat_{k}": v.numpy() for k, v in feats.items()}
         ref.trunk[b] = ({"video": video.numpy()}, {**want, TAPS_OUTPUT: taps.numpy()})
+        for name, frames in (frame_trunks or {}).items():
+            tokens = dict(zip(frames.tasks, frames(video), strict=True))
+            feats.update(tokens)
+            cases = ref.frame_trunks.setdefault(trunk_model(graph, name), {})
+            cases[b] = ({"video": video.numpy()}, {f"feat_{k}": v.numpy() for k, v in tokens.items()})
         inputs = {n: taps if heads[n].taps is not None else feats[n] for n in graph.names}
         order = graph.closure(graph.names)
         auxiliaries = {n: heads[n].aux_names for n in order}
@@ -519,10 +554,15 @@ class _Loaded:
     clips_desc: str
     reference: _Reference
     tap_tasks: list[str] = field(default_factory=list)  # --only-heads: heads that read trunk_taps
+    frame_trunks: dict[str, FrameTrunkExport] = field(default_factory=dict)  # the other trunks, by name
 
     @property
     def graph(self) -> TaskGraph:
         return self.model.graph
+
+    def frame_trunk_files(self, files: Mapping[str, Path]) -> dict[str, Path]:
+        """{trunk name: file} of the frames trunks among ``files`` (model name -> file)."""
+        return {t: files[trunk_model(self.graph, t)] for t in self.frame_trunks}
 
 
 @dataclass
@@ -713,7 +753,18 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
         graph = model.graph
         fingerprint = trunk_fingerprint(model)
         flops = _flops(model)
-    progress.say(f"loaded {plan.weights} ({len(graph.names)} tasks: {', '.join(graph.names)})")
+    trunks = f", trunks {', '.join(graph.trunk_names)}" if graph.multi_trunk else ""
+    progress.say(f"loaded {plan.weights} ({len(graph.names)} tasks: {', '.join(graph.names)}{trunks})")
+    if graph.multi_trunk and (plan.trt or plan.precisions):
+        raise UsageError(
+            "--trt and --precision build variants of a single backbone; this graph has trunks "
+            f"{', '.join(graph.trunk_names)} (--int8 quantises its first trunk, the others stay fp32)"
+        )
+    if graph.multi_trunk and plan.only_heads:
+        raise UsageError(
+            "--only-heads (adding heads to a served trunk) supports single-trunk graphs only; this one has "
+            f"trunks {', '.join(graph.trunk_names)}: run a full export"
+        )
 
     existing: dict[str, dict[str, Any]] = {}
     tap_tasks: list[str] = []
@@ -730,13 +781,14 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
             progress.say(f"--only-heads: trunk sha256 {fingerprint['sha256'][:16]}... matches the repository")
     with progress.step("load"):
         trunk_mod, head_mods = export_modules(model, tap_tasks)
+        frame_mods = frame_trunk_modules(model)
     max_batch_size = plan.max_batch_size
     if max_batch_size is None:
         max_batch_size = int(next(iter(existing.values()))["max_batch_size"]) if existing else 8
 
     with progress.step("parity inputs"):
         clips, clips_desc = _parity_clips(model, plan.data, plan.seed)
-        reference = _torch_reference(graph, trunk_mod, head_mods, clips)
+        reference = _torch_reference(graph, trunk_mod, head_mods, clips, frame_mods)
     return _Loaded(
         model,
         fingerprint,
@@ -749,6 +801,7 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
         clips_desc,
         reference,
         tap_tasks,
+        frame_mods,
     )
 
 
@@ -764,6 +817,10 @@ def _export_onnx(plan: _Plan, loaded: _Loaded, work: Path, progress: _Progress) 
         if need_trunk:
             raw[BACKBONE] = export_onnx(loaded.trunk, work / "backbone.onnx", opset=plan.opset)
             progress.say(f"exported {BACKBONE} ({_size(raw[BACKBONE].stat().st_size)})")
+        for trunk, module in loaded.frame_trunks.items():
+            name = trunk_model(graph, trunk)
+            raw[name] = export_onnx(module, work / f"{name}.onnx", opset=plan.opset)
+            progress.say(f"exported {name} ({_size(raw[name].stat().st_size)}, trunk {trunk!r})")
         for name in graph.names:
             path = export_onnx(loaded.heads[name], work / f"{head_model(name)}.onnx", opset=plan.opset)
             raw[head_model(name)] = path
@@ -785,8 +842,7 @@ def _parity_per_flavour(
             if fl == "cpu":
                 with progress.step("optimise"):
                     path = optimize_model(path, work / fl / f"{name}.onnx")
-            ref = loaded.reference
-            cases = ref.trunk if name == BACKBONE else ref.heads[name.removeprefix("head_")]
+            cases = loaded.reference.cases(name)
             with progress.step("parity"):
                 ship.parity[fl][name] = _check_parity(path, name, cases, plan.parity_tol, f"{fl} flavour")
             ship.files[fl][name] = path
@@ -812,7 +868,14 @@ def _accuracy_gates(
         gate_data = load_gate_data(plan.data, graph, loaded.model.temporal_tokens)
         fp32_files = ship.files["cpu"] if "cpu" in ship.files else ship.files["native"]
         fp32 = evaluate_pipeline(
-            OrtPipeline(graph, fp32_files[BACKBONE], _heads(fp32_files, graph)), graph, gate_data
+            OrtPipeline(
+                graph,
+                fp32_files[BACKBONE],
+                _heads(fp32_files, graph),
+                frame_trunks=loaded.frame_trunk_files(fp32_files),
+            ),
+            graph,
+            gate_data,
         )
     if plan.int8:
         _int8_gate(plan, loaded, raw, ship, fp32, gate_data, work, progress)
@@ -895,7 +958,10 @@ def _trt_gate(
         (work / "trt").mkdir()
         engine = work / "trt" / "model.plan"
         trt_info = build_engine(raw[BACKBONE], engine, max_batch_size=loaded.max_batch_size)
-        pipe = OrtPipeline(graph, TrtTrunk(engine), _heads(ship.files["native"], graph))
+        native = ship.files["native"]
+        pipe = OrtPipeline(
+            graph, TrtTrunk(engine), _heads(native, graph), frame_trunks=loaded.frame_trunk_files(native)
+        )
         metrics = evaluate_pipeline(pipe, graph, gate_data)
         trt_gate = compare_metrics(
             graph,
@@ -994,6 +1060,7 @@ def _write_flavour(
             [(v.runtime, v.precision, v.file) for v in variants.accepted] if variants else kept_variants[0]
         ),
         backbone_files=variants.files if variants else kept_variants[1],
+        frame_trunks=loaded.frame_trunk_files(ship.files[fl]),
     )
     for name, rec in {**ship.parity[fl], **ship.sidecars[fl]}.items():
         record = {"model": name, "inputs": loaded.clips_desc, **rec}
@@ -1157,7 +1224,8 @@ def _int8_candidate(
             for name in names
         }
         cand = {**fp32_files, **q}
-        pipe = OrtPipeline(graph, cand[BACKBONE], _heads(cand, graph))
+        frames = {t: cand[trunk_model(graph, t)] for t in graph.trunk_names[1:]}
+        pipe = OrtPipeline(graph, cand[BACKBONE], _heads(cand, graph), frame_trunks=frames)
         metrics = evaluate_pipeline(pipe, graph, gate_data)
         gate = compare_metrics(
             graph,
@@ -1407,12 +1475,15 @@ def _model_reports(
     only_heads: bool,
 ) -> list[ModelReport]:
     rows = []
-    for name in [BACKBONE, *(head_model(n) for n in graph.names)]:
+    trunks = [trunk_model(graph, t) for t in graph.trunk_names]
+    for name in [*trunks, *(head_model(n) for n in graph.names)]:
         version = repo / name / str(highest_version(repo / name) or 1)
         path = version / "model.plan" if (version / "model.plan").is_file() else version / "model.onnx"
-        if not version.is_dir():  # a head of the fused heads model
-            fused = repo / HEADS_MODEL / str(highest_version(repo / HEADS_MODEL) or 1)
-            path = fused / fused_head_file(name.removeprefix("head_"))
+        if not version.is_dir():  # a head of its trunk's fused heads model
+            task = name.removeprefix("head_")
+            fused_model = repo / fused_heads_model(graph, task)
+            fused = fused_model / str(highest_version(fused_model) or 1)
+            path = fused / fused_head_file(task)
         reused = only_heads and name == BACKBONE
         prec = precision.get(name, "kept" if reused else "fp32")
         if reused:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vmtl.contract import BACKBONE, BackboneVariant, head_model
+from vmtl.contract import BACKBONE, BackboneVariant, head_model, trunk_model
 from vmtl.export.quantize import (
     INT8_SETTINGS,
     GateResult,
@@ -195,6 +195,7 @@ def gate_precisions(
     caps = cpu_capabilities()
     n_clips = sum(len(c) for c in gate_data.values())
     heads = {n: ort_session(fp32_files[head_model(n)]) for n in graph.names}
+    frames = {t: ort_session(fp32_files[trunk_model(graph, t)]) for t in graph.trunk_names[1:]}
     batch1 = np.ascontiguousarray(clips[:1])
     batch4 = np.ascontiguousarray(np.resize(clips, (4, *clips.shape[1:])))
     accepted: list[BackboneVariant] = []
@@ -207,7 +208,7 @@ def gate_precisions(
     sessions: dict[tuple[str, str], Any] = {}
 
     def gate(label: str, session: Any) -> GateResult:
-        pipe = OrtPipeline.from_sessions(graph, session, heads)
+        pipe = OrtPipeline.from_sessions(graph, session, heads, frame_trunks=frames)
         result = compare_metrics(
             graph,
             fp32,

@@ -143,6 +143,8 @@ def load_gate_data(data_root: str | Path, graph: TaskGraph, num_tokens: int, spl
     """{task: ClipSet} of the held-out ``split`` for every task (decoded once, cached beside the data)."""
     out = {}
     for task in graph.tasks:
+        if task.pretrained:  # no held-out data: its head is the pretrained classifier, unchanged
+            continue
         try:
             out[task.name] = load_clipset(
                 data_root, task, split, graph.preprocess, num_tokens, progress=False
@@ -160,7 +162,9 @@ def evaluate_pipeline(
     """Every task's metrics (``task_metrics``) through ``pipeline`` on its own held-out clips."""
     metrics = {}
     for task in graph.tasks:
-        clips = clipsets[task.name]
+        clips = clipsets.get(task.name)
+        if clips is None:  # a pretrained head has no held-out data
+            continue
         outs = [
             pipeline.run(clips.frames[i : i + batch_size], [task.name])[task.name]
             for i in range(0, len(clips), batch_size)
@@ -278,6 +282,8 @@ def compare_metrics(
     """Compare every task's primary metric (rules in the module docstring)."""
     rows = []
     for task in graph.tasks:
+        if task.name not in reference:  # a pretrained head: no held-out data to gate on
+            continue
         metric = task.kind_spec.primary_metric
         ref = float(reference[task.name][metric])
         cand = float(candidate[task.name][metric])

@@ -51,6 +51,7 @@ from vmtl.contract import (
     HEADS_MODEL,
     MANIFEST,
     PARAM_GRAPH,
+    PARAM_HEAD_TASKS,
     PARAM_PREPROCESS,
     PARAM_TAP_TASKS,
     PARAM_VARIANTS,
@@ -69,8 +70,11 @@ from vmtl.contract import (
     RepositoryError,
     feat_output,
     fused_head_file,
+    fused_heads_groups,
+    fused_heads_model,
     head_model,
     repr_input,
+    trunk_model,
     validate_repository,
 )
 from vmtl.export.defaults import DEFAULT_QUEUE_DELAY_US, THROUGHPUT_QUEUE_DELAY_US
@@ -401,6 +405,7 @@ def write_repository(
     backbone_tasks: Iterable[str] | None = None,
     versions: Mapping[str, int] | None = None,
     keep: Iterable[str] = (),
+    frame_trunks: Mapping[str, Path] | None = None,
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -432,6 +437,11 @@ def write_repository(
     are carried over, for a rollback); ``keep`` names entries left exactly as they are in ``out`` (the
     backbone and video_decode: their configs are read from there, their files not touched, so a live
     server does not reload them).
+
+    A graph with several trunks: ``trunk_onnx`` is its first (VideoMAE) trunk, served as ``backbone``;
+    ``frame_trunks`` gives every other trunk's ONNX file (trunk name -> file, ``feat_<task>`` for each of
+    its tasks), served as ``backbone_<trunk>``. Fused heads are one model per set of trunks the tasks need
+    (:func:`vmtl.contract.fused_heads_groups`), so that the ensembles prune a trunk no asked task needs.
     """
     out = Path(out)
     opts = _Options(
@@ -467,10 +477,21 @@ def write_repository(
 
     trunk_onnx = Path(trunk_onnx)
     head_onnx = {k: Path(v) for k, v in head_onnx.items()}
-    in_trunk = (
-        [n for n in graph.names if n not in opts.tap_tasks] if backbone_tasks is None else backbone_tasks
-    )
+    first = graph.trunk_tasks(graph.trunk_names[0])
+    in_trunk = [n for n in first if n not in opts.tap_tasks] if backbone_tasks is None else backbone_tasks
     trunk = _read_trunk(graph, trunk_onnx, list(in_trunk))
+    frame_files = {t: Path(p) for t, p in (frame_trunks or {}).items()}
+    if sorted(frame_files) != sorted(graph.trunk_names[1:]):
+        raise RepositoryError(
+            f"frame_trunks must have one ONNX file per trunk after the first: the graph has "
+            f"{graph.trunk_names[1:]}, got {sorted(frame_files)}"
+        )
+    if frame_files and (opts.tap_tasks or trunk_plan is not None or opts.variants):
+        raise RepositoryError(
+            "a graph with several trunks supports neither tap tasks (--only-heads), a TensorRT backbone "
+            "nor backbone variants yet"
+        )
+    frames = {t: _read_trunk(graph, p, graph.trunk_tasks(t)) for t, p in frame_files.items()}
     if opts.tap_tasks and trunk.taps is None:
         raise RepositoryError(
             f"tasks {list(opts.tap_tasks)} read the backbone's {TAPS_OUTPUT!r} output, which this backbone "
@@ -480,7 +501,7 @@ def write_repository(
     if trunk_plan is not None and not Path(trunk_plan).is_file():
         raise RepositoryError(f"TensorRT plan not found: {trunk_plan}")
 
-    configs = _model_configs(graph, trunk, heads, opts)
+    configs = _model_configs(graph, trunk, heads, opts, frames)
     manifest = Manifest(
         graph=graph,
         flavour=flavour,
@@ -491,7 +512,7 @@ def write_repository(
     )
 
     def files(stage: Path) -> None:
-        _stage_models(stage, graph, configs, trunk_onnx, head_onnx, trunk_plan, opts)
+        _stage_models(stage, graph, configs, trunk_onnx, head_onnx, trunk_plan, opts, frame_files)
         for rel, src in (backbone_files or {}).items():
             target = stage / BACKBONE / "1" / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -504,7 +525,11 @@ def write_repository(
 
 
 def _model_configs(
-    graph: TaskGraph, trunk: _Trunk, heads: Mapping[str, _Head], opts: _Options
+    graph: TaskGraph,
+    trunk: _Trunk,
+    heads: Mapping[str, _Head],
+    opts: _Options,
+    frames: Mapping[str, _Trunk] | None = None,
 ) -> dict[str, mc.ModelConfig]:
     """Every model's config, by model name."""
     shared = {
@@ -512,7 +537,14 @@ def _model_configs(
         PARAM_PREPROCESS: json.dumps(asdict(graph.preprocess), separators=(",", ":")),
     }
     configs = {BACKBONE: _backbone_config(graph, trunk, opts)}
-    if opts.fused:
+    for name, frame_trunk in (frames or {}).items():
+        model = trunk_model(graph, name)
+        configs[model] = _backbone_config(graph, frame_trunk, opts, model)
+    if opts.fused and frames:
+        feats = {**trunk.feats, **{t: sig for f in frames.values() for t, sig in f.feats.items()}}
+        for model, owned in fused_heads_groups(graph).items():
+            configs[model] = _group_heads_config(graph, model, owned, feats, heads, shared, opts)
+    elif opts.fused:
         configs[HEADS_MODEL] = _fused_heads_config(graph, trunk, heads, shared, opts)
     else:
         for name in graph.names:
@@ -525,15 +557,15 @@ def _model_configs(
     return configs
 
 
-def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=BACKBONE, max_batch_size=opts.max_batch_size)
+def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options, name: str = BACKBONE) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=name, max_batch_size=opts.max_batch_size)
     if not opts.native:
         cfg.backend = "python"
         _set_params(cfg, {"onnx_file": "model.onnx", "intra_op_threads": str(opts.cpu_threads or 0)})
-        if opts.variants:
+        if opts.variants and name == BACKBONE:
             listed = [{"runtime": r, "precision": p, "file": f} for r, p, f in opts.variants]
             _set_params(cfg, {PARAM_VARIANTS: json.dumps(listed, separators=(",", ":"))})
-    elif opts.tensorrt:
+    elif opts.tensorrt and name == BACKBONE:
         cfg.platform = "tensorrt_plan"
     else:
         cfg.platform = "onnxruntime_onnx"
@@ -598,6 +630,40 @@ def _fused_heads_config(
         params[PARAM_TAP_TASKS] = ",".join(opts.tap_tasks)
     _set_params(cfg, params)
     # No waiting: the backbone's batch reaches the heads at once (see _head_config).
+    _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
+    _instances(cfg, 1, False)
+    return cfg
+
+
+def _group_heads_config(
+    graph: TaskGraph,
+    model: str,
+    owned: Sequence[str],
+    feats: Mapping[str, TensorSig],
+    heads: Mapping[str, _Head],
+    shared: Mapping[str, str],
+    opts: _Options,
+) -> mc.ModelConfig:
+    """A multi-trunk graph's fused heads model of one group of tasks (those needing the same trunks): it
+    answers them (``vmtl_head_tasks``) and runs their auxiliaries' heads too, whichever trunk those read."""
+    cfg = mc.ModelConfig(name=model, backend="python", max_batch_size=opts.max_batch_size)
+    for name in graph.closure(owned):
+        sig = feats[name]
+        cfg.input.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:]))
+    for name in owned:
+        head = heads[name]
+        labels = f"labels_{name}.txt" if _labelled(head.task) else ""
+        cfg.output.append(
+            _io(mc.ModelOutput, name, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
+        )
+    files = ",".join(fused_head_file(n) for n in graph.closure(owned))
+    params = {
+        PARAM_GRAPH: shared[PARAM_GRAPH],
+        PARAM_HEAD_TASKS: ",".join(owned),
+        "onnx_files": files,
+        "intra_op_threads": "1",
+    }
+    _set_params(cfg, params)
     _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
     _instances(cfg, 1, False)
     return cfg
@@ -719,15 +785,29 @@ def _ensemble(
 def _trunk_and_heads(
     steps: Any, graph: TaskGraph, heads: Mapping[str, _Head], opts: _Options, clip_tensor: str
 ) -> None:
-    """The backbone step on ``clip_tensor``, then the fused heads step or one step per head."""
+    """The backbone step (one per trunk) on ``clip_tensor``, then the fused heads step (one per trunk) or
+    one step per head."""
     step = steps.add(model_name=BACKBONE, model_version=-1)
     step.input_map["video"] = clip_tensor
-    direct = [t for t in graph.names if t not in opts.tap_tasks]
+    first = graph.trunk_tasks(graph.trunk_names[0])
+    direct = [t for t in first if t not in opts.tap_tasks]
     for task in direct:
         step.output_map[feat_output(task)] = _feat(task)
     if opts.tap_tasks:
         step.output_map[TAPS_OUTPUT] = _TAPS_TENSOR
-    if opts.fused:
+    for trunk in graph.trunk_names[1:]:
+        step = steps.add(model_name=trunk_model(graph, trunk), model_version=-1)
+        step.input_map["video"] = clip_tensor
+        for task in graph.trunk_tasks(trunk):
+            step.output_map[feat_output(task)] = _feat(task)
+    if opts.fused and graph.multi_trunk:
+        for model, owned in fused_heads_groups(graph).items():
+            step = steps.add(model_name=model, model_version=-1)
+            for task in graph.closure(owned):
+                step.input_map[feat_output(task)] = _feat(task)
+            for task in owned:
+                step.output_map[task] = task
+    elif opts.fused:
         step = steps.add(model_name=HEADS_MODEL, model_version=-1)
         for task in direct:
             step.input_map[feat_output(task)] = _feat(task)
@@ -773,6 +853,7 @@ def _stage_models(
     head_onnx: Mapping[str, Path],
     trunk_plan: Path | None,
     opts: _Options,
+    frame_trunks: Mapping[str, Path] | None = None,
 ) -> None:
     """Write every model directory into ``stage``: configs, model files, python sources, labels."""
     for name, cfg in configs.items():
@@ -783,7 +864,18 @@ def _stage_models(
         shutil.copy2(trunk_plan, stage / BACKBONE / "1" / "model.plan")
     if not opts.native:
         _copy_source(_ORT_HOST, stage / BACKBONE / "1")
-    if opts.fused:
+    for trunk, path in (frame_trunks or {}).items():
+        version = stage / trunk_model(graph, trunk) / "1"
+        _copy_onnx(path, version, "model.onnx")
+        if not opts.native:
+            _copy_source(_ORT_HOST, version)
+    if opts.fused and graph.multi_trunk:
+        for model, owned in fused_heads_groups(graph).items():
+            version = stage / model / str(opts.version(model))
+            for name in graph.closure(owned):
+                _copy_onnx(head_onnx[name], version, fused_head_file(name))
+            _copy_source(_HEADS_HOST, version)
+    elif opts.fused:
         version = stage / HEADS_MODEL / str(opts.version(HEADS_MODEL))
         for name in graph.names:
             _copy_onnx(head_onnx[name], version, fused_head_file(name))
@@ -800,7 +892,7 @@ def _stage_models(
         if _labelled(task):
             text = "\n".join(task.labels) + "\n"
             if opts.fused:
-                (stage / HEADS_MODEL / f"labels_{task.name}.txt").write_text(text)
+                (stage / fused_heads_model(graph, task.name) / f"labels_{task.name}.txt").write_text(text)
             else:
                 (stage / head_model(task.name) / "labels.txt").write_text(text)
             for ens in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE, STREAM_ENSEMBLE):

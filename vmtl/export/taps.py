@@ -167,6 +167,10 @@ def task_fingerprints(model: MultiTaskModel) -> dict[str, str]:
     out = {}
     for task in model.graph.names:
         h = hashlib.sha256()
+        if task not in trunk.grids:  # a frames trunk's task: no trunk-side parts of its own
+            h.update(f"trunk={model.graph.trunk_of(task)}".encode())
+            out[task] = h.hexdigest()
+            continue
         own = {
             k: v
             for k, v in state.items()

@@ -22,10 +22,19 @@ from torch import Tensor, nn
 from vmtl.contract import TAPS_OUTPUT
 from vmtl.export.taps import TapFeatures, trunk_forward_with_taps
 from vmtl.models.backbone import VideoTrunk
+from vmtl.models.frame_trunk import FrameTrunk
 from vmtl.models.heads import TaskHead
 from vmtl.models.multitask import MultiTaskModel
 
-__all__ = ["HeadExport", "TrunkExport", "export_modules", "export_onnx", "export_spec"]
+__all__ = [
+    "FrameTrunkExport",
+    "HeadExport",
+    "TrunkExport",
+    "export_modules",
+    "export_onnx",
+    "export_spec",
+    "frame_trunk_modules",
+]
 
 
 class TrunkExport(nn.Module):
@@ -51,6 +60,29 @@ class TrunkExport(nn.Module):
     def forward(self, video: Tensor) -> tuple[Tensor, ...]:
         feats, taps = trunk_forward_with_taps(self.trunk, video, self.tasks)
         return (*(feats[t] for t in self.tasks), taps)
+
+
+class FrameTrunkExport(nn.Module):
+    """A frames trunk as exported: `video` uint8 [B,T,S,S,3] -> `feat_<task>` [B,T,D] for each of its tasks
+    (the same per-frame tokens under every task's name, so heads read `feat_<task>` whatever the trunk)."""
+
+    def __init__(self, trunk: FrameTrunk, tasks: Sequence[str]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.tasks = list(tasks)
+        self.input_names = ["video"]
+        self.output_names = [f"feat_{t}" for t in self.tasks]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {n: {0: "batch"} for n in (*self.input_names, *self.output_names)}
+
+    def example_inputs(self, batch: int = 1, seed: int = 0) -> tuple[Tensor, ...]:
+        return self.trunk.example_inputs(batch, seed)
+
+    def forward(self, video: Tensor) -> tuple[Tensor, ...]:
+        tokens = self.trunk.tokens(video)
+        return (tokens, *(tokens.clone() for _ in self.tasks[1:]))
 
 
 class HeadExport(nn.Module):
@@ -88,7 +120,7 @@ class HeadExport(nn.Module):
 
 
 def export_onnx(
-    module: TrunkExport | HeadExport, path: str | Path, *, opset: int = 18, batch: int = 2
+    module: TrunkExport | FrameTrunkExport | HeadExport, path: str | Path, *, opset: int = 18, batch: int = 2
 ) -> Path:
     """Export a `TrunkExport`/`HeadExport` with the TorchScript exporter (dynamo=False), dynamic batch axis."""
     path = Path(path)
@@ -138,7 +170,19 @@ def export_modules(
         n: HeadExport(h, dims, TapFeatures(m.trunk, n) if n in tap_tasks else None)  # type: ignore[arg-type]
         for n, h in m.heads.items()
     }
-    return TrunkExport(m.trunk, m.graph.names), heads
+    on_video = [n for n in m.graph.names if m.graph.trunk_of(n) == m.video_trunk_name]
+    return TrunkExport(m.trunk, on_video), heads
+
+
+def frame_trunk_modules(model: MultiTaskModel) -> dict[str, FrameTrunkExport]:
+    """Eval-mode copies of the graph's frames trunks for ONNX, by trunk name (`video` -> `feat_<task>`...)."""
+    out = {}
+    for name, trunk in model.frame_trunks.items():
+        t = copy.deepcopy(trunk).eval()
+        for p in t.parameters():
+            p.requires_grad_(False)
+        out[name] = FrameTrunkExport(t, model.graph.trunk_tasks(name))  # type: ignore[arg-type]
+    return out
 
 
 def export_spec(model: MultiTaskModel) -> dict[str, Any]:
@@ -149,6 +193,7 @@ def export_spec(model: MultiTaskModel) -> dict[str, Any]:
         "outputs": [
             {"name": f"feat_{n}", "dtype": "float32", "shape": list(model.feature_shape(n))}
             for n in model.graph.names
+            if model.frame_trunk(n) is None
         ],
     }
     heads = {}

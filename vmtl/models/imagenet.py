@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
+
+from ..tasks import IMAGENET_CLASSES_RESOURCE, imagenet_labels
 
 __all__ = ["IMAGENET_CLASSES_FILE", "imagenet_classes"]
 
-IMAGENET_CLASSES_FILE = "models/data/imagenet_classes.txt"  # inside the vmtl package
+IMAGENET_CLASSES_FILE = IMAGENET_CLASSES_RESOURCE  # inside the vmtl package
 
 
 @cache
 def _names() -> tuple[str, ...]:
-    text = resources.files("vmtl").joinpath(IMAGENET_CLASSES_FILE).read_text(encoding="utf-8")
-    names = tuple(line for line in text.splitlines() if line)
+    names = imagenet_labels()
     if len(names) != 1000:
         raise RuntimeError(f"vmtl/{IMAGENET_CLASSES_FILE} has {len(names)} names, expected 1000")
     return names

@@ -35,6 +35,7 @@ from ..tasks import TaskGraph
 from .backbone import VideoTrunk, build_videomae
 from .checkpoint import CheckpointError, save_weights
 from .config import ModelConfig, ModelConfigError
+from .frame_trunk import FrameTrunk, PretrainedHead, build_frame_trunk
 from .heads import TaskHead, build_head
 
 __all__ = ["HeadCall", "MultiTaskModel", "MultiTaskOutput", "run_heads"]
@@ -72,10 +73,12 @@ def run_heads(
 
 
 class MultiTaskModel(nn.Module):
-    """Frozen VideoMAE + VMT-Adapters (`.trunk`) and one `TaskHead` per task (`.heads`).
+    """Frozen VideoMAE + VMT-Adapters (`.trunk`), the graph's frame-wise image trunks (`.frame_trunks`,
+    frozen, no adapters) and one `TaskHead` per task (`.heads`) on its trunk's features.
 
     `cfg` is resolved on construction (`self.cfg` is complete and self-describing); with `cfg.checkpoint`
-    and `load_pretrained`, the trunk is initialised from that local HF VideoMAE directory.
+    and `load_pretrained`, the trunk is initialised from that local HF VideoMAE directory (and the frame
+    trunks from their pretrained weights; a saved vmtl checkpoint carries all of them).
     """
 
     def __init__(
@@ -95,18 +98,30 @@ class MultiTaskModel(nn.Module):
         self.graph = graph
         self.cfg = cfg
         self.pretrained = cfg.checkpoint is not None
-        self.trunk = VideoTrunk(hf, cfg, graph.tasks, head_norm)
+        self.video_trunk_name = graph.trunks[0].name
+        video_tasks = [t for t in graph.tasks if graph.trunk_of(t.name) == self.video_trunk_name]
+        self.trunk = VideoTrunk(hf, cfg, video_tasks, head_norm)
+        self.frame_trunks = nn.ModuleDict(
+            {
+                spec.name: build_frame_trunk(spec, graph.preprocess, load_pretrained=load_pretrained)
+                for spec in graph.trunks[1:]
+            }
+        )
         factory = (lambda: copy.deepcopy(self.trunk.blocks[-1].layer)) if cfg.dlm_layer == "trunk" else None
-        heads: dict[str, TaskHead] = {}
+        heads: dict[str, TaskHead | PretrainedHead] = {}
         for stage in graph.stages():
             for name in stage:
                 task = graph.task(name)
+                frames = self.frame_trunk(name)
+                if frames is not None and task.pretrained:
+                    heads[name] = PretrainedHead(task, frames.net.classifier, frames.num_frames)
+                    continue
                 heads[name] = build_head(
                     task,
                     cfg,
-                    feature_dim=width,
-                    temporal_tokens=self.trunk.temporal_tokens,
-                    grid=self.trunk.grid(name),
+                    feature_dim=width if frames is None else frames.feature_dim,
+                    temporal_tokens=self.trunk.temporal_tokens if frames is None else frames.num_frames,
+                    grid=self.trunk.grid(name) if frames is None else 1,
                     aux_dims={a: heads[a].dim for a in task.auxiliaries},
                     frozen_block_factory=factory,
                 )
@@ -122,9 +137,29 @@ class MultiTaskModel(nn.Module):
     def temporal_tokens(self) -> int:
         return self.trunk.temporal_tokens
 
+    def frame_trunk(self, task: str) -> FrameTrunk | None:
+        """The frames trunk whose tokens `task`'s head reads, or None for a task on the VideoMAE trunk."""
+        name = self.graph.trunk_of(task)
+        return None if name == self.video_trunk_name else self.frame_trunks[name]  # type: ignore[return-value]
+
     def feature_shape(self, task: str) -> tuple[int, int]:
         """(N', D) of `feat_<task>`."""
+        frames = self.frame_trunk(task)
+        if frames is not None:
+            return frames.num_frames, frames.feature_dim
         return self.trunk.feature_tokens(task), self.trunk.hidden_size
+
+    def features(self, video: Tensor, tasks: Sequence[str]) -> dict[str, Tensor]:
+        """{task: trunk features} for `tasks`: each trunk they need runs once (the frames trunks frozen)."""
+        on_video = [n for n in tasks if self.graph.trunk_of(n) == self.video_trunk_name]
+        feats = self.trunk(video, on_video) if on_video else {}
+        for name, frames in self.frame_trunks.items():
+            mine = [n for n in tasks if self.graph.trunk_of(n) == name]
+            if mine:
+                with torch.no_grad():
+                    tokens = frames.tokens(video)  # type: ignore[operator]
+                feats.update(dict.fromkeys(mine, tokens))
+        return feats
 
     def repr_shape(self, task: str) -> tuple[int, int]:
         """(P, head width) of a head's `repr`."""
@@ -155,7 +190,7 @@ class MultiTaskModel(nn.Module):
     def run(self, video: Tensor, tasks: Sequence[str] | None = None) -> MultiTaskOutput:
         """One trunk pass, then the needed heads in stage order; returns everything computed."""
         names = self.required_tasks(tasks)
-        feats = self.trunk(video, names)
+        feats = self.features(video, names)
 
         def call(n: str, features: Tensor, aux: list[Tensor]) -> tuple[Tensor, Tensor]:
             # Detached: a task's DLMs train on its own loss only, never through another task's DLMs.
@@ -235,6 +270,7 @@ class MultiTaskModel(nn.Module):
             return sum(p.numel() for p in {id(p): p for p in ps}.values())
 
         trunk = count(self.trunk.backbone_parameters())
+        frame_trunks = {n: count(list(t.parameters())) for n, t in self.frame_trunks.items()}
         adapters = count(self.trunk.adapter_parameters())
         task_specific = count(self.trunk.task_specific_parameters())
         heads = {n: count(h.head_parameters()) for n, h in self.heads.items()}  # type: ignore[union-attr]
@@ -248,6 +284,7 @@ class MultiTaskModel(nn.Module):
         trainable_parts = adapters + task_specific + sum(heads.values()) + dlms_total
         return {
             "trunk": trunk,
+            "frame_trunks": frame_trunks,
             "adapters": adapters,
             "task_specific": task_specific,
             "heads": heads,
@@ -285,6 +322,12 @@ class MultiTaskModel(nn.Module):
                 feats = self.trunk(video)
             trunk = fc.get_total_flops()
             adapters = _module_flops(fc, r"\.blocks\.\d+\.adapter$")
+            frame_trunks: dict[str, int] = {}
+            for name in self.frame_trunks:
+                tasks = self.graph.trunk_tasks(name)
+                with FlopCounterMode(display=False) as fc:
+                    feats.update(self.features(video, tasks))
+                frame_trunks[name] = fc.get_total_flops()
             heads: dict[str, int] = {}
             dlms: dict[str, int] = {}
 
@@ -305,6 +348,7 @@ class MultiTaskModel(nn.Module):
             "batch": batch,
             "trunk": trunk,
             "trunk_adapters": adapters,
+            "frame_trunks": frame_trunks,
             "heads": heads,
             "dlms": dlms,
             "heads_total": total_heads,

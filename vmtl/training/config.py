@@ -112,13 +112,13 @@ def load_config(
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    unknown = set(raw) - {"name", "seed", "data_root", "preprocess", "tasks", "model", "train"}
+    unknown = set(raw) - {"name", "seed", "data_root", "preprocess", "trunks", "tasks", "model", "train"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}")
     root = Path(data_root if data_root is not None else raw.get("data_root", "data"))
     try:
         graph = TaskGraph.from_dict(
-            {k: raw[k] for k in ("name", "preprocess", "tasks") if k in raw},
+            {k: raw[k] for k in ("name", "preprocess", "trunks", "tasks") if k in raw},
             base_dir=path.parent,
             data_root=root,
         )

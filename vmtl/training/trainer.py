@@ -91,6 +91,7 @@ def load_splits(cfg: TrainConfig, num_tokens: int, split: str, progress: bool) -
     return {
         t.name: load_clipset(cfg.data_root, t, split, cfg.graph.preprocess, num_tokens, progress=progress)
         for t in cfg.graph.tasks
+        if not t.pretrained  # a pretrained head has no training data
     }
 
 
@@ -114,6 +115,7 @@ def build_losses(cfg: TrainConfig, train: dict[str, ClipSet]) -> dict[str, TaskL
     return {
         t.name: build_loss(t, embed_loss=cfg.train.embed_loss, targets=train[t.name].targets)
         for t in cfg.graph.tasks
+        if t.name in train
     }
 
 
@@ -134,6 +136,8 @@ def evaluate(
     """Held-out metrics of every task (with its chance level, for reading the table)."""
     out = {}
     for t in model.graph.tasks:
+        if t.name not in val:  # a pretrained head: no held-out data
+            continue
         m = task_metrics(t, predict(model, val[t.name], t.name, batch_size), val[t.name])
         m["chance"] = chance_level(t, val[t.name])
         out[t.name] = m
@@ -253,7 +257,11 @@ class Trainer:
     def _run_stage(self, stage: int) -> None:
         sc = self.cfg.train.stage(stage)
         self.model.set_stage(stage)
-        tasks = [t.name for t in self.cfg.graph.tasks if stage != 2 or (t.auxiliaries and self.cfg.model.dlm)]
+        tasks = [
+            t.name
+            for t in self.cfg.graph.tasks
+            if not t.pretrained and (stage != 2 or (t.auxiliaries and self.cfg.model.dlm))
+        ]
         if self.increment is not None:
             restrict_to_increment(self.model, self.increment)
             tasks = self._trained(tasks)

