@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vmtl.tasks import TaskGraph
+from vmtl.tasks import TaskGraph, imagenet_labels
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -55,8 +55,16 @@ def test_quick_demo_end_to_end(quick_demo: QuickDemo) -> None:
     for i, step in enumerate(("data", "train", "export", "serve", "analyse"), start=1):
         assert f"[{i}/5] {step}: done in" in out
     graph = TaskGraph.load(workdir / "checkpoint" / "task_graph.yaml")
-    assert len(graph.tasks) == 7 and graph.preprocess.num_frames == 4
+    assert len(graph.tasks) == 8 and graph.preprocess.num_frames == 4
+    assert graph.trunk_names == ["video", "image"]
     _assert_results_printed(out, quick_demo.video, graph)
+    # The real-knowledge task: the image trunk's ImageNet classifier names ImageNet classes.
+    scene = re.search(
+        r"^\s+scene\s+classify\s+(.+)$", out.split(f"{quick_demo.video}  [bytes mode", 1)[1], re.M
+    )
+    assert scene is not None
+    top = scene.group(1).split(",")[0].rsplit(" ", 1)[0].strip()
+    assert top in imagenet_labels(), scene.group(1)
     assert "3 windows of 4 s over 0.00-10.00 s" in out and "Triton stopped" in out
     assert (workdir / "repository" / "vmtl.json").is_file() and (workdir / "tritonserver.log").is_file()
     assert f"vmtl serve {workdir / 'repository'}" in out
