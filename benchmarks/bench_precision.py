@@ -46,9 +46,10 @@ SECTION = "## Trunk precision (runtime x precision)"
 def _graph(num_frames: int, size: int) -> Any:
     import yaml
 
+    from vmtl.demo.config import video_trunk_only
     from vmtl.tasks import TaskGraph
 
-    spec = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    spec = video_trunk_only(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
     tasks = []
     for t in spec["tasks"]:
         t = dict(t)
@@ -81,7 +82,7 @@ def demo_checkpoint(work: Path) -> tuple[Path, Path]:
     import yaml
 
     from vmtl.cli import main as vmtl
-    from vmtl.demo import quick_spec
+    from vmtl.demo.config import quick_spec, video_trunk_only
     from vmtl.training.config import load_config
     from vmtl.training.trainer import Trainer
 
@@ -101,7 +102,7 @@ def demo_checkpoint(work: Path) -> tuple[Path, Path]:
         ]
         assert vmtl([*argv, "--quiet"]) == 0
     if not (ckpt / "model.safetensors").is_file():
-        spec = quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
+        spec = video_trunk_only(quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())))
         spec["data_root"] = str(data)
         (work / "config.yaml").write_text(yaml.safe_dump(spec))
         Trainer(load_config(work / "config.yaml"), ckpt, progress=False, log=lambda _m: None).run()

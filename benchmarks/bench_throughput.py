@@ -44,11 +44,12 @@ def small_checkpoint(out: Path) -> Path:
     """A random-init ``small`` (ViT-S/16) model of the demo graph at 16 x 112 px, saved as a checkpoint dir."""
     import yaml
 
+    from vmtl.demo.config import video_trunk_only
     from vmtl.models.config import ModelConfig
     from vmtl.models.multitask import MultiTaskModel
     from vmtl.tasks import TaskGraph
 
-    spec = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    spec = video_trunk_only(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
     data = ROOT / ".cache" / "demo" / "data"
     tasks = []
     for t in spec["tasks"]:

@@ -91,27 +91,18 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def single_trunk(spec: dict[str, Any]) -> dict[str, Any]:
-    """A training config spec without its trunks section and the tasks on trunks after the first (the
-    demo's seven synthetic tasks on the VideoMAE trunk; tests/test_multi_trunk.py covers the others)."""
-    trunks = spec.get("trunks") or []
-    first = trunks[0]["name"] if trunks else None
-    tasks = [t for t in spec["tasks"] if t.get("trunk") in (None, first)]
-    return {**{k: v for k, v in spec.items() if k != "trunks"}, "tasks": tasks}
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint directory (model.safetensors, task_graph.yaml, config.yaml...) of configs/demo.yaml's
     seven tasks on its VideoMAE trunk, shrunk as `vmtl demo --quick` shrinks it (tiny trunk, 4 frames x 32 px, a few steps). Treat it as read-only."""
     import yaml
 
-    from vmtl.demo.config import quick_spec
+    from vmtl.demo.config import quick_spec, video_trunk_only
     from vmtl.training.config import load_config
     from vmtl.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("tiny-checkpoint")
-    spec = single_trunk(
+    spec = video_trunk_only(
         quick_spec(
             yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
         )

@@ -192,10 +192,11 @@ def test_example_manifests_are_current(tmp_path: Path) -> None:
     """deploy/k8s/example/ is what `vmtl deploy k8s` writes for the demo's task graph (see its README)."""
     spec = yaml.safe_load((ROOT / "vmtl" / "configs" / "demo.yaml").read_text())
     tasks = tuple(t["name"] for t in spec["tasks"])
+    trunks = ["backbone", *(f"backbone_{t['name']}" for t in spec.get("trunks", [])[1:])]
     served = ServedRepository(
         flavour="native",
         models=tuple(
-            sorted(["backbone", "video_decode", "vmtl_clip", "vmtl_video", *(f"head_{t}" for t in tasks)])
+            sorted([*trunks, "video_decode", "vmtl_clip", "vmtl_video", *(f"head_{t}" for t in tasks)])
         ),
         tasks=tasks,
         trunk="backbone",

@@ -23,13 +23,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import single_trunk
 from safetensors.torch import load_file
 
 from vmtl.client import VmtlClient
 from vmtl.client.client import UnknownTaskError
 from vmtl.contract import BACKBONE, HEADS_MODEL, Manifest, validate_repository
-from vmtl.demo.config import quick_spec
+from vmtl.demo.config import quick_spec, video_trunk_only
 from vmtl.export.generations import HISTORY_FILE
 from vmtl.export.onnx import export_checkpoint
 from vmtl.models.checkpoint import CheckpointError
@@ -42,7 +41,7 @@ A, B, C = "motion", "object", "tags"  # C reads B's representation through its D
 
 
 def _spec(data: Path, tasks: set[str]) -> dict:
-    spec = single_trunk(
+    spec = video_trunk_only(
         quick_spec(
             yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
         )

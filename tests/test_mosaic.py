@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import single_trunk
 
 from vmtl.data.images import load_images
 from vmtl.data.mosaic import MosaicError, ObjectMosaic
 from vmtl.data.synth import SynthConfig, _Planner
-from vmtl.demo.config import quick_spec
+from vmtl.demo.config import quick_spec, video_trunk_only
 from vmtl.training.config import ConfigError, load_config
 from vmtl.training.trainer import MOSAIC, Trainer
 
@@ -60,7 +59,7 @@ def test_mosaic_needs_synthetic_data_of_the_same_classes(tiny_data: Path, tmp_pa
 
 
 def _config(tmp: Path, data: Path, **train: object) -> Path:
-    spec = single_trunk(quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())))
+    spec = video_trunk_only(quick_spec(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())))
     spec["data_root"] = str(data)
     spec["train"] = {
         "stage0": {"steps": 6, "batch_size": 2, "warmup": 1},

@@ -80,7 +80,7 @@ def test_packaged_demo_config_loads(wheel: Path, tmp_path: Path) -> None:
             (data / task["data"]).mkdir(parents=True)
             (data / task["data"] / task["labels_file"]).write_text("a\nb\nc\n")
     cfg = load_config(packaged, data_root=data)
-    assert cfg.name == "demo" and len(cfg.graph.tasks) == 7 and cfg.data_root == data
+    assert cfg.name == "demo" and len(cfg.graph.tasks) == 8 and cfg.data_root == data
 
 
 def test_installed_wheel_finds_its_demo_config(wheel: Path, tmp_path: Path) -> None:

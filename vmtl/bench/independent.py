@@ -1,7 +1,8 @@
 """The "K independent single-task models" deployment, written next to a repository for the same server.
 
 For every task ``t`` it adds ``single_<t>_backbone`` (a copy of the trunk model: its own instance, its own
-dynamic batcher, its own python-backend process in the ``cpu`` flavour) and the ensemble ``single_<t>``
+dynamic batcher, its own python-backend process in the ``cpu`` flavour; ``single_<t>_backbone_<trunk>``
+for each other trunk ``t`` needs) and the ensemble ``single_<t>``
 (clip -> that trunk -> the heads ``t`` needs -> output ``t``). That is what a user serving each task on
 its own would run: one trunk pass per task and clip. The head models are shared between the two
 deployments: they are well under 1% of the trunk's FLOPs, so sharing them does not flatter the baseline.
@@ -16,7 +17,14 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, HEADS_MODEL, head_model, load_configs, validate_repository
+from vmtl.contract import (
+    CLIP_ENSEMBLE,
+    fused_heads_groups,
+    head_model,
+    load_configs,
+    trunk_model,
+    validate_repository,
+)
 from vmtl.tasks import TaskGraph
 
 SINGLE_PREFIX = "single_"
@@ -54,31 +62,43 @@ def write_independent_repository(repo: Path, out: Path, graph: TaskGraph, tasks:
         else:
             shutil.copy2(entry, out / entry.name)
     configs = load_configs(repo)
-    trunk_cfg, clip_cfg = configs[BACKBONE], configs[CLIP_ENSEMBLE]
+    clip_cfg = configs[CLIP_ENSEMBLE]
+    trunks = {trunk_model(graph, t): t for t in graph.trunk_names}
+    fused = {m for m in fused_heads_groups(graph) if m in configs}  # fused heads models, if any
     for task in tasks:
-        name, trunk_name = single_model(task), f"{single_model(task)}_backbone"
-        _link_tree(repo / BACKBONE, out / trunk_name)
-        cfg = type(trunk_cfg)()
-        cfg.CopyFrom(trunk_cfg)
-        cfg.name = trunk_name
-        (out / trunk_name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
-
+        name = single_model(task)
         needed = graph.closure([task])
+        own_trunks = graph.trunks_for([task])
+        copies = {}
+        for model, trunk in trunks.items():
+            if trunk not in own_trunks:
+                continue
+            copies[model] = f"{name}_{model}"
+            _link_tree(repo / model, out / copies[model])
+            cfg = type(configs[model])()
+            cfg.CopyFrom(configs[model])
+            cfg.name = copies[model]
+            (out / copies[model] / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+
         heads = {head_model(n): n for n in needed}
         ens = type(clip_cfg)()
         ens.CopyFrom(clip_cfg)
         ens.name = name
         del ens.ensemble_scheduling.step[:]
         for step in clip_cfg.ensemble_scheduling.step:
-            if step.model_name == BACKBONE:
+            if step.model_name in trunks:
+                if step.model_name not in copies:  # a trunk this task does not need
+                    continue
                 new = ens.ensemble_scheduling.step.add()
                 new.CopyFrom(step)
-                new.model_name = trunk_name
-                if HEADS_MODEL in configs:  # the fused heads model takes every task's features
+                new.model_name = copies[step.model_name]
+                if fused:  # the fused heads model takes its tasks' features
                     continue
                 for key in [k for k in new.output_map if k.removeprefix("feat_") not in needed]:
                     del new.output_map[key]
-            elif step.model_name == HEADS_MODEL:  # fused: the request's vmtl_tasks says which heads run
+            elif step.model_name in fused:  # fused: the request's vmtl_tasks says which heads run
+                if task not in step.output_map:
+                    continue
                 new = ens.ensemble_scheduling.step.add()
                 new.CopyFrom(step)
                 for key in [k for k in new.output_map if k != task]:

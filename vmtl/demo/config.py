@@ -29,6 +29,16 @@ def quick_spec(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def video_trunk_only(spec: dict[str, Any]) -> dict[str, Any]:
+    """A training config spec without its `trunks:` section and the tasks on trunks after the first: the
+    demo's seven synthetic tasks on its VideoMAE trunk (what the tests' shared checkpoint and the serving
+    benchmarks measure; the image trunk has its own tests and benchmark)."""
+    trunks = spec.get("trunks") or []
+    first = trunks[0]["name"] if trunks else None
+    tasks = [t for t in spec["tasks"] if t.get("trunk") in (None, first)]
+    return {**{k: v for k, v in spec.items() if k != "trunks"}, "tasks": tasks}
+
+
 def default_config() -> Path:
     """The demo's training config, shipped as package data (vmtl/configs/demo.yaml)."""
     return Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

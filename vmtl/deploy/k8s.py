@@ -78,11 +78,12 @@ def read_repository(repo: Path) -> ServedRepository:
         repo = repo / "native"
     manifest = Manifest.read(repo)
     models = manifest.models
-    heads = [models.head(task) for task in manifest.tasks]
-    names = [models.backbone, models.video_decode, models.clip_ensemble, models.video_ensemble, *heads]
+    heads = list(dict.fromkeys(models.head(task) for task in manifest.tasks))
+    trunks = [models.trunk(t, manifest.graph) for t in manifest.graph.trunk_names]
+    names = [*trunks, models.video_decode, models.clip_ensemble, models.video_ensemble, *heads]
     python = [models.video_decode]
     if manifest.flavour != "native":  # the cpu flavour hosts ONNX Runtime in python-backend models
-        python += [models.backbone, *heads]
+        python += [*trunks, *heads]
     return ServedRepository(
         flavour=manifest.flavour,
         models=tuple(sorted(names)),

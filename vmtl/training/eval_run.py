@@ -20,11 +20,14 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"vmtl eval: {exc}", file=sys.stderr)
         return 1
-    names = args.tasks.split(",") if args.tasks else model.graph.names
+    graph = model.graph
+    names = args.tasks.split(",") if args.tasks else [t.name for t in graph.tasks if not t.pretrained]
     rows = {}
     for name in names:
         try:
-            task = model.graph.task(name)
+            task = graph.task(name)
+            if task.pretrained:
+                raise KeyError(f"task {name!r} is a pretrained head (no training data to evaluate on)")
             clips = load_clipset(args.data, task, args.split, model.graph.preprocess, model.temporal_tokens)
         except (KeyError, FileNotFoundError) as exc:
             print(f"vmtl eval: {exc}", file=sys.stderr)
