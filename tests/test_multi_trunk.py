@@ -232,3 +232,19 @@ def test_the_client_analyses_a_video_with_both_trunks(served: dict[str, object],
     scene = result.tasks["scene"]
     assert len(scene.top) == 3 and scene.top[0].label in imagenet_labels()
     assert set(result.tasks) == {"scene", "motion"}
+
+
+def test_the_independent_baseline_copies_only_the_trunks_a_task_needs(
+    two_trunk_repos: dict[str, Path], tmp_path: Path
+) -> None:
+    from vmtl.bench.independent import single_model, write_independent_repository
+    from vmtl.contract import load_configs
+
+    repo = two_trunk_repos["fused"]
+    graph = Manifest.read(repo).graph
+    out = write_independent_repository(repo, tmp_path / "ind", graph, graph.names)  # validates it
+    configs = load_configs(out)
+    steps = {t: [s.model_name for s in configs[single_model(t)].ensemble_scheduling.step] for t in graph.names}
+    assert steps["motion"] == ["single_motion_backbone", "heads"]
+    assert steps["scene"] == ["single_scene_backbone_image", "heads_image"]
+    assert steps["tags"] == ["single_tags_backbone", "single_tags_backbone_image", "heads_video_image"]
