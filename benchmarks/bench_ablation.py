@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vmtl.metrics.evaluate import primary
 from vmtl.training.config import load_config
-from vmtl.training.trainer import Trainer
+from vmtl.training.trainer import Trainer, load_trunk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import update_section
@@ -54,7 +54,9 @@ def run_variant(
             task["auxiliaries"] = auxiliaries.get(task["name"], task.get("auxiliaries", []))
         cfg.graph = type(cfg.graph).from_dict(spec)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, out, init_from=trunk, progress=True, log=lambda _m: None)
+    # The warmed-up trunk only (never an incremental run, even where the variant changes auxiliaries).
+    trainer = Trainer(cfg, out, progress=True, log=lambda _m: None)
+    load_trunk(trainer.model, trunk)
     trainer.run()
     report = trainer.model.parameter_report()
     return {

@@ -248,3 +248,16 @@ def test_the_independent_baseline_copies_only_the_trunks_a_task_needs(
     assert steps["motion"] == ["single_motion_backbone", "heads"]
     assert steps["scene"] == ["single_scene_backbone_image", "heads_image"]
     assert steps["tags"] == ["single_tags_backbone", "single_tags_backbone_image", "heads_video_image"]
+
+
+def test_adding_an_image_trunk_leaves_the_other_parts_initialisation_as_it_was(tiny_data: Path) -> None:
+    """A seeded run of the video-trunk tasks starts from the same weights with or without the image trunk."""
+    with_image = TaskGraph.from_text(TWO_TRUNKS, data_root=tiny_data)
+    without = with_image.subset(["motion"])
+    assert without.trunk_names == ["video"]
+    torch.manual_seed(0)
+    a = MultiTaskModel(without, ModelConfig(backbone="tiny")).state_dict()
+    torch.manual_seed(0)
+    b = MultiTaskModel(with_image, ModelConfig(backbone="tiny")).state_dict()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name

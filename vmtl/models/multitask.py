@@ -101,12 +101,15 @@ class MultiTaskModel(nn.Module):
         self.video_trunk_name = graph.trunks[0].name
         video_tasks = [t for t in graph.tasks if graph.trunk_of(t.name) == self.video_trunk_name]
         self.trunk = VideoTrunk(hf, cfg, video_tasks, head_norm)
-        self.frame_trunks = nn.ModuleDict(
-            {
-                spec.name: build_frame_trunk(spec, graph.preprocess, load_pretrained=load_pretrained)
-                for spec in graph.trunks[1:]
-            }
-        )
+        # The frames trunks are pretrained networks: built under a forked RNG so that adding one leaves
+        # every other part's random initialisation (and so a seeded training run) exactly as it was.
+        with torch.random.fork_rng(devices=[]):
+            self.frame_trunks = nn.ModuleDict(
+                {
+                    spec.name: build_frame_trunk(spec, graph.preprocess, load_pretrained=load_pretrained)
+                    for spec in graph.trunks[1:]
+                }
+            )
         factory = (lambda: copy.deepcopy(self.trunk.blocks[-1].layer)) if cfg.dlm_layer == "trunk" else None
         heads: dict[str, TaskHead | PretrainedHead] = {}
         for stage in graph.stages():
