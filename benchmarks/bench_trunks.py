@@ -145,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     text = (
         f"{SECTION}\n\n"
         f"Measured {time.strftime('%Y-%m-%d')} in one run on {cpu['model']} ({cpu['cpus']} CPUs; "
-        f"{' '.join(cpu['simd'])}), ONNX Runtime, {args.threads} threads, median of {args.repeats}; "
-        f"Python {platform.python_version()}.\n\n`python benchmarks/bench_trunks.py`\n\n{table}\n"
+        f"{' '.join(cpu['simd'])}), ONNX Runtime, {args.threads} thread(s), median of {args.repeats}; "
+        f"Python {platform.python_version()}.\n\n"
+        f"`python benchmarks/bench_trunks.py --threads {args.threads} --repeats {args.repeats}`\n\n{table}\n"
     )
     update_section(SECTION, text)
     return 0

@@ -244,7 +244,9 @@ def test_the_independent_baseline_copies_only_the_trunks_a_task_needs(
     graph = Manifest.read(repo).graph
     out = write_independent_repository(repo, tmp_path / "ind", graph, graph.names)  # validates it
     configs = load_configs(out)
-    steps = {t: [s.model_name for s in configs[single_model(t)].ensemble_scheduling.step] for t in graph.names}
+    steps = {
+        t: [s.model_name for s in configs[single_model(t)].ensemble_scheduling.step] for t in graph.names
+    }
     assert steps["motion"] == ["single_motion_backbone", "heads"]
     assert steps["scene"] == ["single_scene_backbone_image", "heads_image"]
     assert steps["tags"] == ["single_tags_backbone", "single_tags_backbone_image", "heads_video_image"]
@@ -261,3 +263,33 @@ def test_adding_an_image_trunk_leaves_the_other_parts_initialisation_as_it_was(t
     b = MultiTaskModel(with_image, ModelConfig(backbone="tiny")).state_dict()
     for name, value in a.items():
         assert torch.equal(value, b[name]), name
+
+
+@pytest.mark.triton
+def test_bench_measures_a_two_trunk_repository(two_trunk_repos: dict[str, Path], tmp_path: Path) -> None:
+    """`vmtl bench` on a two-trunk repository: the ensemble asked for `scene` runs only the image trunk,
+    the trunk configuration measures `backbone` (the first trunk), and the independent baseline gives
+    each task copies of the trunks it needs."""
+    import csv
+
+    from vmtl.cli import main
+
+    out = tmp_path / "out"
+    argv = ["bench", str(two_trunk_repos["fused"]), "--tasks", "scene,motion", "--concurrency", "1"]
+    argv += [
+        "--requests",
+        "2",
+        "--warmup",
+        "1",
+        "--configs",
+        "triton-ensemble,triton-trunk,triton-independent",
+    ]
+    argv += ["--perf-analyzer", "off", "--no-plot", "--no-peak", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    with open(out / "bench_composing.csv") as f:
+        rows = list(csv.DictReader(f))
+    ens = {r["Model"] for r in rows if r["Configuration"] == "triton vmtl_clip, 2 tasks"}
+    assert ens == {"vmtl_clip", "backbone", "backbone_image", "heads", "heads_image"}
+    ind = {r["Model"]: r["Requests"] for r in rows if r["Configuration"] == "triton 2 independent models"}
+    assert ind["single_scene_backbone_image"] == "2" and ind["single_motion_backbone"] == "2"
+    assert "single_scene_backbone" not in ind

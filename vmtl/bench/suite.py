@@ -310,7 +310,8 @@ def _triton_call(
     if config == "triton-ensemble":
         return (triton.infer(CLIP_ENSEMBLE, video, tasks, tasks), CLIP_ENSEMBLE, triton.stats)
     if config == "triton-trunk":
-        feats = [feat_output(n) for n in repo.graph.names]
+        graph = repo.graph  # the first trunk (`backbone`); other trunks' tasks have no output there
+        feats = [feat_output(n) for n in graph.trunk_tasks(graph.trunk_names[0])]
         return (triton.infer(BACKBONE, video, feats), BACKBONE, triton.stats)
     missing = [t for t in tasks if not triton.ready(single_model(t))]
     if missing:
