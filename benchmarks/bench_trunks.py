@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ from vmtl.runtime import cores, ort_session
 from vmtl.tasks import TaskGraph
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_precision import cpu_info
+from bench_precision import _latency, cpu_info
 from results import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,15 +66,8 @@ def build(setting: dict[str, Any]) -> MultiTaskModel:
 
 
 def time_session(path: Path, clips: np.ndarray, threads: int, repeats: int) -> float:
-    sess = ort_session(path, threads=threads)
-    names = [o.name for o in sess.get_outputs()]
-    sess.run(names, {"video": clips})
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(names, {"video": clips})
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    """Median milliseconds of one ``clips`` batch through ``path`` in ONNX Runtime."""
+    return _latency(ort_session(path, threads=threads), clips, repeats)
 
 
 def flops(module: torch.nn.Module, clip: torch.Tensor) -> float:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..tasks import Preprocess, TaskSpec, TrunkSpec
 from .efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
+from .heads import check_features
 
 __all__ = [
     "LITE_MEAN",
@@ -158,11 +159,7 @@ class PretrainedHead(nn.Module):
     def forward(
         self, features: Tensor, aux_reprs: Sequence[Tensor] | None = None, *, use_dlm: bool | None = None
     ) -> tuple[Tensor, Tensor]:
-        if features.dim() != 3 or tuple(features.shape[1:]) != (self.num_features, self.feature_dim):
-            raise ValueError(
-                f"head {self.task.name!r} expects features [B, {self.num_features}, {self.feature_dim}], "
-                f"got {list(features.shape)}"
-            )
+        check_features(self.task.name, features, self.num_features, self.feature_dim)
         pooled = features.mean(dim=1)
         return self.classifier(pooled), pooled.unsqueeze(1)
 

@@ -33,6 +33,14 @@ from .dlm import DoubleLayerMapper
 from .layers import TransformerBlock, init_linear
 
 
+def check_features(task: str, features: Tensor, num_features: int, feature_dim: int) -> None:
+    """ValueError unless ``features`` is [B, num_features, feature_dim] (what a head of ``task`` reads)."""
+    if features.dim() != 3 or tuple(features.shape[1:]) != (num_features, feature_dim):
+        raise ValueError(
+            f"head {task!r} expects features [B, {num_features}, {feature_dim}], got {list(features.shape)}"
+        )
+
+
 class TaskHead(nn.Module):
     """The head of one task: `forward(features, aux_reprs) -> (output, repr)`."""
 
@@ -157,11 +165,7 @@ class TaskHead(nn.Module):
         self, features: Tensor, aux_reprs: Sequence[Tensor] | None = None, *, use_dlm: bool | None = None
     ) -> tuple[Tensor, Tensor]:
         """features [B, N', D] (+ one [B, P, d] representation per auxiliary) -> (output, repr [B, P, dim])."""
-        if features.dim() != 3 or tuple(features.shape[1:]) != (self.num_features, self.feature_dim):
-            raise ValueError(
-                f"head {self.task.name!r} expects features [B, {self.num_features}, {self.feature_dim}], "
-                f"got {list(features.shape)}"
-            )
+        check_features(self.task.name, features, self.num_features, self.feature_dim)
         use = self.dlm_enabled if use_dlm is None else use_dlm
         batch = features.shape[0]
         x = self.in_proj(features) + self.pos
