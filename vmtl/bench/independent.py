@@ -91,11 +91,7 @@ def write_independent_repository(repo: Path, out: Path, graph: TaskGraph, tasks:
                     continue
                 new = ens.ensemble_scheduling.step.add()
                 new.CopyFrom(step)
-                new.model_name = copies[step.model_name]
-                if fused:  # the fused heads model takes its tasks' features
-                    continue
-                for key in [k for k in new.output_map if k.removeprefix("feat_") not in needed]:
-                    del new.output_map[key]
+                new.model_name = copies[step.model_name]  # outputs no kept step reads: trimmed below
             elif step.model_name in fused:  # fused: the request's vmtl_tasks says which heads run
                 if task not in step.output_map:
                     continue
@@ -112,6 +108,11 @@ def write_independent_repository(repo: Path, out: Path, graph: TaskGraph, tasks:
                     heads[step.model_name] in graph.task(n).auxiliaries for n in needed
                 ):
                     del new.output_map["repr"]
+        read = {t for st in ens.ensemble_scheduling.step for t in st.input_map.values()}
+        for st in ens.ensemble_scheduling.step:  # Triton refuses an ensemble tensor nothing reads
+            if st.model_name in copies.values():
+                for key in [k for k, t in st.output_map.items() if t not in read]:
+                    del st.output_map[key]
         kept = [o for o in clip_cfg.output if o.name == task]
         del ens.output[:]
         ens.output.extend(kept)
