@@ -293,3 +293,21 @@ def test_bench_measures_a_two_trunk_repository(two_trunk_repos: dict[str, Path],
     ind = {r["Model"]: r["Requests"] for r in rows if r["Configuration"] == "triton 2 independent models"}
     assert ind["single_scene_backbone_image"] == "2" and ind["single_motion_backbone"] == "2"
     assert "single_scene_backbone" not in ind
+
+
+def test_fused_heads_names_that_would_collide_are_a_clear_error() -> None:
+    from vmtl.contract import RepositoryError
+
+    graph = TaskGraph.from_text(
+        """
+trunks: [{name: v}, {name: a, kind: frames}, {name: b_c, kind: frames}, {name: a_b, kind: frames},
+         {name: c, kind: frames}]
+tasks:
+  - {name: t1, kind: regress, trunk: a_b}
+  - {name: t2, kind: regress, trunk: c, auxiliaries: [t1]}
+  - {name: t3, kind: regress, trunk: a}
+  - {name: t4, kind: regress, trunk: b_c, auxiliaries: [t3]}
+"""
+    )
+    with pytest.raises(RepositoryError, match="both be named 'heads_a_b_c'"):
+        fused_heads_groups(graph)

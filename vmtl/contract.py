@@ -176,9 +176,15 @@ def fused_heads_groups(graph: TaskGraph) -> dict[str, list[str]]:
     (its own and its auxiliaries'): ``heads`` for the tasks that need only the first trunk, else
     ``heads_<trunk>_<trunk>...``. So a request runs a trunk only if an asked task needs it."""
     groups: dict[str, list[str]] = {}
+    sets: dict[str, list[str]] = {}
     for task in graph.names:
         trunks = graph.trunks_for([task])
         name = HEADS_MODEL if trunks == graph.trunk_names[:1] else "_".join([HEADS_MODEL, *trunks])
+        if sets.setdefault(name, trunks) != trunks:  # e.g. trunks "a" + "b_c" and "a_b" + "c"
+            raise RepositoryError(
+                f"the fused heads of trunks {sets[name]} and of trunks {trunks} would both be named "
+                f"{name!r}: rename a trunk (or export with --heads separate)"
+            )
         groups.setdefault(name, []).append(task)
     return groups
 
