@@ -311,3 +311,29 @@ tasks:
     )
     with pytest.raises(RepositoryError, match="both be named 'heads_a_b_c'"):
         fused_heads_groups(graph)
+
+
+def test_int8_quantises_the_first_trunk_and_keeps_the_image_trunk_fp32(
+    two_trunk_checkpoint: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    from vmtl.export.onnx import export_checkpoint
+    from vmtl.export.quantize import GateRefused
+
+    try:
+        report = export_checkpoint(
+            two_trunk_checkpoint,
+            tmp_path / "repo",
+            int8=True,
+            data_root=tiny_data,
+            max_drop=1.0,
+            max_mae_increase=10.0,
+        )
+    except GateRefused as exc:  # a gate this loose refuses nothing
+        pytest.fail(f"the int8 gate refused: {exc}")
+    precision = {m.name: m.precision for m in report.models}
+    assert precision["backbone"] == "int8" and precision["backbone_image"] == "fp32"
+    assert report.int8 is not None and {r.task for r in report.int8.tasks} == {
+        "motion",
+        "tags",
+    }  # scene: no data
+    assert Manifest.read(tmp_path / "repo").metadata.to_dict()["precision"]["backbone"] == "int8"
