@@ -193,6 +193,7 @@ class OrtPipeline:
         self._trunk_fn: TrunkRunner | None = trunk if callable(trunk) else None
         #: The other trunks' sessions, by trunk name.
         self.frame_trunks = dict(frame_trunks)
+        self._trunk_of = {n: graph.trunk_of(n) for n in graph.names}
         self.heads = dict(heads)
 
     def trunk_outputs(self, video: np.ndarray) -> dict[str, np.ndarray]:
@@ -210,7 +211,7 @@ class OrtPipeline:
         video = np.ascontiguousarray(video, dtype=np.uint8)
         first = self.graph.trunk_names[0]
         outputs: dict[str, np.ndarray] = {}
-        on_video = [n for n in names if self.graph.trunk_of(n) == first]
+        on_video = [n for n in names if self._trunk_of[n] == first]
         if on_video and self._trunk_fn is not None:
             outputs.update(self.trunk_outputs(video))
         elif on_video:
@@ -218,7 +219,7 @@ class OrtPipeline:
             wanted = list(dict.fromkeys(self.feature_output[n] for n in on_video))
             outputs.update(zip(wanted, self.trunk.run(wanted, {VIDEO_INPUT: video}), strict=True))
         for trunk in self.graph.trunk_names[1:]:
-            wanted = [self.feature_output[n] for n in names if self.graph.trunk_of(n) == trunk]
+            wanted = [self.feature_output[n] for n in names if self._trunk_of[n] == trunk]
             if not wanted:
                 continue
             if trunk not in self.frame_trunks:

@@ -89,7 +89,13 @@ from vmtl.export.quantize import (
     quantize_model,
 )
 from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_DELAY_US, write_repository
-from vmtl.export.taps import head_fingerprints, task_fingerprints, trunk_core_fingerprint
+from vmtl.export.taps import (
+    hash_state,
+    head_fingerprints,
+    task_fingerprints,
+    tensor_bytes,
+    trunk_core_fingerprint,
+)
 from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
 from vmtl.export.wrappers import (
     FrameTrunkExport,
@@ -260,10 +266,6 @@ class _Progress:
 # Fingerprint, clips
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-
-
 def trunk_fingerprint(model: MultiTaskModel) -> dict[str, Any]:
     """SHA-256 of everything the trunk ONNX depends on, overall and per part.
 
@@ -284,11 +286,11 @@ def trunk_fingerprint(model: MultiTaskModel) -> dict[str, Any]:
             part = "backbone"
         h = parts[part]
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
+        h.update(tensor_bytes(t))
     for name, buf in sorted(trunk.named_buffers()):
         if name not in state:  # non-persistent: normalisation constants, pooling matrices
             parts["layout"].update(f"{name}|{tuple(buf.shape)}|".encode())
-            parts["layout"].update(_tensor_bytes(buf))
+            parts["layout"].update(tensor_bytes(buf))
     skip = ("head_", "dlm", "track_readout", "embed_normalize", "checkpoint", "backbone")
     layout = {
         "tasks": list(model.graph.names),
@@ -299,9 +301,7 @@ def trunk_fingerprint(model: MultiTaskModel) -> dict[str, Any]:
     if model.frame_trunks:  # the other trunks are frozen pretrained networks: one part for all of them
         parts["frame_trunks"] = hashlib.sha256()
         for name, t in sorted(model.frame_trunks.items()):
-            for key, value in sorted(t.state_dict().items()):
-                parts["frame_trunks"].update(f"{name}|{key}|{tuple(value.shape)}|".encode())
-                parts["frame_trunks"].update(_tensor_bytes(value))
+            hash_state(parts["frame_trunks"], t.state_dict(), prefix=f"{name}|")
     digests = {k: h.hexdigest() for k, h in parts.items()}
     overall = hashlib.sha256("".join(digests[k] for k in sorted(digests)).encode()).hexdigest()
     return {
@@ -1047,15 +1047,8 @@ def _write_flavour(
         graph,
         trunk_file,
         heads,
-        flavour=fl,
-        max_batch_size=loaded.max_batch_size,
+        **_serving_options(plan, loaded, fl, meta, layout, threads),
         trunk_plan=trunk_plan,
-        cpu_threads=threads if fl == "cpu" else None,
-        metadata=meta,
-        max_queue_size=plan.max_queue_size,
-        queue_delay_us=plan.queue_delay_us,
-        heads=layout,  # type: ignore[arg-type]
-        cache=plan.cache,
         backbone_variants=(
             [(v.runtime, v.precision, v.file) for v in variants.accepted] if variants else kept_variants[0]
         ),
@@ -1130,14 +1123,7 @@ def _write_live(
         graph,
         target / BACKBONE / "1" / "model.onnx",
         heads,
-        flavour=fl,  # type: ignore[arg-type]
-        max_batch_size=loaded.max_batch_size,
-        cpu_threads=threads if fl == "cpu" else None,
-        metadata=meta,
-        max_queue_size=plan.max_queue_size,
-        queue_delay_us=plan.queue_delay_us,
-        heads=layout,  # type: ignore[arg-type]
-        cache=plan.cache,
+        **_serving_options(plan, loaded, fl, meta, layout, threads),
         backbone_variants=kept_variants[0],
         backbone_files=kept_variants[1],
         tap_tasks=loaded.tap_tasks,
@@ -1157,6 +1143,22 @@ def _write_live(
         f"the previous generation is kept for `vmtl reload --rollback`"
     )
     return _model_reports(target, fl, graph, ship.precision[fl], ship.parity[fl], True)
+
+
+def _serving_options(
+    plan: _Plan, loaded: _Loaded, fl: str, meta: dict[str, Any], layout: str, threads: int | None
+) -> dict[str, Any]:
+    """The :func:`write_repository` options a full and a heads-only export of flavour ``fl`` share."""
+    return {
+        "flavour": fl,
+        "max_batch_size": loaded.max_batch_size,
+        "cpu_threads": threads if fl == "cpu" else None,
+        "metadata": meta,
+        "max_queue_size": plan.max_queue_size,
+        "queue_delay_us": plan.queue_delay_us,
+        "heads": layout,
+        "cache": plan.cache,
+    }
 
 
 def _head_layout(plan: _Plan, loaded: _Loaded, flavour: str) -> str:

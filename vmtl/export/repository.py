@@ -48,7 +48,6 @@ from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
     HEAD_LAYOUTS,
-    HEADS_MODEL,
     MANIFEST,
     PARAM_GRAPH,
     PARAM_HEAD_TASKS,
@@ -540,12 +539,11 @@ def _model_configs(
     for name, frame_trunk in (frames or {}).items():
         model = trunk_model(graph, name)
         configs[model] = _backbone_config(graph, frame_trunk, opts, model)
-    if opts.fused and frames:
-        feats = {**trunk.feats, **{t: sig for f in frames.values() for t, sig in f.feats.items()}}
+    if opts.fused:
+        feats = {**trunk.feats, **{t: sig for f in (frames or {}).values() for t, sig in f.feats.items()}}
         for model, owned in fused_heads_groups(graph).items():
-            configs[model] = _group_heads_config(graph, model, owned, feats, heads, shared, opts)
-    elif opts.fused:
-        configs[HEADS_MODEL] = _fused_heads_config(graph, trunk, heads, shared, opts)
+            inputs = _group_inputs(graph, owned, feats) if frames else _fused_inputs(graph, trunk, opts)
+            configs[model] = _fused_heads_config(graph, model, owned, inputs, heads, shared, opts)
     else:
         for name in graph.names:
             configs[head_model(name)] = _head_config(heads[name], opts)
@@ -605,27 +603,30 @@ def _head_config(head: _Head, opts: _Options) -> mc.ModelConfig:
 
 
 def _fused_heads_config(
-    graph: TaskGraph, trunk: _Trunk, heads: Mapping[str, _Head], shared: Mapping[str, str], opts: _Options
+    graph: TaskGraph,
+    model: str,
+    owned: Sequence[str],
+    inputs: Sequence[Any],
+    heads: Mapping[str, _Head],
+    shared: Mapping[str, str],
+    opts: _Options,
 ) -> mc.ModelConfig:
-    """heads: every head's ONNX Runtime session in one python-backend model (``heads_model.py``)."""
-    cfg = mc.ModelConfig(name=HEADS_MODEL, backend="python", max_batch_size=opts.max_batch_size)
-    # Every feat_<task> the backbone has (optional when no head reads it) and trunk_taps (optional): an
-    # ensemble of the previous task graph still feeds this model while a live reload switches them.
-    for name, sig in trunk.feats.items():
-        unread = name in opts.tap_tasks or name not in graph
-        cfg.input.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:], optional=unread))
-    if opts.tap_tasks and trunk.taps is not None:
-        cfg.input.append(
-            _io(mc.ModelInput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:], optional=True)
-        )
-    for name in graph.names:
+    """A fused heads model (``heads_model.py``): the ONNX Runtime sessions of the heads of ``owned`` and
+    their auxiliaries in one python-backend model, answering ``owned`` (``vmtl_head_tasks`` when that is
+    not every task), reading ``inputs`` (:func:`_fused_inputs`, :func:`_group_inputs`)."""
+    cfg = mc.ModelConfig(name=model, backend="python", max_batch_size=opts.max_batch_size)
+    cfg.input.extend(inputs)
+    for name in owned:
         head = heads[name]
         labels = f"labels_{name}.txt" if _labelled(head.task) else ""
         cfg.output.append(
             _io(mc.ModelOutput, name, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
         )
-    files = ",".join(fused_head_file(n) for n in graph.names)
+    ran = set(graph.closure(owned))
+    files = ",".join(fused_head_file(n) for n in graph.names if n in ran)
     params = {PARAM_GRAPH: shared[PARAM_GRAPH], "onnx_files": files, "intra_op_threads": "1"}
+    if list(owned) != graph.names:
+        params[PARAM_HEAD_TASKS] = ",".join(owned)
     if opts.tap_tasks:
         params[PARAM_TAP_TASKS] = ",".join(opts.tap_tasks)
     _set_params(cfg, params)
@@ -635,38 +636,25 @@ def _fused_heads_config(
     return cfg
 
 
-def _group_heads_config(
-    graph: TaskGraph,
-    model: str,
-    owned: Sequence[str],
-    feats: Mapping[str, TensorSig],
-    heads: Mapping[str, _Head],
-    shared: Mapping[str, str],
-    opts: _Options,
-) -> mc.ModelConfig:
-    """A multi-trunk graph's fused heads model of one group of tasks (those needing the same trunks): it
-    answers them (``vmtl_head_tasks``) and runs their auxiliaries' heads too, whichever trunk those read."""
-    cfg = mc.ModelConfig(name=model, backend="python", max_batch_size=opts.max_batch_size)
-    for name in graph.closure(owned):
-        sig = feats[name]
-        cfg.input.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:]))
-    for name in owned:
-        head = heads[name]
-        labels = f"labels_{name}.txt" if _labelled(head.task) else ""
-        cfg.output.append(
-            _io(mc.ModelOutput, name, "TYPE_FP32", head.output.shape[1:], label_filename=labels)
-        )
-    files = ",".join(fused_head_file(n) for n in graph.closure(owned))
-    params = {
-        PARAM_GRAPH: shared[PARAM_GRAPH],
-        PARAM_HEAD_TASKS: ",".join(owned),
-        "onnx_files": files,
-        "intra_op_threads": "1",
-    }
-    _set_params(cfg, params)
-    _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
-    _instances(cfg, 1, False)
-    return cfg
+def _fused_inputs(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> list[Any]:
+    """A single-trunk graph's fused heads inputs: every feat_<task> the backbone has (optional when no
+    head reads it) and trunk_taps (optional): an ensemble of the previous task graph still feeds this model
+    while a live reload switches them."""
+    inputs = []
+    for name, sig in trunk.feats.items():
+        unread = name in opts.tap_tasks or name not in graph
+        inputs.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:], optional=unread))
+    if opts.tap_tasks and trunk.taps is not None:
+        inputs.append(_io(mc.ModelInput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:], optional=True))
+    return inputs
+
+
+def _group_inputs(graph: TaskGraph, owned: Sequence[str], feats: Mapping[str, TensorSig]) -> list[Any]:
+    """A multi-trunk graph's fused heads inputs: the features of ``owned`` and of their auxiliaries,
+    whichever trunk reads them."""
+    return [
+        _io(mc.ModelInput, feat_output(n), feats[n].dtype, feats[n].shape[1:]) for n in graph.closure(owned)
+    ]
 
 
 def _decode_config(graph: TaskGraph, shared: Mapping[str, str], opts: _Options) -> mc.ModelConfig:
@@ -785,8 +773,8 @@ def _ensemble(
 def _trunk_and_heads(
     steps: Any, graph: TaskGraph, heads: Mapping[str, _Head], opts: _Options, clip_tensor: str
 ) -> None:
-    """The backbone step (one per trunk) on ``clip_tensor``, then the fused heads step (one per trunk) or
-    one step per head."""
+    """The backbone step (one per trunk) on ``clip_tensor``, then the fused heads step (one per set of
+    trunks its tasks need, :func:`vmtl.contract.fused_heads_groups`) or one step per head."""
     step = steps.add(model_name=BACKBONE, model_version=-1)
     step.input_map["video"] = clip_tensor
     first = graph.trunk_tasks(graph.trunk_names[0])
@@ -800,21 +788,16 @@ def _trunk_and_heads(
         step.input_map["video"] = clip_tensor
         for task in graph.trunk_tasks(trunk):
             step.output_map[feat_output(task)] = _feat(task)
-    if opts.fused and graph.multi_trunk:
+    if opts.fused:
         for model, owned in fused_heads_groups(graph).items():
             step = steps.add(model_name=model, model_version=-1)
             for task in graph.closure(owned):
-                step.input_map[feat_output(task)] = _feat(task)
+                if task in opts.tap_tasks:
+                    step.input_map[TAPS_OUTPUT] = _TAPS_TENSOR
+                else:
+                    step.input_map[feat_output(task)] = _feat(task)
             for task in owned:
                 step.output_map[task] = task
-    elif opts.fused:
-        step = steps.add(model_name=HEADS_MODEL, model_version=-1)
-        for task in direct:
-            step.input_map[feat_output(task)] = _feat(task)
-        if opts.tap_tasks:
-            step.input_map[TAPS_OUTPUT] = _TAPS_TENSOR
-        for task in graph.names:
-            step.output_map[task] = task
     else:
         _separate_head_steps(steps, graph, heads, opts.tap_tasks)
 
@@ -869,17 +852,12 @@ def _stage_models(
         _copy_onnx(path, version, "model.onnx")
         if not opts.native:
             _copy_source(_ORT_HOST, version)
-    if opts.fused and graph.multi_trunk:
+    if opts.fused:
         for model, owned in fused_heads_groups(graph).items():
             version = stage / model / str(opts.version(model))
             for name in graph.closure(owned):
                 _copy_onnx(head_onnx[name], version, fused_head_file(name))
             _copy_source(_HEADS_HOST, version)
-    elif opts.fused:
-        version = stage / HEADS_MODEL / str(opts.version(HEADS_MODEL))
-        for name in graph.names:
-            _copy_onnx(head_onnx[name], version, fused_head_file(name))
-        _copy_source(_HEADS_HOST, version)
     else:
         for name in graph.names:
             version = stage / head_model(name) / str(opts.version(head_model(name)))

@@ -26,10 +26,19 @@ from torch import Tensor, nn
 from vmtl.models.backbone import VideoTrunk
 from vmtl.models.multitask import MultiTaskModel
 
-__all__ = ["TapFeatures", "head_fingerprints", "task_fingerprints", "trunk_core_fingerprint", "trunk_taps"]
+__all__ = [
+    "TapFeatures",
+    "hash_state",
+    "head_fingerprints",
+    "task_fingerprints",
+    "tensor_bytes",
+    "trunk_core_fingerprint",
+    "trunk_taps",
+]
 
 
-def _tensor_bytes(t: Tensor) -> bytes:
+def tensor_bytes(t: Tensor) -> bytes:
+    """The raw bytes of a tensor (what the fingerprints hash)."""
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
@@ -131,11 +140,12 @@ class TapFeatures(nn.Module):
 # Fingerprints
 
 
-def _hash_state(h: Any, state: dict[str, Tensor], prefix: str = "") -> None:
+def hash_state(h: Any, state: dict[str, Tensor], prefix: str = "") -> None:
+    """Feed every tensor of ``state`` (name, dtype, shape, bytes; sorted by name) to the hash ``h``."""
     for name in sorted(state):
         t = state[name]
         h.update(f"{prefix}{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
+        h.update(tensor_bytes(t))
 
 
 _HEAD_CONFIG = ("head_", "dlm", "track_readout", "embed_normalize")
@@ -147,13 +157,13 @@ def trunk_core_fingerprint(model: MultiTaskModel) -> str:
     trunk = model.trunk
     h = hashlib.sha256()
     state = trunk.state_dict()
-    _hash_state(
+    hash_state(
         h,
         {k: v for k, v in state.items() if ".adapter.extract." not in k and not k.startswith("task_norms.")},
     )
     for name in ("pixel_scale", "pixel_shift"):
         h.update(name.encode())
-        h.update(_tensor_bytes(getattr(trunk, name)))
+        h.update(tensor_bytes(getattr(trunk, name)))
     skip = ("checkpoint", "backbone", *_HEAD_CONFIG)
     config = {k: v for k, v in model.cfg.to_dict().items() if not k.startswith(skip)}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
@@ -176,7 +186,7 @@ def task_fingerprints(model: MultiTaskModel) -> dict[str, str]:
             for k, v in state.items()
             if f".adapter.extract.{task}." in k or k.startswith(f"task_norms.{task}.")
         }
-        _hash_state(h, own)
+        hash_state(h, own)
         h.update(f"grid={trunk.grids[task]}".encode())
         out[task] = h.hexdigest()
     return out
@@ -189,7 +199,7 @@ def head_fingerprints(model: MultiTaskModel, tap_tasks: Sequence[str]) -> dict[s
     out: dict[str, str] = {}
     for task in model.graph.closure(model.graph.names):
         h = hashlib.sha256()
-        _hash_state(h, model.heads[task].state_dict())
+        hash_state(h, model.heads[task].state_dict())
         spec = model.graph.task(task)
         h.update(json.dumps({"task": spec.name, "kind": spec.kind, "labels": list(spec.labels)}).encode())
         h.update(

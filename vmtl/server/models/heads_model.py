@@ -84,7 +84,8 @@ class TritonPythonModel:
                 f"{self.name}: unknown task(s) {unknown or [value]} in request parameter "
                 f"'{PARAM_TASKS}'; the model has: {', '.join(self.graph.names)}"
             )
-        return tuple(n for n in self.owned if n in set(asked))
+        wanted = set(asked)
+        return tuple(n for n in self.owned if n in wanted)
 
     def _features(self, request: Any, tasks: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
         feats: dict[str, np.ndarray] = {}
