@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import yaml
 
 from vmtl.contract import CLIP_ENSEMBLE, PARAM_TASKS, Manifest, fused_heads_groups
 from vmtl.demo.config import quick_spec
+from vmtl.export.onnx import ExportReport
 from vmtl.models.config import ModelConfig
 from vmtl.models.frame_trunk import PretrainedHead
 from vmtl.models.multitask import MultiTaskModel
@@ -313,27 +315,87 @@ tasks:
         fused_heads_groups(graph)
 
 
-def test_int8_quantises_the_first_trunk_and_keeps_the_image_trunk_fp32(
-    two_trunk_checkpoint: Path, tiny_data: Path, tmp_path: Path
-) -> None:
+def _export_int8(checkpoint: Path, data: Path, out: Path, **kw: Any) -> ExportReport:
     from vmtl.export.onnx import export_checkpoint
     from vmtl.export.quantize import GateRefused
 
-    try:
-        report = export_checkpoint(
-            two_trunk_checkpoint,
-            tmp_path / "repo",
-            int8=True,
-            data_root=tiny_data,
-            max_drop=1.0,
-            max_mae_increase=10.0,
+    try:  # a metric gate this loose refuses nothing: only the agreement floor decides the image trunk
+        return export_checkpoint(
+            checkpoint, out, int8=True, data_root=data, max_drop=1.0, max_mae_increase=10.0, **kw
         )
-    except GateRefused as exc:  # a gate this loose refuses nothing
+    except GateRefused as exc:
         pytest.fail(f"the int8 gate refused: {exc}")
+
+
+def _op_types(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def test_int8_gates_each_trunk_and_ships_the_image_trunk_when_it_passes(
+    two_trunk_checkpoint: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    report = _export_int8(two_trunk_checkpoint, tiny_data, tmp_path / "repo", int8_agreement=0.0)
+    precision = {m.name: m.precision for m in report.models}
+    assert precision["backbone"] == "int8" and precision["backbone_image"] == "int8"
+    # The first trunk's gate: every task with data; the image trunk's: what reads it, plus the
+    # pretrained head's top-1 agreement with fp32.
+    assert report.int8 is not None and {r.task for r in report.int8.tasks} == {"motion", "tags"}
+    image = report.int8_trunks["image"]
+    assert image.passed and {r.task: r.metric for r in image.tasks} == {"tags": "mAP", "scene": "agreement"}
+    agreement = next(r.candidate for r in image.tasks if r.task == "scene")
+    assert 0.0 <= agreement <= 1.0
+    ops = _op_types(tmp_path / "repo" / "backbone_image" / "1" / "model.onnx")
+    assert ops & {"QLinearConv", "QuantizeLinear", "DequantizeLinear"}, ops  # really quantised
+    meta = Manifest.read(tmp_path / "repo").metadata.to_dict()
+    assert meta["precision"]["backbone"] == "int8" and meta["precision"]["backbone_image"] == "int8"
+    recorded = meta["int8"]["details"]["trunks"]["image"]
+    assert recorded["details"]["shipped"] and recorded["details"]["model"] == "backbone_image"
+    # The repository answers every task with the shipped files.
+    local = LocalModel.load(tmp_path / "repo")
+    clip = np.random.default_rng(0).integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)
+    out = local.pipeline().run(clip)
+    assert set(out) == {"motion", "scene", "tags"} and all(np.isfinite(v).all() for v in out.values())
+
+
+def test_a_refused_image_trunk_stays_fp32_and_the_export_goes_on(
+    two_trunk_checkpoint: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate whose features are negated answers differently: the agreement floor refuses it."""
+    import onnx
+
+    import vmtl.export.onnx as export_onnx
+    from vmtl.export.quantize import quantize_static_model
+
+    def negated(src: Path, dst: Path, calibration: np.ndarray, **kw: object) -> Path:
+        path = quantize_static_model(src, dst, calibration, **kw)
+        model = onnx.load(str(path))
+        for out in model.graph.output:
+            for node in model.graph.node:
+                node.output[:] = [f"{o}_pre" if o == out.name else o for o in node.output]
+            model.graph.node.append(onnx.helper.make_node("Neg", [f"{out.name}_pre"], [out.name]))
+        onnx.save(model, str(path))
+        return path
+
+    monkeypatch.setattr(export_onnx, "quantize_static_model", negated)
+    report = _export_int8(two_trunk_checkpoint, tiny_data, tmp_path / "repo", int8_agreement=0.95)
     precision = {m.name: m.precision for m in report.models}
     assert precision["backbone"] == "int8" and precision["backbone_image"] == "fp32"
-    assert report.int8 is not None and {r.task for r in report.int8.tasks} == {
-        "motion",
-        "tags",
-    }  # scene: no data
-    assert Manifest.read(tmp_path / "repo").metadata.to_dict()["precision"]["backbone"] == "int8"
+    image = report.int8_trunks["image"]
+    scene = next(r for r in image.tasks if r.task == "scene")
+    assert not image.passed and not scene.ok and scene.candidate < 0.95
+    assert "REFUSED, stays fp32" in report.summary()
+    assert "Neg" not in _op_types(tmp_path / "repo" / "backbone_image" / "1" / "model.onnx")
+    meta = Manifest.read(tmp_path / "repo").metadata.to_dict()
+    assert meta["precision"]["backbone_image"] == "fp32"
+    assert meta["int8"]["details"]["trunks"]["image"]["passed"] is False
+
+
+def test_int8_agreement_must_be_a_share(two_trunk_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from vmtl.export.onnx import UsageError, export_checkpoint
+
+    with pytest.raises(UsageError, match="--int8-agreement is a share"):
+        export_checkpoint(
+            two_trunk_checkpoint, tmp_path / "r", int8=True, data_root=tiny_data, int8_agreement=2
+        )

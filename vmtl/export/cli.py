@@ -26,7 +26,10 @@ examples:
 int8 accuracy gate (on --data's held-out 'val' split): refused when a task's primary metric drops by more
 than 0.01 absolute (top1, mAP, mAP@0.5, recall@1, mIoU) or its MAE grows by more than 1 % relative.
 --int8 tries QInt8 per-channel, QInt8 per-tensor, QUInt8 per-channel and QUInt8 per-tensor weights in
-turn and keeps the first the gate accepts (vmtl.json records every setting tried).
+turn and keeps the first the gate accepts (vmtl.json records every setting tried). A graph's further
+(frames) trunks are quantised statically (Conv, calibrated on training clips) behind a gate of their own:
+their tasks' metrics, and each pretrained head's top-1 agreement with fp32 (--int8-agreement); a refused
+trunk stays fp32 and the export goes on.
 
 --precision P,... --runtime ort|openvino|auto: each (runtime, precision) variant of the cpu backbone
 (ONNX Runtime / OpenVINO; fp32, bf16, int8 via NNCF for OpenVINO) runs the same gate and is timed; the
@@ -73,6 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the cpu backbone")
     parser.add_argument("--int8-heads", action="store_true", help="with --int8: quantise the heads too")
+    parser.add_argument(
+        "--int8-agreement",
+        type=float,
+        default=0.95,
+        metavar="F",
+        help="with --int8 on a multi-trunk graph: the share of held-out clips on which a frames trunk's "
+        "pretrained head must give fp32's top-1 answer for that trunk to ship int8 (default 0.95)",
+    )
     parser.add_argument(
         "--precision",
         default=None,

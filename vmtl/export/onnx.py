@@ -81,12 +81,15 @@ from vmtl.export.quantize import (
     GateRefused,
     GateResult,
     Int8Refused,
+    TaskGate,
     compare_metrics,
     evaluate_pipeline,
     int8_setting,
     load_gate_data,
     optimize_model,
     quantize_model,
+    quantize_static_model,
+    trunk_latency,
 )
 from vmtl.export.repository import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_DELAY_US, write_repository
 from vmtl.export.taps import (
@@ -170,6 +173,7 @@ class ExportReport:
     parity_inputs: str
     only_heads: bool = False
     int8: GateResult | None = None
+    int8_trunks: dict[str, GateResult] = field(default_factory=dict)  # each frames trunk's own int8 gate
     tensorrt: dict[str, Any] | None = None
     precisions: PrecisionResult | None = None  # --precision: accepted / refused backbone variants
     seconds: float = 0.0
@@ -185,6 +189,7 @@ class ExportReport:
         d["checkpoint"], d["out"] = str(self.checkpoint), str(self.out)
         d["repositories"] = {k: str(v) for k, v in self.repositories.items()}
         d["int8"] = self.int8.to_dict() if self.int8 else None
+        d["int8_trunks"] = {t: g.to_dict() for t, g in self.int8_trunks.items()}
         d["precisions"] = (
             {
                 "accepted": [v.to_dict() for v in self.precisions.accepted],
@@ -223,6 +228,10 @@ class ExportReport:
                 + ("passed" if self.int8.passed else "REFUSED")
             )
             lines.append(self.int8.table())
+        for trunk, g in self.int8_trunks.items():
+            verdict = "passed, ships int8" if g.passed else "REFUSED, stays fp32"
+            lines.append(f"int8 gate of trunk {trunk} (static QDQ): {verdict}")
+            lines.append(g.table())
         if self.precisions is not None:
             cpu = self.precisions.measured_on.get("cpu", "?")
             lines.append(f"backbone precisions (gate on held-out data; timed on {cpu}):")
@@ -512,6 +521,12 @@ def _now() -> str:
 # The export
 
 
+#: ``--int8`` on a frames trunk: training clips its activation ranges are calibrated on, and held-out clips
+#: its pretrained heads' top-1 answers are compared with fp32's on.
+CALIBRATION_CLIPS = 16
+AGREEMENT_CLIPS = 32
+
+
 @dataclass
 class _Plan:
     """The validated arguments of one export (see :func:`export_checkpoint`)."""
@@ -537,6 +552,7 @@ class _Plan:
     cache: bool = False  # Triton's response cache on the backbone
     precisions: tuple[str, ...] = ()  # --precision (empty: not asked)
     runtimes: tuple[str, ...] = ("ort",)  # --runtime
+    int8_agreement: float = 0.95  # --int8 on a frames trunk: its pretrained heads' top-1 agreement floor
 
 
 @dataclass
@@ -575,7 +591,8 @@ class _Shipment:
     parity: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     precision: dict[str, dict[str, str]] = field(default_factory=dict)
     sidecars: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    gate: GateResult | None = None  # int8
+    gate: GateResult | None = None  # int8 (the first trunk, and the heads with --int8-heads)
+    trunk_gates: dict[str, GateResult] = field(default_factory=dict)  # int8 of each frames trunk
     trt_info: dict[str, Any] | None = None
     trt_plan: Path | None = None  # the TensorRT engine of the native flavour's trunk
     variants: PrecisionResult | None = None  # --precision
@@ -604,6 +621,7 @@ def export_checkpoint(
     cache: bool = False,
     precisions: tuple[str, ...] = (),
     runtimes: tuple[str, ...] = ("ort",),
+    int8_agreement: float = 0.95,
     log: Log | None = None,
 ) -> ExportReport:
     """Export a checkpoint (directory or ``.safetensors``) into the model repository ``out_repo``.
@@ -611,6 +629,8 @@ def export_checkpoint(
     ``flavour`` cpu (default) | native | both (``out_repo/cpu`` + ``out_repo/native``); with
     ``only_heads`` the default is every flavour found in ``out_repo``. ``int8`` quantises the cpu
     flavour's trunk (and heads with ``int8_heads``) behind the accuracy gate (``data_root`` required);
+    each further (frames) trunk is quantised statically behind a gate of its own (its tasks' metrics, and
+    its pretrained heads' top-1 agreement with fp32 >= ``int8_agreement``) and stays fp32 when refused;
     ``trt`` builds the native flavour's trunk as a TensorRT fp16 engine (GPU, ``data_root`` required).
     ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's); ``max_queue_size``
     bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``); ``queue_delay_us``
@@ -657,6 +677,7 @@ def export_checkpoint(
         cache=cache,
         precisions=tuple(precisions),
         runtimes=tuple(runtimes),
+        int8_agreement=int8_agreement,
     )
     _check_plan(plan)
     loaded = _load(plan, progress)
@@ -683,6 +704,7 @@ def export_checkpoint(
         parity_inputs=loaded.clips_desc,
         only_heads=only_heads,
         int8=ship.gate,
+        int8_trunks=ship.trunk_gates,
         tensorrt=ship.trt_info,
         precisions=ship.variants,
         seconds=time.perf_counter() - progress.t0,
@@ -697,6 +719,8 @@ def _check_plan(plan: _Plan) -> None:
         raise UsageError(
             "--only-heads keeps the existing backbone (and its precision); --int8 / --trt apply to a full export"
         )
+    if not 0.0 <= plan.int8_agreement <= 1.0:
+        raise UsageError(f"--int8-agreement is a share of clips, 0 to 1; got {plan.int8_agreement:g}")
     if plan.int8_heads and not int8:
         raise UsageError("--int8-heads needs --int8")
     if int8 and "cpu" not in targets:
@@ -758,7 +782,7 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
     if graph.multi_trunk and (plan.trt or plan.precisions):
         raise UsageError(
             "--trt and --precision build variants of a single backbone; this graph has trunks "
-            f"{', '.join(graph.trunk_names)} (--int8 quantises its first trunk, the others stay fp32)"
+            f"{', '.join(graph.trunk_names)} (--int8 quantises each trunk behind a gate of its own)"
         )
     if graph.multi_trunk and plan.only_heads:
         raise UsageError(
@@ -939,6 +963,103 @@ def _int8_gate(
     ship.files["cpu"].update(q)
     for name in q:
         _ship_gated(ship, "cpu", name, "int8", "int8", "the int8 accuracy gate (vmtl.json metadata.int8)")
+    for trunk in loaded.frame_trunks:
+        with progress.step(f"int8 {trunk}"):
+            sub, file = _frame_trunk_int8(plan, loaded, raw, ship.files["cpu"], fp32, gate_data, trunk, work)
+        name = trunk_model(loaded.graph, trunk)
+        ship.trunk_gates[trunk] = sub
+        gate.details.setdefault("trunks", {})[trunk] = sub.to_dict()
+        verdict = "passed: ships int8" if sub.passed else "REFUSED: stays fp32"
+        progress.say(f"int8 {name} (static, calibrated) accuracy gate: {verdict}\n{sub.table()}")
+        if sub.passed:
+            ship.files["cpu"][name] = file
+            checked = f"the int8 accuracy gate of trunk {trunk} (vmtl.json metadata.int8.details.trunks)"
+            _ship_gated(ship, "cpu", name, "int8", "int8 (static QDQ)", checked)
+
+
+def _frame_trunk_int8(
+    plan: _Plan,
+    loaded: _Loaded,
+    raw: Mapping[str, Path],
+    files: Mapping[str, Path],
+    fp32: Mapping[str, Mapping[str, float]],
+    gate_data: dict,
+    trunk: str,
+    work: Path,
+) -> tuple[GateResult, Path]:
+    """Quantise frames trunk ``trunk`` statically (calibrated on training clips) and gate it: the primary
+    metric of every task with data that reads it (or has an auxiliary that does), and for each pretrained
+    head on it (no labels) the share of held-out clips whose top-1 answer equals fp32's."""
+    graph = loaded.graph
+    name = trunk_model(graph, trunk)
+    calibration = _sample_clips(_calibration_sets(plan, loaded), CALIBRATION_CLIPS)
+    q = quantize_static_model(raw[name], work / f"{name}.onnx", calibration)
+    cand = {**files, name: q}
+
+    def pipeline(fs: Mapping[str, Path]) -> OrtPipeline:
+        return OrtPipeline(graph, fs[BACKBONE], _heads(fs, graph), frame_trunks=loaded.frame_trunk_files(fs))
+
+    dependent = [n for n in fp32 if trunk in graph.trunks_for([n])]
+    metrics = evaluate_pipeline(pipeline(cand), graph, {n: gate_data[n] for n in dependent})
+    n_clips = sum(len(gate_data[n]) for n in dependent)
+    gate = compare_metrics(
+        graph,
+        {n: fp32[n] for n in dependent},
+        metrics,
+        name="int8",
+        max_drop=plan.max_drop,
+        max_mae_increase=plan.max_mae_increase,
+        clips=n_clips,
+    )
+    pretrained = [n for n in graph.trunk_tasks(trunk) if graph.task(n).pretrained]
+    clips = _sample_clips(list(gate_data.values()), AGREEMENT_CLIPS)
+    if pretrained:
+        want = pipeline(files).run_batched(clips, 8, pretrained)
+        got = pipeline(cand).run_batched(clips, 8, pretrained)
+        for n in pretrained:
+            agree = float(np.mean(want[n].argmax(-1) == got[n].argmax(-1)))
+            limit = f">={plan.int8_agreement:g}"
+            gate.tasks.append(
+                TaskGate(n, "agreement", 1.0, agree, agree - 1.0, limit, agree >= plan.int8_agreement)
+            )
+    gate.details = {
+        "model": name,
+        "settings": "quantize_static QDQ: Conv weights QInt8 per-channel (reduce_range), activations QUInt8 "
+        f"(MinMax on {len(calibration)} training clips); then ORT EXTENDED optimisation",
+        "agreement_clips": len(clips) if pretrained else 0,
+        "seconds_b1": {
+            "fp32": trunk_latency(files[name], clips[:1], repeats=5, warmup=1)["median_s"],
+            "int8": trunk_latency(q, clips[:1], repeats=5, warmup=1)["median_s"],
+        },
+        "fp32_metrics": {n: fp32[n] for n in dependent},
+        "int8_metrics": metrics,
+        "shipped": gate.passed,
+    }
+    return gate, q
+
+
+def _calibration_sets(plan: _Plan, loaded: _Loaded) -> list[Any]:
+    """The training split of every task with data (the int8 calibration clips come from these)."""
+    assert plan.data is not None
+    graph = loaded.graph
+    tokens = loaded.model.temporal_tokens
+    return [
+        load_clipset(plan.data, t, "train", graph.preprocess, tokens, progress=False)
+        for t in graph.tasks
+        if not t.pretrained
+    ]
+
+
+def _sample_clips(clipsets: list[Any], n: int) -> np.ndarray:
+    """Up to ``n`` clips [n,T,S,S,3] taken in turn from each ClipSet (the first of each, then the second...)."""
+    picked: list[np.ndarray] = []
+    for i in range(max((len(c) for c in clipsets), default=0)):
+        picked += [c.frames[i] for c in clipsets if i < len(c)]
+        if len(picked) >= n:
+            break
+    if not picked:
+        raise ExportError("int8: no clips in --data to calibrate or gate a trunk on")
+    return np.stack(picked[:n])
 
 
 def _trt_gate(

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             flavour=args.flavour,
             int8=args.int8,
             int8_heads=args.int8_heads,
+            int8_agreement=args.int8_agreement,
             trt=args.trt,
             only_heads=args.only_heads,
             data_root=args.data,
