@@ -15,6 +15,7 @@ QUICK_TRAIN = {
     "stage2": {"steps": 3, "batch_size": 4, "warmup": 1},
     "eval_batch_size": 8,
     "save_every": 0,
+    "threads": 1,  # tiny matmuls: a second thread only adds overhead (and the tests run beside a server)
 }
 
 
