@@ -970,7 +970,7 @@ def _int8_gate(
         ship.trunk_gates[trunk] = sub
         gate.details.setdefault("trunks", {})[trunk] = sub.to_dict()
         verdict = "passed: ships int8" if sub.passed else "REFUSED: stays fp32"
-        progress.say(f"int8 {name} (static, calibrated) accuracy gate: {verdict}\n{sub.table()}")
+        progress.say(f"int8 {name} (static, calibrated on training clips): accuracy gate {verdict}")
         if sub.passed:
             ship.files["cpu"][name] = file
             checked = f"the int8 accuracy gate of trunk {trunk} (vmtl.json metadata.int8.details.trunks)"
