@@ -40,8 +40,9 @@ DEMO_CHECKPOINT = ROOT / ".cache" / "demo" / "checkpoint"
 TASKS = "motion,object,tags,segments,count,box"
 
 
-def small_checkpoint(out: Path) -> Path:
-    """A random-init ``small`` (ViT-S/16) model of the demo graph at 16 x 112 px, saved as a checkpoint dir."""
+def small_checkpoint(out: Path, data: Path | None = None) -> Path:
+    """A random-init ``small`` (ViT-S/16) model of the demo graph at 16 x 112 px, saved as a checkpoint dir
+    (labels from the generated data ``data``, default .cache/demo/data, when present)."""
     import yaml
 
     from vmtl.demo.config import video_trunk_only
@@ -50,7 +51,7 @@ def small_checkpoint(out: Path) -> Path:
     from vmtl.tasks import TaskGraph
 
     spec = video_trunk_only(yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text()))
-    data = ROOT / ".cache" / "demo" / "data"
+    data = data or ROOT / ".cache" / "demo" / "data"
     tasks = []
     for t in spec["tasks"]:
         t = dict(t)
