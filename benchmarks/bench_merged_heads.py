@@ -51,21 +51,25 @@ def merged_heads(model: LocalModel, tasks: list[str], out: Path) -> Path:
     return out
 
 
-def median_ms(fn: Callable[[], object], iters: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
+def interleaved_ms(fns: list[Callable[[], object]], iters: int) -> list[float]:
+    """Median ms of each of ``fns``, called in turn ``iters`` times (so drift in the machine's load hits
+    every one alike)."""
+    for fn in fns:
+        for _ in range(3):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return [1e3 * statistics.median(ts) for ts in times]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("repo", type=Path)
-    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--update-results", action="store_true")
     args = ap.parse_args(argv)
 
@@ -90,16 +94,21 @@ def main(argv: list[str] | None = None) -> int:
             want = pipe.run_heads(feats, tasks)
             got = dict(zip(names, sess.run(names, feed), strict=True))
             err = max(float(np.abs(want[t] - got[f"{t}/{HEAD_OUTPUT}"]).max()) for t in tasks)
-            k_all = median_ms(lambda f=feats: pipe.run_heads(f, tasks), args.iters)
-            m_all = median_ms(lambda fd=feed: sess.run(names, fd), args.iters)
-            k_one = median_ms(lambda f=feats: pipe.run_heads(f, tasks[:1]), args.iters)
+            k_all, m_all, k_one = interleaved_ms(
+                [
+                    lambda f=feats: pipe.run_heads(f, tasks),
+                    lambda fd=feed: sess.run(names, fd),
+                    lambda f=feats: pipe.run_heads(f, tasks[:1]),
+                ],
+                args.iters,
+            )
             rows.append((batch, k_all, m_all, k_one, err))
     lines = [
         SECTION,
         "",
         f"`.venv/bin/python benchmarks/bench_merged_heads.py {args.repo}`: CPU {cpu_line()}; the "
         f"repository's {len(tasks)} heads on its first trunk ({', '.join(tasks)}), one intra-op thread "
-        f"(the heads host's setting), median of {args.iters} calls.",
+        f"(the heads host's setting), median of {args.iters} calls each, interleaved.",
         "",
         "| batch | K sessions, every task (ms) | merged graph, every task (ms) | merged / K | K sessions, "
         f"`{tasks[0]}` only (ms) | max abs diff |",
