@@ -30,7 +30,7 @@ from vmtl.runtime import LocalModel, ort_session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving_cost import cpu_line  # noqa: E402
-from results import update_section  # noqa: E402
+from results import publish  # noqa: E402
 
 SECTION = "## Fused heads: K sessions vs one merged graph"
 
@@ -118,10 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {batch} | {k_all:.3f} | {m_all:.3f} | {m_all / k_all:.2f}x | {k_one:.3f} | {err:.1e} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_results:
-        update_section(SECTION, text, ROOT / "benchmarks" / "RESULTS.md")
+    publish(SECTION, "\n".join(lines) + "\n", args.update_results)
     return 0
 
 

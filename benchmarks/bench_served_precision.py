@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serving_cost import cpu_line  # noqa: E402
 from bench_throughput import small_checkpoint  # noqa: E402
-from results import update_section  # noqa: E402
+from results import publish  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench_served_precision"
 SECTION = "## Served trunk precision (chosen vs fp32, end to end)"
@@ -175,10 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "trunk >= 2x ONNX Runtime fp32 at <= 1 point of metric loss) is for a bf16 CPU; on a CPU without bf16 "
         "this is what the fallback gives. The gate's metrics are chance-level (random weights).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_results:
-        update_section(SECTION, text, ROOT / "benchmarks" / "RESULTS.md")
+    publish(SECTION, "\n".join(lines) + "\n", args.update_results)
     return 0
 
 

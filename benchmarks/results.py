@@ -18,3 +18,10 @@ def update_section(heading: str, section: str, results: Path = RESULTS) -> None:
         rest = old[end + 1 :] if end >= 0 else ""
         new = old[:start] + section + ("\n" + rest if rest else "")
     results.write_text(new)
+
+
+def publish(heading: str, text: str, update: bool, results: Path = RESULTS) -> None:
+    """Print a benchmark's section; with ``update`` also write it into RESULTS.md (:func:`update_section`)."""
+    print(text)
+    if update:
+        update_section(heading, text, results)
