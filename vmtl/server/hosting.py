@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadRequest", "ClipSpec", "config_and_params", "version_dir"]
+#: How often the fused heads model publishes its per-task counters to Triton's metrics endpoint (seconds).
+METRICS_FLUSH_S = 0.25
+
+__all__ = ["METRICS_FLUSH_S", "BadRequest", "ClipSpec", "config_and_params", "version_dir"]
 
 
 class BadRequest(Exception):
