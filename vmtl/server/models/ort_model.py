@@ -85,14 +85,12 @@ class TritonPythonModel:
                 raise BadRequest(f"{self.name}: missing input tensor '{name}'")
             array = tensor.as_numpy()
             want = ((-1,) if self.max_batch_size > 0 else ()) + dims
-            want_s = f"{dtype.name} [{','.join('B' if d == -1 and j == 0 and self.max_batch_size > 0 else str(d) for j, d in enumerate(want))}]"
-            got_s = f"{array.dtype.name} {_shape_str(array.shape)}"
             if array.dtype != dtype:
-                raise BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong dtype)")
+                raise BadRequest(self._mismatch(name, dtype, want, array, "wrong dtype"))
             if array.ndim != len(want) or any(
                 w not in (-1, g) for w, g in zip(want, array.shape, strict=True)
             ):
-                raise BadRequest(f"{self.name}: input '{name}' expected {want_s}, got {got_s} (wrong shape)")
+                raise BadRequest(self._mismatch(name, dtype, want, array, "wrong shape"))
             if self.max_batch_size > 0:
                 if array.shape[0] < 1:
                     raise BadRequest(f"{self.name}: input '{name}' has an empty batch")
@@ -103,6 +101,15 @@ class TritonPythonModel:
                 batch = array.shape[0]
             feeds[name] = array
         return feeds, max(batch, 1)
+
+    def _mismatch(
+        self, name: str, dtype: np.dtype, want: tuple[int, ...], array: np.ndarray, why: str
+    ) -> str:
+        """The error message of an input whose dtype or shape is not the config's (built only on errors)."""
+        batched = self.max_batch_size > 0
+        dims = ",".join("B" if d == -1 and j == 0 and batched else str(d) for j, d in enumerate(want))
+        got = f"{array.dtype.name} {_shape_str(array.shape)}"
+        return f"{self.name}: input '{name}' expected {dtype.name} [{dims}], got {got} ({why})"
 
     def _wanted(self, request: Any) -> list[str]:
         names = [n for n in request.requested_output_names() if n in self.outputs]
