@@ -74,7 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data root of the checkpoint's tasks: parity runs on real held-out clips, and the int8 / "
         "TensorRT accuracy gate evaluates on them (required by --int8 and --trt)",
     )
-    parser.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the cpu backbone")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 quantisation of the cpu backbone behind the accuracy gate (dynamic; a multi-trunk graph's "
+        "frames trunks static, each behind its own gate)",
+    )
     parser.add_argument("--int8-heads", action="store_true", help="with --int8: quantise the heads too")
     parser.add_argument(
         "--int8-agreement",
