@@ -19,9 +19,10 @@ the backbone's ``trunk_taps`` output instead of ``feat_<task>``: their head grap
 
 Per-task Prometheus counters on Triton's metrics endpoint: ``vmtl_head_executions_total`` (clips a head
 ran on) and ``vmtl_head_compute_microseconds_total``, labelled ``task``. They are counted in the model and
-published every ``METRICS_FLUSH_S`` seconds (:mod:`vmtl.server.hosting`) by a thread of their own: each update of a python-backend
-metric is a round trip from the stub to the server (~33 us measured here), so updating two per task on
-every request cost ~0.5 ms of a seven-task request's step. The endpoint lags by at most that interval.
+published every ``METRICS_FLUSH_S`` seconds (:mod:`vmtl.server.hosting`) by a thread of their own: each
+update of a python-backend metric is a round trip from the stub to the server (~33 us measured here), so
+updating two per task on every request cost ~0.5 ms of a seven-task request's step. The endpoint lags by
+at most that interval.
 """
 
 from __future__ import annotations
