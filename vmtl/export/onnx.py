@@ -892,12 +892,7 @@ def _accuracy_gates(
         gate_data = load_gate_data(plan.data, graph, loaded.model.temporal_tokens)
         fp32_files = ship.files["cpu"] if "cpu" in ship.files else ship.files["native"]
         fp32 = evaluate_pipeline(
-            OrtPipeline(
-                graph,
-                fp32_files[BACKBONE],
-                _heads(fp32_files, graph),
-                frame_trunks=loaded.frame_trunk_files(fp32_files),
-            ),
+            _gate_pipeline(graph, fp32_files),
             graph,
             gate_data,
         )
@@ -963,9 +958,14 @@ def _int8_gate(
     ship.files["cpu"].update(q)
     for name in q:
         _ship_gated(ship, "cpu", name, "int8", "int8", "the int8 accuracy gate (vmtl.json metadata.int8)")
+    if not loaded.frame_trunks:
+        return
+    calibration = _sample_clips(_calibration_sets(plan, loaded), CALIBRATION_CLIPS)  # one set for every trunk
     for trunk in loaded.frame_trunks:
         with progress.step(f"int8 {trunk}"):
-            sub, file = _frame_trunk_int8(plan, loaded, raw, ship.files["cpu"], fp32, gate_data, trunk, work)
+            sub, file = _frame_trunk_int8(
+                plan, loaded, raw, ship.files["cpu"], fp32, gate_data, calibration, trunk, work
+            )
         name = trunk_model(loaded.graph, trunk)
         ship.trunk_gates[trunk] = sub
         gate.details.setdefault("trunks", {})[trunk] = sub.to_dict()
@@ -984,23 +984,20 @@ def _frame_trunk_int8(
     files: Mapping[str, Path],
     fp32: Mapping[str, Mapping[str, float]],
     gate_data: dict,
+    calibration: np.ndarray,
     trunk: str,
     work: Path,
 ) -> tuple[GateResult, Path]:
-    """Quantise frames trunk ``trunk`` statically (calibrated on training clips) and gate it: the primary
-    metric of every task with data that reads it (or has an auxiliary that does), and for each pretrained
-    head on it (no labels) the share of held-out clips whose top-1 answer equals fp32's."""
+    """Quantise frames trunk ``trunk`` statically (activations calibrated on the training clips
+    ``calibration``) and gate it: the primary metric of every task with data that reads it (or has an
+    auxiliary that does), and for each pretrained head on it (no labels) the share of held-out clips whose
+    top-1 answer equals fp32's."""
     graph = loaded.graph
     name = trunk_model(graph, trunk)
-    calibration = _sample_clips(_calibration_sets(plan, loaded), CALIBRATION_CLIPS)
     q = quantize_static_model(raw[name], work / f"{name}.onnx", calibration)
     cand = {**files, name: q}
-
-    def pipeline(fs: Mapping[str, Path]) -> OrtPipeline:
-        return OrtPipeline(graph, fs[BACKBONE], _heads(fs, graph), frame_trunks=loaded.frame_trunk_files(fs))
-
     dependent = [n for n in fp32 if trunk in graph.trunks_for([n])]
-    metrics = evaluate_pipeline(pipeline(cand), graph, {n: gate_data[n] for n in dependent})
+    metrics = evaluate_pipeline(_gate_pipeline(graph, cand), graph, {n: gate_data[n] for n in dependent})
     n_clips = sum(len(gate_data[n]) for n in dependent)
     gate = compare_metrics(
         graph,
@@ -1014,8 +1011,8 @@ def _frame_trunk_int8(
     pretrained = [n for n in graph.trunk_tasks(trunk) if graph.task(n).pretrained]
     clips = _sample_clips(list(gate_data.values()), AGREEMENT_CLIPS)
     if pretrained:
-        want = pipeline(files).run_batched(clips, 8, pretrained)
-        got = pipeline(cand).run_batched(clips, 8, pretrained)
+        want = _gate_pipeline(graph, files).run_batched(clips, 8, pretrained)
+        got = _gate_pipeline(graph, cand).run_batched(clips, 8, pretrained)
         for n in pretrained:
             agree = float(np.mean(want[n].argmax(-1) == got[n].argmax(-1)))
             limit = f">={plan.int8_agreement:g}"
@@ -1080,9 +1077,7 @@ def _trt_gate(
         engine = work / "trt" / "model.plan"
         trt_info = build_engine(raw[BACKBONE], engine, max_batch_size=loaded.max_batch_size)
         native = ship.files["native"]
-        pipe = OrtPipeline(
-            graph, TrtTrunk(engine), _heads(native, graph), frame_trunks=loaded.frame_trunk_files(native)
-        )
+        pipe = _gate_pipeline(graph, native, TrtTrunk(engine))
         metrics = evaluate_pipeline(pipe, graph, gate_data)
         trt_gate = compare_metrics(
             graph,
@@ -1318,6 +1313,13 @@ def _heads(files: Mapping[str, Path], graph: TaskGraph) -> dict[str, Path]:
     return {n: files[head_model(n)] for n in graph.names}
 
 
+def _gate_pipeline(graph: TaskGraph, files: Mapping[str, Path], trunk: Any = None) -> OrtPipeline:
+    """ONNX Runtime over the model files ``files`` (model name -> file): every trunk and head, the first
+    trunk's file replaced by ``trunk`` (a TensorRT engine) when given."""
+    frames = {t: files[trunk_model(graph, t)] for t in graph.trunk_names[1:]}
+    return OrtPipeline(graph, trunk or files[BACKBONE], _heads(files, graph), frame_trunks=frames)
+
+
 def _int8_candidate(
     raw: Mapping[str, Path],
     fp32_files: Mapping[str, Path],
@@ -1346,9 +1348,7 @@ def _int8_candidate(
             )
             for name in names
         }
-        cand = {**fp32_files, **q}
-        frames = {t: cand[trunk_model(graph, t)] for t in graph.trunk_names[1:]}
-        pipe = OrtPipeline(graph, cand[BACKBONE], _heads(cand, graph), frame_trunks=frames)
+        pipe = _gate_pipeline(graph, {**fp32_files, **q})
         metrics = evaluate_pipeline(pipe, graph, gate_data)
         gate = compare_metrics(
             graph,
