@@ -537,3 +537,55 @@ def test_text_file_by_path_is_not_a_video(tmp_path: Path) -> None:
     text.write_text("this is a text file, not a video\n" * 20)
     with pytest.raises(VideoError, match=r"notes\.txt: a text file \(tty demuxer\)"):
         read_clip(text, 4, 32)
+
+
+def _container(fmt: str, codec: str, **options: str) -> bytes:
+    """30 s at 10 fps, 64x48, in ``fmt`` with ``codec``, in memory."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        if options:
+            stream.options = options
+        for i in range(300):
+            rgb = np.zeros((48, 64, 3), np.uint8)
+            rgb[..., 0] = (9 * i) % 256
+            rgb[:, (2 * i) % 64, 1] = 255
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec", "options", "ahead"),
+    [
+        ("mp4", "libx264", {"bf": "2", "g": "20"}, True),
+        ("mpegts", "libx264", {"bf": "2", "g": "20"}, True),
+        ("avi", "mpeg4", {}, True),
+        ("webm", "libvpx-vp9", {}, True),
+        # packets without a decode timestamp: nothing is known covered, the whole file is indexed first
+        ("matroska", "libx264", {"bf": "2", "g": "20"}, False),
+        ("mpeg", "mpeg2video", {}, False),
+    ],
+)
+def test_window_stream_indexes_as_it_goes_and_equals_sliding_windows(
+    fmt: str, codec: str, options: dict[str, str], ahead: bool
+) -> None:
+    """The streaming decoder indexes only what the next window needs (its first window comes before the
+    index reaches the end, where packets carry decode timestamps), yet cuts the same windows as the
+    whole-file index, to the last one."""
+    data = _container(fmt, codec, **options)
+    stream = video.window_stream(data, 8, 32, window=4.0, stride=3.0)
+    windows = iter(stream)
+    next(windows)
+    assert stream._reader.index_done is not ahead
+    streamed = [clip for _, clip in video.window_stream(data, 8, 32, window=4.0, stride=3.0)]
+    stream.close()
+    whole = list(sliding_windows(data, 8, 32, window=4.0, stride=3.0))
+    assert len(streamed) == len(whole) == 10
+    for a, b in zip(streamed, whole, strict=True):
+        assert (a.start, a.end) == (b.start, b.end)
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_allclose(a.timestamps, b.timestamps)

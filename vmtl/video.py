@@ -73,6 +73,8 @@ import av.error
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from vmtl.upload_buffer import UploadBuffer, UploadError
+
 __all__ = [
     "Clip",
     "Sampling",
@@ -87,12 +89,14 @@ __all__ = [
     "window_stream",
 ]
 
-Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview]
+Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, UploadBuffer]
 
 #: Seek when the keyframe before the next target is at least this many frames past the decoder position.
 SEEK_MIN_SKIP = 16
 #: Decoded frames that must match the packet index exactly before non-reference frames may be skipped.
 VALIDATE_FRAMES = 16
+#: Packets indexed past the last window asked for: the decoder may emit a few frames beyond its target.
+INDEX_LOOKAHEAD = 64
 #: Codecs whose ``skip_frame="NONREF"`` only drops frames no other frame references.
 _SKIP_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4"})
 _IMAGE_FORMATS = frozenset({"image2", "image2pipe"})
@@ -193,6 +197,8 @@ def parse_sampling(spec: str | Sampling) -> Sampling:
 
 
 def _describe(source: Source) -> str:
+    if isinstance(source, UploadBuffer):
+        return f"<upload of {source.total} bytes>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{memoryview(source).nbytes} bytes>"
     return os.fspath(source)
@@ -205,6 +211,8 @@ def _wrap(name: str) -> Iterator[None]:
         yield
     except VideoError:
         raise
+    except UploadError as e:
+        raise VideoError(f"{name}: {e}") from e
     except _AV_ERRORS as e:
         raise VideoError(f"{name}: {_cause(e)}") from e
 
@@ -217,11 +225,13 @@ def _cause(e: BaseException) -> str:
 
 def _open(source: Source, name: str) -> Any:
     """Open ``source`` with PyAV, checking the cheap failure cases first."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    if isinstance(source, UploadBuffer):
+        fileobj: Any = source.reader()  # reads wait for bytes still on their way
+    elif isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise VideoError(f"{name}: empty input (0 bytes)")
-        fileobj: Any = io.BytesIO(data)
+        fileobj = io.BytesIO(data)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
@@ -311,16 +321,22 @@ def _square(reformatter: Any, frame: Any, size: int) -> tuple[np.ndarray, tuple[
 class _Reader:
     """One open video: its packet index, a decoder position, and a cache of converted frames."""
 
-    def __init__(self, source: Source, *, strategy: str = "auto") -> None:
+    def __init__(self, source: Source, *, strategy: str = "auto", incremental: bool = False) -> None:
         self.name = _describe(source)
         self.source = source
         self.strategy = strategy  # "auto" | "seek" (before every target) | "sequential"
         self.container = _open(source, self.name)
+        self._ix_container: Any = None
         try:
             self.stream = _video_stream(self.container, self.name)
-            self._index()
+            if incremental:  # a demuxer of its own runs ahead of the decoder, only as far as asked
+                self._ix_container = _open(source, self.name)
+                self._index_begin(self._ix_container.streams[self.stream.index])
+            else:
+                self._index_begin(self.stream)
+                self.index_until(math.inf)
         except BaseException:
-            self.container.close()
+            self.close()
             raise
         self.reformatter = VideoReformatter()
         self.cache: dict[int, tuple[np.ndarray, float, tuple[int, int], tuple[float, ...]]] = {}
@@ -342,25 +358,84 @@ class _Reader:
 
     # -- index ---------------------------------------------------------------------------------------
 
-    def _index(self) -> None:
-        stream = self.stream
-        self.codec = stream.codec_context.name
-        self.header_frames = int(stream.frames) or None
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    def _index_begin(self, stream: Any) -> None:
+        """Read the header's facts and start the packet index over ``stream``'s demuxer."""
+        self.codec = self.stream.codec_context.name
+        self.header_frames = int(self.stream.frames) or None
+        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         self.header_fps = float(rate) if rate else 0.0
-        self.tb = Fraction(stream.time_base) if stream.time_base else None
-        pts: list[int | None] = []
-        keys: list[bool] = []
-        durs: list[int] = []
-        try:
-            for pkt in self.container.demux(stream):
-                if pkt.size == 0 or pkt.is_discard:
-                    continue
-                pts.append(pkt.pts)
-                keys.append(bool(pkt.is_keyframe))
-                durs.append(int(pkt.duration or 0))
-        except _AV_ERRORS:
-            pass  # truncated or corrupt tail: keep the packets read so far
+        self.tb = Fraction(self.stream.time_base) if self.stream.time_base else None
+        if self.stream.duration and self.tb is not None:
+            self.header_duration = float(self.stream.duration * self.tb)
+        elif stream.container.duration:
+            self.header_duration = float(stream.container.duration) / av.time_base
+        else:
+            self.header_duration = (self.header_frames or 0) / self.header_fps if self.header_fps else 0.0
+        self._ix_stream = stream
+        self._ix_packets = stream.container.demux(stream)
+        self._ix_pts: list[int | None] = []
+        self._ix_keys: list[bool] = []
+        self._ix_durs: list[int] = []
+        self._ix_min: int | None = None  # smallest pts so far (time 0)
+        self._ix_dts: int | None = None  # the last packet's dts: later packets show at or after it
+        self._ix_blind = False  # a packet without dts: nothing is known covered until the end
+        self._ix_ready = -math.inf  # the last time index_until finished (lookahead included)
+        self.index_done = False
+        self.committed = False  # set once a window was handed out: time 0 may no longer move
+        self.n_packets = 0
+        self.mode = "pts"
+        self.times = np.zeros(0)
+        self.keys = np.zeros(0, np.int64)
+        self.duration, self.fps = math.inf, self.header_fps
+
+    def covered(self) -> float:
+        """Seconds before which every frame is in the index (inf once the index is complete)."""
+        if self.index_done:
+            return math.inf
+        if self._ix_blind or self._ix_dts is None or self._ix_min is None or self.tb is None:
+            return -math.inf
+        return float((self._ix_dts - self._ix_min) * self.tb)
+
+    def index_until(self, t: float) -> None:
+        """Demux until every frame shown before ``t`` seconds is indexed, plus ``INDEX_LOOKAHEAD``
+        packets (frames the decoder may emit past a target), or to the end of the file. Only what is
+        needed is read, so the first windows of a file still arriving are served before its end."""
+        if self.index_done or t <= self._ix_ready:
+            return
+        extra = 0
+        while True:
+            try:
+                pkt = next(self._ix_packets)
+            except StopIteration:
+                break
+            except _AV_ERRORS:
+                break  # truncated or corrupt tail: keep the packets read so far
+            if pkt.size == 0 or pkt.is_discard:
+                continue
+            self._ix_pts.append(pkt.pts)
+            self._ix_keys.append(bool(pkt.is_keyframe))
+            self._ix_durs.append(int(pkt.duration or 0))
+            if pkt.pts is not None and (self._ix_min is None or pkt.pts < self._ix_min):
+                self._ix_min = pkt.pts
+            if pkt.dts is None:
+                self._ix_blind = True
+            elif self._ix_dts is None or pkt.dts > self._ix_dts:
+                self._ix_dts = pkt.dts
+            if t < math.inf and self.covered() >= t:
+                extra += 1
+                if extra > INDEX_LOOKAHEAD:
+                    self._ix_ready = t
+                    self._rebuild()
+                    return
+        self.index_done = True
+        if self._ix_container is not None:
+            self._ix_container.close()
+            self._ix_container = None
+        self._rebuild()  # the exact duration, now that the end is known
+
+    def _rebuild(self) -> None:
+        """Sorted frame times, keyframes and positions from the packets indexed so far."""
+        pts, keys, durs = self._ix_pts, self._ix_keys, self._ix_durs
         self.n_packets = len(pts)
         valid = (
             self.tb is not None
@@ -368,6 +443,14 @@ class _Reader:
             and all(p is not None for p in pts)
             and len(set(pts)) == len(pts)
         )
+        if not valid and not self.index_done:
+            if self.committed:
+                raise VideoError(
+                    f"{self.name}: frame timestamps turn invalid (missing or repeated) after "
+                    f"{self.covered():.2f} s; windows before that were sent"
+                )
+            self.index_until(math.inf)  # decide the mode on the whole file
+            return
         self.mode = "pts" if valid else "ordinal"
         if not valid:
             self.times = np.zeros(0)
@@ -385,6 +468,8 @@ class _Reader:
         self.times = (spts - spts[0]).astype(np.float64) * tb.numerator / tb.denominator
         last_dur = durs[int(order[-1])] * float(tb)
         self.duration, self.fps = self._measure(self.times, last_dur)
+        if not self.index_done:
+            self.duration = math.inf  # known at the end of the index
         # keyframe position at or before each position (-1: none; decode from the start)
         kpos = np.where(is_key, np.arange(len(spts)), -1)
         self.kf_before = np.maximum.accumulate(kpos)
@@ -404,6 +489,9 @@ class _Reader:
 
     def close(self) -> None:
         self.container.close()
+        if self._ix_container is not None:
+            self._ix_container.close()
+            self._ix_container = None
 
     def __enter__(self) -> _Reader:
         return self
@@ -880,12 +968,14 @@ def window_spans(
 class WindowStream:
     """Sliding windows of one video, decoded front to back as they are consumed (see :func:`window_stream`).
 
-    Iterating yields ``(index, Clip)`` in window order. ``duration`` and ``spans`` (the windows expected,
-    from the packet index) are known once the source is opened; a video whose frames turn out not to
-    match its index may end earlier. A file cut short (its header counts more frames than its packets
-    hold: a truncated download or copy) yields the windows that lie wholly in what is there, then raises
-    VideoError naming what is missing (``missing_frames`` > 0). :meth:`close` releases the decoder (also
-    at the end of iteration).
+    Iterating yields ``(index, Clip)`` in window order. The packet index is built as the windows need
+    it (a window is cut once every frame shown before its end is indexed), so the first window of a long
+    file, or of a file still arriving (an :class:`~vmtl.upload_buffer.UploadBuffer`), comes before the
+    demuxer has seen the rest. ``count`` is the number of windows expected: from the header's duration
+    until the index reaches the end, then exact (``spans``). A file cut short (its header counts more
+    frames than its packets hold: a truncated download or copy) yields the windows that lie wholly in
+    what is there, then raises VideoError naming what is missing (``missing_frames`` > 0). :meth:`close`
+    releases the decoder (also at the end of iteration).
     """
 
     def __init__(
@@ -895,6 +985,22 @@ class WindowStream:
         self._reader = reader
         self._args = (spec, num_frames, size)
         self.window, self.stride, self.start, self.end = window, stride, start, end
+        self.missing_frames = 0
+        self._final = False
+        self.duration = float(reader.header_duration)
+        self.spans = window_spans(self.duration, window, stride, start, end) if self.duration > 0 else []
+        if reader.index_done:
+            self._finalise()
+
+    @property
+    def count(self) -> int:
+        """Windows expected (an estimate from the header until the index is complete)."""
+        return len(self.spans)
+
+    def _finalise(self) -> None:
+        """The index reached the end: the exact duration, windows and missing frames."""
+        reader, window, stride, start, end = self._reader, self.window, self.stride, self.start, self.end
+        self._final = True
         self.duration = float(reader.duration)
         self.spans = window_spans(self.duration, window, stride, start, end)
         header = reader.header_frames or 0
@@ -906,11 +1012,17 @@ class WindowStream:
         else:
             self.missing_frames = 0
 
+    def _index_to(self, t: float) -> None:
+        self._reader.index_until(t)
+        if self._reader.index_done and not self._final:
+            self._finalise()
+
     def __iter__(self) -> Iterator[tuple[int, Clip]]:
         reader = self._reader
         spec, num_frames, size = self._args
         try:
             with _wrap(reader.name):
+                self._index_to(self.start + self.window)
                 if self.start >= reader.duration - _EPS:
                     raise VideoError(
                         f"{reader.name}: start {self.start:.3f} s is at or after the end of the video "
@@ -918,15 +1030,18 @@ class WindowStream:
                     )
                 k = 0
                 while True:
-                    stop = reader.duration if self.end is None else min(self.end, reader.duration)
                     s = self.start + k * self.stride
+                    e = s + self.window if self.end is None else min(s + self.window, self.end)
+                    self._index_to(e)
+                    stop = reader.duration if self.end is None else min(self.end, reader.duration)
                     if self.missing_frames and k >= len(self.spans):
                         raise VideoError(self._truncated())
                     if k and s >= stop - _EPS:
                         return
                     reader.evict_before(s)
-                    e = s + self.window if self.end is None else min(s + self.window, self.end)
-                    yield k, reader.clip(spec, num_frames, size, s, e, final=False)
+                    clip = reader.clip(spec, num_frames, size, s, e, final=False)
+                    reader.committed = True
+                    yield k, clip
                     if s + self.window >= stop - _EPS:
                         return
                     k += 1
@@ -959,8 +1074,9 @@ def window_stream(
 ) -> WindowStream:
     """:func:`sliding_windows` over ``[start, end)`` seconds (default: the whole video), with each window's
     index: windows ``[start + k*stride, start + k*stride + window)``, the last clamped to ``end`` (and the
-    duration). With ``start``/``end`` unset the clips equal :func:`sliding_windows`'s. The source is opened
-    and indexed on the call (VideoError there when unreadable); frames decode as windows are consumed.
+    duration). With ``start``/``end`` unset the clips equal :func:`sliding_windows`'s. ``source`` may also be
+    an :class:`~vmtl.upload_buffer.UploadBuffer` still receiving the file. The source is opened on the call
+    (VideoError there when unreadable); it is indexed and decoded as windows are consumed.
     """
     spec = _check(num_frames, size, sampling)
     win = _seconds("window", window)
@@ -972,5 +1088,5 @@ def window_stream(
         raise ValueError(f"end ({e}) must be greater than start ({s})")
     name = _describe(source)
     with _wrap(name):
-        reader = _Reader(source)
+        reader = _Reader(source, incremental=True)
     return WindowStream(reader, spec, int(num_frames), int(size), win, step, s or 0.0, e)

@@ -1,0 +1,122 @@
+"""A file still arriving (vmtl.upload_buffer) and the streaming decoder reading it (vmtl.video.window_stream):
+chunks in and out of order, a decoder that starts before the file is complete and gives the same windows
+as the whole file, stalls and aborts that end a waiting decoder with a clear error."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from vmtl.upload_buffer import UploadBuffer, UploadError
+from vmtl.video import VideoError, sliding_windows, window_stream
+
+
+def _faststart(path: Path, seconds: int = 30, fps: int = 10) -> bytes:
+    """A 64x48 h264 mp4 with its index in front (B-frames, 2 s GOP): decodable from its first bytes."""
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": str(2 * fps), "bf": "2", "preset": "ultrafast"}
+        for i in range(seconds * fps):
+            frame = np.zeros((48, 64, 3), np.uint8)
+            frame[..., 0] = (9 * i) % 256
+            frame[:, (2 * i) % 64, 1] = 255
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        out.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return _faststart(tmp_path_factory.mktemp("upload") / "fast.mp4")
+
+
+def test_chunks_assemble_in_any_order_once() -> None:
+    buf = UploadBuffer(10)
+    buf.append(6, b"ghij")  # overtook the chunk in front of it: held back
+    assert buf.received == 0
+    buf.append(0, b"abc")
+    buf.append(3, b"def")
+    assert buf.complete and buf.reader().read() == b"abcdefghij"
+    with pytest.raises(UploadError, match="twice"):
+        buf.append(3, b"def")
+    with pytest.raises(UploadError, match="outside the announced size"):
+        UploadBuffer(4).append(2, b"xyz")
+    with pytest.raises(UploadError, match="positive size"):
+        UploadBuffer(0)
+
+
+def test_a_reader_waits_for_bytes_and_seeks_like_a_file() -> None:
+    buf = UploadBuffer(8)
+    buf.append(0, b"0123")
+    r = buf.reader()
+    assert r.read(100) == b"0123"  # what is here, without waiting for the rest
+    threading.Timer(0.2, lambda: buf.append(4, b"4567")).start()
+    t0 = time.perf_counter()
+    assert r.read(2) == b"45" and time.perf_counter() - t0 >= 0.15  # waited for the next chunk
+    assert r.seek(-1, io.SEEK_END) == 7 and r.read() == b"7" and r.read() == b""
+    assert r.seek(2) == 2 and r.tell() == 2 and buf.reader().read(3) == b"012"  # readers move apart
+
+
+def test_an_abort_or_a_stall_ends_a_waiting_reader() -> None:
+    buf = UploadBuffer(100)
+    buf.append(0, b"x" * 10)
+    r = buf.reader()
+    r.seek(10)
+    threading.Timer(0.2, lambda: buf.abort("stopped by the client")).start()
+    with pytest.raises(UploadError, match="stopped by the client"):
+        r.read(5)
+    with pytest.raises(UploadError, match="stopped"):
+        buf.append(10, b"late")
+    stalled = UploadBuffer(100, stall_s=0.3)
+    stalled.append(0, b"x" * 10)
+    r = stalled.reader()
+    r.seek(10)
+    with pytest.raises(UploadError, match=r"upload stalled: 10 of 100 bytes arrived, then nothing for 0.3 s"):
+        r.read(5)
+
+
+def test_the_decoder_streams_an_upload_before_it_is_complete(video: bytes) -> None:
+    buf = UploadBuffer(len(video))
+    head = len(video) * 5 // 8  # the index (in front) and ~19 s of 30: enough for the first window
+    buf.append(0, video[:head])
+    state: dict[str, int | None] = {"when_first": None}
+    feeding = threading.Event()
+
+    def feed() -> None:
+        feeding.wait(10)  # the rest comes only once the first window is out
+        for off in range(head, len(video), 1000):
+            buf.append(off, video[off : off + 1000])
+            time.sleep(0.002)
+
+    threading.Thread(target=feed, daemon=True).start()
+    stream = window_stream(buf, 4, 32, window=4.0, stride=3.0)
+    got = []
+    for _, clip in stream:
+        if not got:
+            state["when_first"] = buf.received
+            feeding.set()
+        got.append(clip)
+    assert state["when_first"] is not None and state["when_first"] < len(video)
+    whole = list(sliding_windows(video, 4, 32, window=4.0, stride=3.0))
+    assert len(got) == len(whole) == stream.count == 10
+    for a, b in zip(got, whole, strict=True):
+        assert (a.start, a.end) == (b.start, b.end)
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_allclose(a.timestamps, b.timestamps)
+
+
+def test_a_stalled_upload_is_a_clear_video_error(video: bytes) -> None:
+    buf = UploadBuffer(len(video), stall_s=0.5)
+    buf.append(0, video[: len(video) // 10])
+    with pytest.raises(VideoError, match=rf"<upload of {len(video)} bytes>: upload stalled"):
+        for _ in window_stream(buf, 4, 32, window=4.0):
+            pass
