@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from vmtl.client import InferenceError, InputError, VmtlClient
 from vmtl.contract import (
     BACKBONE,
     STREAM_ENSEMBLE,
+    UPLOAD_CHUNK_PARAM,
     VIDEO_ENSEMBLE,
     VIDEO_STREAM,
     WINDOW_INDEX_OUTPUT,
@@ -37,6 +39,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 from test_repository import FRAMES, SIZE, make_toy_models, toy_graph  # noqa: E402
 
 STREAM_CAP = 12 * 2**20  # the test repositories' video_stream max_video_bytes
+CHUNK = 16 * 2**10  # the fused repository's upload chunk (the separate one takes one payload per stream)
 
 
 def _encode(
@@ -70,6 +73,7 @@ class Videos:
     long: Path  # 2 minutes, 64x48: 30 windows of 4 s
     heavy: Path  # 2 minutes, 160x120 random pixels, one long GOP: ~25 ms of decoding per window
     faststart: Path  # 40 s with the index in front (a cut copy still opens)
+    faststart_long: Path  # 2 minutes with the index in front: a chunked upload decodes from its start
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +83,9 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Videos:
         long=_encode(root / "long.mp4", 120, size=(64, 48), gop=20, noise=False),
         heavy=_encode(root / "heavy.mp4", 120, size=(160, 120), gop=300, noise=True),
         faststart=_encode(root / "fast.mp4", 40, size=(64, 48), gop=20, noise=False, movflags="faststart"),
+        faststart_long=_encode(
+            root / "fast-long.mp4", 120, size=(64, 48), gop=20, noise=False, movflags="faststart"
+        ),
     )
 
 
@@ -94,8 +101,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory, start_triton) -> Iterator[
     root = tmp_path_factory.mktemp("stream")
     graph = toy_graph()
     trunk, heads = make_toy_models(root / "onnx", graph)
-    fused = write_repository(root / "fused", graph, trunk, heads, cache=True, max_stream_bytes=STREAM_CAP)
-    separate = write_repository(root / "separate", graph, trunk, heads, heads="separate")
+    fused = write_repository(
+        root / "fused", graph, trunk, heads, cache=True, max_stream_bytes=STREAM_CAP, upload_chunk_bytes=CHUNK
+    )
+    separate = write_repository(
+        root / "separate", graph, trunk, heads, heads="separate", upload_chunk_bytes=0
+    )
     with (
         start_triton(fused, root / "fused.log", extra_args=response_cache_args(16)) as f_server,
         start_triton(separate, root / "separate.log") as s_server,
@@ -150,6 +161,7 @@ def test_the_repository_has_the_stream_ensemble_and_the_cache(servers: Servers) 
     assert configs[BACKBONE].response_cache.enable
     assert not configs["heads"].response_cache.enable  # its answer depends on a request parameter
     assert configs[VIDEO_STREAM].parameters["max_video_bytes"].string_value == str(STREAM_CAP)
+    assert configs[VIDEO_STREAM].parameters[UPLOAD_CHUNK_PARAM].string_value == str(CHUNK)
     assert response_cache_args(0) == [] and response_cache_args(2) == [
         f"--cache-config=local,size={2 * 2**20}"
     ]
@@ -193,10 +205,48 @@ def test_the_file_is_sent_once(servers: Servers, videos: Videos, monkeypatch: py
         return original(self, array, *args, **kw)
 
     monkeypatch.setattr(grpcclient.InferInput, "set_data_from_numpy", counting)
-    with VmtlClient(servers.fused.grpc_url) as client:  # type: ignore[attr-defined]
-        result = client.analyze(videos.long, ["b"], window=4.0)
-    assert len(result.windows) == 30
-    assert sum(sent) == videos.long.stat().st_size
+    size = videos.long.stat().st_size
+    for server, requests in ((servers.fused, -(-size // CHUNK)), (servers.separate, 1)):
+        sent.clear()
+        with VmtlClient(server.grpc_url) as client:  # type: ignore[attr-defined]
+            result = client.analyze(videos.long, ["b"], window=4.0)
+        assert len(result.windows) == 30
+        assert sum(sent) == size and len(sent) == requests  # once: in chunks, or in one request
+
+
+def test_a_chunked_upload_answers_before_the_file_is_in(
+    servers: Servers, videos: Videos, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder starts on the first chunks (the file's index is in front): with the upload slowed
+    down, the first window arrives while most of the file is still on the client, equal to the whole
+    file's; closing the stream then stops the decoder, which was waiting for chunks."""
+    original = grpcclient.InferInput.set_data_from_numpy
+
+    def slow(self, array, *args, **kw):  # the client's upload thread: one chunk every 0.3 s
+        if threading.current_thread().name == "vmtl-upload":
+            time.sleep(0.3)
+        return original(self, array, *args, **kw)
+
+    monkeypatch.setattr(grpcclient.InferInput, "set_data_from_numpy", slow)
+    server = servers.fused
+    data = videos.faststart_long.read_bytes()
+    assert len(data) > 8 * CHUNK
+    stopped_before = _metric(server, "vmtl_stream_stopped_total")
+    with VmtlClient(server.grpc_url) as client:  # type: ignore[attr-defined]
+        stream = client.stream(videos.faststart_long, ["a"], window=4.0)
+        first, second = next(stream), next(stream)
+        sent_then = stream.bytes_sent
+        stream.close()
+        assert sent_then < len(data) // 2, f"{sent_then} of {len(data)} bytes were sent before window 1"
+        for w in (first, second):
+            want = _per_window(server.grpc_url, data, (w.start, w.start + 4.0), ["a"])  # type: ignore[attr-defined]
+            np.testing.assert_allclose(w.outputs["a"], want["a"], atol=1e-4)
+        deadline = time.time() + 10
+        while _metric(server, "vmtl_stream_stopped_total") < stopped_before + 1 and time.time() < deadline:
+            time.sleep(0.1)
+        assert _metric(server, "vmtl_stream_stopped_total") == stopped_before + 1
+        monkeypatch.setattr(grpcclient.InferInput, "set_data_from_numpy", original)
+        assert len(client.analyze(videos.faststart_long, ["a"], window=8.0).windows) == 15  # still serving
 
 
 def test_the_first_window_arrives_before_the_decoder_reaches_the_last(

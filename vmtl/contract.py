@@ -36,6 +36,7 @@ from vmtl.tasks import TaskGraph, TaskGraphError
 __all__ = [
     "BACKBONE",
     "CLIP_ENSEMBLE",
+    "DEFAULT_UPLOAD_CHUNK_BYTES",
     "ENGINE_INFO",
     "FLAVOURS",
     "FORMAT_VERSION",
@@ -51,6 +52,8 @@ __all__ = [
     "PARAM_STREAM_ID",
     "PARAM_TAP_TASKS",
     "PARAM_TASKS",
+    "PARAM_UPLOAD_BYTES",
+    "PARAM_UPLOAD_OFFSET",
     "PARAM_VARIANTS",
     "STREAM_ENSEMBLE",
     "STREAM_EXTRA_OUTPUTS",
@@ -58,6 +61,7 @@ __all__ = [
     "STREAM_WINDOWING",
     "TAPS_OUTPUT",
     "TRITON_VERSION",
+    "UPLOAD_CHUNK_PARAM",
     "VIDEO_DECODE",
     "VIDEO_ENSEMBLE",
     "VIDEO_EXTRA_OUTPUTS",
@@ -152,6 +156,15 @@ STREAM_EXTRA_OUTPUTS = (*VIDEO_EXTRA_OUTPUTS, WINDOW_INDEX_OUTPUT)
 #: ``video_stream``) the id of a stream to stop (see vmtl/server/models/video_stream.py).
 PARAM_STREAM_ID = "vmtl_stream_id"
 PARAM_CANCEL = "vmtl_cancel"
+#: Chunked upload (vmtl/server/models/video_stream.py): the stream request announces the file's size
+#: (``vmtl_upload_bytes``) and carries its first chunk; the other chunks go straight to ``video_stream``
+#: with the same stream id and their byte offset (``vmtl_upload_offset``). ``video_stream``'s config
+#: parameter ``upload_chunk_bytes`` is the chunk size clients use; a repository without it takes one
+#: payload per stream.
+PARAM_UPLOAD_BYTES = "vmtl_upload_bytes"
+PARAM_UPLOAD_OFFSET = "vmtl_upload_offset"
+UPLOAD_CHUNK_PARAM = "upload_chunk_bytes"
+DEFAULT_UPLOAD_CHUNK_BYTES = 2**20
 #: The largest request Triton 2.51's gRPC endpoint takes (its and tritonclient's max message size,
 #: INT32_MAX bytes); one encoded video in bytes mode must fit in it with the request's other fields.
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1

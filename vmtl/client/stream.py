@@ -6,9 +6,12 @@
         for w in windows:                      # WindowResults in window order, as they arrive
             print(w.start, w["motion"].summary())
 
-The encoded file is sent **once**, in one request over gRPC's bidirectional stream
-(``ModelStreamInfer``). The server's decoupled ``video_stream`` decoder decodes it front to back and
-answers one response per window as soon as its frames are decoded; each window's clip runs through the
+The encoded file is sent **once** over gRPC's bidirectional stream (``ModelStreamInfer``): in one
+request, or, when the server's ``video_stream`` takes chunked uploads (config parameter
+``upload_chunk_bytes``) and the file is larger than a chunk, as its first chunk in the stream request
+and the rest from a background thread straight to ``video_stream`` (a second gRPC stream), so the server
+decodes the first windows while the rest is on its way. The server's decoupled ``video_stream`` decoder
+decodes it front to back and answers one response per window as soon as its frames are decoded; each window's clip runs through the
 backbone (the dynamic batcher groups windows) and the asked heads. Responses may arrive out of order:
 they are buffered and yielded by window index. The end is Triton's final-response flag
 (``enable_empty_final_response``); a decoder error ends the stream after the windows decoded so far
@@ -19,15 +22,17 @@ because Triton 2.51 does not pass a cancel through an ensemble to its decoupled 
 request naming this stream's id goes straight to ``video_stream``; the decoder checks for it before every
 window, so decoding (and with it any further trunk run for the video) stops at once.
 
-The largest file one request can carry is Triton's gRPC limit (INT32_MAX bytes, less room for the
-request's other fields) or the server's ``video_stream`` ``max_video_bytes`` when lower; above it
-:class:`InputError` says so and points to clip mode (decode here, send clips).
+The largest file is the server's ``video_stream`` ``max_video_bytes``; sent in one request, also
+Triton's gRPC limit (INT32_MAX bytes, less room for the request's other fields). Above it
+:class:`InputError` says so and points to clip mode (decode here, send clips). A chunk the server refuses
+ends the stream with its reason (:class:`InferenceError`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -45,10 +50,13 @@ from vmtl.contract import (
     PARAM_CANCEL,
     PARAM_STREAM_ID,
     PARAM_TASKS,
+    PARAM_UPLOAD_BYTES,
+    PARAM_UPLOAD_OFFSET,
     STREAM_ENSEMBLE,
     STREAM_EXTRA_OUTPUTS,
     STREAM_RANGE,
     STREAM_WINDOWING,
+    UPLOAD_CHUNK_PARAM,
     VIDEO_STREAM,
     WINDOW_INDEX_OUTPUT,
 )
@@ -67,6 +75,7 @@ class StreamInfo:
     available: bool
     max_bytes: int  # 0: no cap besides gRPC's
     reason: str = ""
+    chunk_bytes: int = 0  # the upload chunk size (0: a repository that takes one payload per stream)
 
 
 def stream_info(client: _client.VmtlClient) -> StreamInfo:
@@ -93,14 +102,19 @@ def stream_info(client: _client.VmtlClient) -> StreamInfo:
             "before streaming); re-export it, or use per-window requests",
         )
     else:
-        value = cfg.parameters["max_video_bytes"].string_value if "max_video_bytes" in cfg.parameters else ""
-        try:
-            limit = int(value or 0)
-        except ValueError:
-            limit = 0
-        info = StreamInfo(True, limit)
+        info = StreamInfo(
+            True, _int_param(cfg, "max_video_bytes"), chunk_bytes=_int_param(cfg, UPLOAD_CHUNK_PARAM)
+        )
     client._stream_info = info  # type: ignore[attr-defined]
     return info
+
+
+def _int_param(cfg: Any, key: str) -> int:
+    value = cfg.parameters[key].string_value if key in cfg.parameters else ""
+    try:
+        return max(int(value or 0), 0)
+    except ValueError:
+        return 0
 
 
 class WindowStream:
@@ -122,6 +136,7 @@ class WindowStream:
         stride: float,
         start: float | None = None,
         end: float | None = None,
+        chunk_bytes: int = 0,
     ) -> None:
         self._owner = client
         self.name = name
@@ -138,9 +153,12 @@ class WindowStream:
         self._error: Exception | None = None  # a server error, raised after the windows before it
         self._url = client._endpoint(None).url  # the stream and its stop request go to one server
         self._grpc = client._new_grpc_client(self._url)
+        self._uploader: threading.Thread | None = None
+        self._stop_upload = threading.Event()
         try:
             self._grpc.start_stream(callback=self._on_response)
-            self._send(data, start, end)
+            chunked = 0 < chunk_bytes < len(data)
+            self._send(data[:chunk_bytes] if chunked else data, start, end, len(data) if chunked else 0)
         except InferenceServerException as exc:
             self._grpc.close()
             raise client._server_error(exc, name) from exc
@@ -148,9 +166,15 @@ class WindowStream:
             self._grpc.close()
             raise
         self._t0 = time.perf_counter()
+        if chunked:  # the rest of the file goes up while the first windows come back
+            self._uploader = threading.Thread(
+                target=self._upload, args=(data, chunk_bytes), name="vmtl-upload", daemon=True
+            )
+            self._uploader.start()
 
     # -- sending -------------------------------------------------------------------------------------
-    def _send(self, data: bytes, start: float | None, end: float | None) -> None:
+    def _send(self, data: bytes, start: float | None, end: float | None, total: int) -> None:
+        """The stream request: the whole file, or (``total`` > 0) its first chunk of a chunked upload."""
         payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
         payload.set_data_from_numpy(np.array([[data]], dtype=np.object_))
         windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
@@ -162,14 +186,62 @@ class WindowStream:
             span.set_data_from_numpy(np.array([bounds], np.float32))
             inputs.append(span)
         outputs = [grpcclient.InferRequestedOutput(n) for n in [*self.names, *STREAM_EXTRA_OUTPUTS]]
+        params: dict[str, Any] = {PARAM_TASKS: ",".join(self.names), PARAM_STREAM_ID: self.stream_id}
+        if total:
+            params[PARAM_UPLOAD_BYTES] = total
         self._grpc.async_stream_infer(
             STREAM_ENSEMBLE,
             inputs,
             outputs=outputs,
             enable_empty_final_response=True,
-            parameters={PARAM_TASKS: ",".join(self.names), PARAM_STREAM_ID: self.stream_id},
+            parameters=params,
         )
         self.bytes_sent += len(data)
+
+    def _upload(self, data: bytes, chunk: int) -> None:
+        """Send the chunks after the first straight to ``video_stream`` (one gRPC stream, in order); a
+        refused chunk ends the stream with the server's reason."""
+        acks: queue.Queue[Any] = queue.Queue()
+        up = self._owner._new_grpc_client(self._url)
+        sent = 0
+        try:
+            up.start_stream(callback=lambda result, error: acks.put(error))
+            windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
+            windowing.set_data_from_numpy(np.array([[self.window, self.stride]], np.float32))
+            for offset in range(chunk, len(data), chunk):
+                if self._stop_upload.is_set():
+                    return
+                payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
+                payload.set_data_from_numpy(np.array([[data[offset : offset + chunk]]], dtype=np.object_))
+                up.async_stream_infer(
+                    VIDEO_STREAM,
+                    [payload, windowing],
+                    enable_empty_final_response=True,
+                    parameters={
+                        PARAM_STREAM_ID: self.stream_id,
+                        PARAM_UPLOAD_BYTES: len(data),
+                        PARAM_UPLOAD_OFFSET: offset,
+                    },
+                )
+                sent += 1
+                self.bytes_sent += min(chunk, len(data) - offset)
+            for _ in range(sent):  # every chunk acknowledged (or the first refusal)
+                while not self._stop_upload.is_set():
+                    try:
+                        error = acks.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        continue
+                else:
+                    return
+                if error is not None:
+                    self._queue.put((None, error))
+                    return
+            up.stop_stream()
+        except InferenceServerException as exc:
+            self._queue.put((None, exc))
+        finally:
+            up.close()
 
     def _on_response(self, result: Any, error: Any) -> None:
         self._queue.put((result, error))
@@ -249,6 +321,7 @@ class WindowStream:
         """The server ended the stream (final flag, or an error: no final flag follows): close it."""
         if not self._done:
             self._done = True
+            self._stop_upload.set()
             try:
                 self._grpc.stop_stream(cancel_requests=cancel)
             finally:
@@ -259,6 +332,7 @@ class WindowStream:
         if self._done:
             return
         self._done = True
+        self._stop_upload.set()
         self._pending.clear()
         try:
             self._grpc.stop_stream(cancel_requests=True)
@@ -320,15 +394,20 @@ def open_stream(
     if not info.available:
         raise _client.ServerContractError(info.reason)
     data = client._read_payload(source, name)
-    limit = min(info.max_bytes or GRPC_LIMIT, GRPC_LIMIT)
-    if len(data) > limit:
+    # Sent in chunks, a file is bound by the server's cap only; in one request, also by gRPC's.
+    cap = info.max_bytes if info.max_bytes and (info.chunk_bytes or info.max_bytes < GRPC_LIMIT) else 0
+    limit = cap or (0 if info.chunk_bytes else GRPC_LIMIT)
+    if limit and len(data) > limit:
         raise _client.InputError(
             f"{name}: {len(data)} bytes ({len(data) / 2**20:.1f} MiB) exceeds the largest video one "
-            f"streaming request can carry ({limit} bytes, {limit / 2**20:.1f} MiB: "
-            f"{'video_stream max_video_bytes' if info.max_bytes and info.max_bytes < GRPC_LIMIT else 'gRPC'}"
+            f"stream can carry ({limit} bytes, {limit / 2**20:.1f} MiB: "
+            f"{'video_stream max_video_bytes' if cap else 'gRPC'}"
             "); decode on this side and send clips instead (mode='clip', --mode clip)"
         )
-    return WindowStream(client, data, name, names, window=window, stride=stride, start=start, end=end)
+    return WindowStream(
+        client, data, name, names, window=window, stride=stride, start=start, end=end,
+        chunk_bytes=info.chunk_bytes,
+    )  # fmt: skip
 
 
 #: The payload one streaming request carries at most: gRPC's INT32_MAX less 1 MiB for the rest.

@@ -47,6 +47,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
+    DEFAULT_UPLOAD_CHUNK_BYTES,
     HEAD_LAYOUTS,
     MANIFEST,
     PARAM_GRAPH,
@@ -58,6 +59,7 @@ from vmtl.contract import (
     STREAM_RANGE,
     STREAM_WINDOWING,
     TAPS_OUTPUT,
+    UPLOAD_CHUNK_PARAM,
     VIDEO_DECODE,
     VIDEO_ENSEMBLE,
     VIDEO_STREAM,
@@ -344,6 +346,7 @@ class _Options:
     variants: tuple[tuple[str, str, str], ...] = ()  # cpu backbone: accepted (runtime, precision, file)
     tap_tasks: tuple[str, ...] = ()  # tasks whose head reads trunk_taps instead of feat_<task>
     versions: tuple[tuple[str, int], ...] = ()  # model -> the version directory its files go to (default 1)
+    upload_chunk_bytes: int = DEFAULT_UPLOAD_CHUNK_BYTES  # video_stream's chunked uploads (0: off)
 
     def version(self, model: str) -> int:
         return dict(self.versions).get(model, 1)
@@ -369,6 +372,8 @@ class _Options:
             raise RepositoryError("decode_instances must be >= 1 and queue_delay_us >= 0")
         if self.max_queue_size < 0:
             raise RepositoryError(f"max_queue_size must be >= 0 (0: unbounded), got {self.max_queue_size}")
+        if self.upload_chunk_bytes < 0:
+            raise RepositoryError(f"upload_chunk_bytes must be >= 0 (0: off), got {self.upload_chunk_bytes}")
         if self.heads not in HEAD_LAYOUTS:
             raise RepositoryError(f"heads must be one of {', '.join(HEAD_LAYOUTS)}, not {self.heads!r}")
         if self.fused and self.native:
@@ -405,6 +410,7 @@ def write_repository(
     versions: Mapping[str, int] | None = None,
     keep: Iterable[str] = (),
     frame_trunks: Mapping[str, Path] | None = None,
+    upload_chunk_bytes: int = DEFAULT_UPLOAD_CHUNK_BYTES,
 ) -> Path:
     """Write the Triton model repository for ``graph`` into ``out`` and return ``out``.
 
@@ -419,10 +425,9 @@ def write_repository(
     request names in its ``vmtl_tasks`` parameter (one stub crossing instead of one per head);
     ``separate`` (the ``native`` default and only choice) writes one model per head. ``cache`` turns on
     Triton's response cache on the backbone (see the module docstring). ``max_stream_bytes`` caps
-    ``video_stream``'s payload (0: only gRPC's limit). ``metadata`` is the
-    exporter's record for the manifest. The repository is staged in a temporary directory, validated,
-    ``separate`` (the ``native`` default and only choice) writes one model per head. ``metadata`` is the
-    exporter's record for the manifest. ``backbone_variants`` (cpu flavour): the accepted (runtime,
+    ``video_stream``'s payload (0: only gRPC's limit); ``upload_chunk_bytes`` is the chunk size clients
+    upload a streamed file in (0: one payload per stream). ``metadata`` is the exporter's record for the
+    manifest. ``backbone_variants`` (cpu flavour): the accepted (runtime,
     precision, file) variants of the backbone, fastest first, written to its config's ``vmtl_variants``
     for the host to choose from; ``backbone_files``: the variants' files (name in the backbone's version
     directory -> source) besides ``model.onnx``. The repository is staged in a temporary directory, validated,
@@ -458,6 +463,7 @@ def write_repository(
         tuple((str(r), str(p), str(f)) for r, p, f in backbone_variants),
         tuple(tap_tasks),
         tuple(sorted((versions or {}).items())),
+        upload_chunk_bytes,
     )
     opts.check()
     keep = [k for k in keep if (out / k).is_dir()]
@@ -691,6 +697,7 @@ def _stream_decoder_config(graph: TaskGraph, shared: Mapping[str, str], opts: _O
             **shared,
             "max_video_bytes": str(opts.max_stream_bytes),
             "max_streams": str(DEFAULT_MAX_STREAMS),
+            UPLOAD_CHUNK_PARAM: str(opts.upload_chunk_bytes),
         },
     )
     _instances(cfg, 1, False)

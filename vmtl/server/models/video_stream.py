@@ -3,9 +3,20 @@
 Copied by ``vmtl.export.repository.write_repository`` to ``video_stream/1/model.py``; the first step of
 the ``vmtl_stream`` ensemble. A **decoupled** model (``model_transaction_policy { decoupled: true }``):
 each request takes the encoded file once and is answered with one response per sliding window, sent as
-soon as that window's frames are decoded (:func:`vmtl.video.window_stream`: the file is indexed once,
-then decoded front to back, seeking only where the sampling skips whole GOPs), then the final flag. The
-backbone's dynamic batcher groups the windows (of this stream and of others) and the heads follow.
+soon as that window's frames are decoded (:func:`vmtl.video.window_stream`: the file is indexed as far as
+the next window needs, and decoded front to back, seeking only where the sampling skips whole GOPs), then
+the final flag. The backbone's dynamic batcher groups the windows (of this stream and of others) and the
+heads follow.
+
+Chunked uploads (config parameter ``upload_chunk_bytes``: the chunk size clients use). The stream
+request carries the first chunk and the file's size (request parameter ``vmtl_upload_bytes``); the other
+chunks come straight to this model (not through the ensemble) with the same ``vmtl_stream_id`` and their
+``vmtl_upload_offset``, and are answered at once with an empty final response (or an error when a chunk
+does not fit, which also ends the stream). The decoder reads a :class:`vmtl.upload_buffer.UploadBuffer`
+whose reads wait for the bytes still to come, so the first windows are sent while the file is still
+arriving (when its index is in front). This model runs one instance, so every chunk meets its stream; a
+chunk that overtakes the stream request waits in the buffer. An upload idle for ``upload_stall_s``
+(default 30 s) ends its stream with an error.
 
 Inputs: ``video_bytes`` BYTES [1]; ``windowing`` FP32 [2] = (window, stride) seconds; optional ``range``
 FP32 [2] = (start, end) seconds to cover (a negative or NaN bound: from the start / to the end).
@@ -14,8 +25,8 @@ Outputs per response (batch 1): ``video`` UINT8 [T,S,S,3], ``timestamps`` FP64 [
 windows the stream expects). Responses may reach the client out of order (the batcher, a cache hit):
 the client sorts them by index.
 
-Errors: a payload that cannot be opened, an empty or oversized one (config parameter ``max_video_bytes``)
-or bad windowing is answered with one error response. A video that fails part-way (a file cut short, a
+Errors: a payload that cannot be opened, an empty or oversized one (config parameter ``max_video_bytes``,
+for a chunked upload its announced size) or bad windowing is answered with one error response. A video that fails part-way (a file cut short, a
 decode error) is answered with the windows decoded so far, then one error response naming the cause;
 the error carries the final flag. The server and the other streams carry on.
 
@@ -53,13 +64,25 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vmtl.contract import PARAM_CANCEL, PARAM_STREAM_ID, STREAM_RANGE, STREAM_WINDOWING
+from vmtl.contract import (
+    DEFAULT_UPLOAD_CHUNK_BYTES,
+    PARAM_CANCEL,
+    PARAM_STREAM_ID,
+    PARAM_UPLOAD_BYTES,
+    PARAM_UPLOAD_OFFSET,
+    STREAM_RANGE,
+    STREAM_WINDOWING,
+    UPLOAD_CHUNK_PARAM,
+)
 from vmtl.server.hosting import BadRequest, ClipSpec, config_and_params
+from vmtl.upload_buffer import UploadBuffer, UploadError
 from vmtl.video import VideoError, window_stream
 
 #: One payload's default cap: what one gRPC request to Triton 2.51 can carry, less room for the rest.
 _DEFAULT_MAX_BYTES = 2**31 - 2**20
 _MARKER_TTL_S = 3600.0
+#: An upload nobody streams (its stream request failed, or never came) is dropped after this long idle.
+_UPLOAD_TTL_S = 600.0
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -95,6 +118,9 @@ class TritonPythonModel:
         self.num_frames, self.size, self.sampling = spec.num_frames, spec.size, spec.sampling
         self.max_bytes = spec.max_bytes
         self.slots = threading.Semaphore(max(int(params.get("max_streams") or 4), 1))
+        self.chunk_bytes = int(params.get(UPLOAD_CHUNK_PARAM) or DEFAULT_UPLOAD_CHUNK_BYTES)
+        self.stall_s = float(params.get("upload_stall_s") or 30.0)
+        self.uploads: dict[str, tuple[UploadBuffer, float]] = {}  # stream id -> (buffer, last touched)
         repo = Path(args["model_repository"]).resolve()
         key = hashlib.sha1(str(repo).encode()).hexdigest()[:16]
         self.markers = Path(tempfile.gettempdir()) / f"vmtl-stream-stop-{key}"
@@ -127,6 +153,10 @@ class TritonPythonModel:
                     self._stop(params[PARAM_CANCEL])
                     sender.send(flags=_FINAL)
                     continue
+                if PARAM_UPLOAD_OFFSET in params:
+                    self._chunk(request, params)
+                    sender.send(flags=_FINAL)
+                    continue
                 job = self._job(request, params)
             except BadRequest as exc:
                 sender.send(_error(str(exc)), flags=_FINAL)
@@ -150,14 +180,22 @@ class TritonPythonModel:
             raise BadRequest(f"{self.name}: input 'video_bytes' expected one item, got {items.size}")
         item = items[0]
         data = item.encode("latin-1") if isinstance(item, str) else bytes(item)
-        if not data:
+        stream_id = _safe_id(params[PARAM_STREAM_ID]) if PARAM_STREAM_ID in params else None
+        source: bytes | UploadBuffer = data
+        if PARAM_UPLOAD_BYTES in params:  # chunked: this request carries the first chunk
+            if stream_id is None:
+                raise BadRequest(f"{self.name}: a chunked upload needs the parameter {PARAM_STREAM_ID!r}")
+            total = int(params[PARAM_UPLOAD_BYTES])
+            self._check_size(total)
+            source = self._upload(stream_id, total)
+            try:
+                source.append(0, data)
+            except UploadError as exc:
+                raise BadRequest(f"{self.name}: {exc}") from exc
+        elif not data:
             raise BadRequest(f"{self.name}: empty payload (0 bytes); send the encoded video file's bytes")
-        if self.max_bytes > 0 and len(data) > self.max_bytes:
-            raise BadRequest(
-                f"{self.name}: payload of {len(data)} bytes ({_mib(len(data))}) exceeds the limit of "
-                f"{self.max_bytes} bytes ({_mib(self.max_bytes)}; {self.name} parameter max_video_bytes); "
-                "decode on the client side instead (mode='clip', --mode clip)"
-            )
+        else:
+            self._check_size(len(data))
         wt = pb_utils.get_input_tensor_by_name(request, STREAM_WINDOWING)
         if wt is None:
             raise BadRequest(f"{self.name}: missing input '{STREAM_WINDOWING}' (window, stride seconds)")
@@ -176,8 +214,57 @@ class TritonPythonModel:
             start, end = _bound(span[0]), _bound(span[1])
             if start is not None and end is not None and end <= start:
                 raise BadRequest(f"{self.name}: range end {end:g} s is not after its start {start:g} s")
-        stream_id = _safe_id(params[PARAM_STREAM_ID]) if PARAM_STREAM_ID in params else None
-        return data, float(windowing[0]), float(windowing[1]), start, end, stream_id
+        return source, float(windowing[0]), float(windowing[1]), start, end, stream_id
+
+    def _check_size(self, size: int) -> None:
+        if size <= 0:
+            raise BadRequest(f"{self.name}: empty payload (0 bytes); send the encoded video file's bytes")
+        if self.max_bytes > 0 and size > self.max_bytes:
+            raise BadRequest(
+                f"{self.name}: payload of {size} bytes ({_mib(size)}) exceeds the limit of "
+                f"{self.max_bytes} bytes ({_mib(self.max_bytes)}; {self.name} parameter max_video_bytes); "
+                "decode on the client side instead (mode='clip', --mode clip)"
+            )
+
+    # -- chunked uploads ---------------------------------------------------------------------------------
+    def _upload(self, stream_id: str, total: int) -> UploadBuffer:
+        """The buffer of upload ``stream_id`` (made by whichever of its requests comes first)."""
+        now = time.monotonic()
+        with self.lock:
+            for key, (_, touched) in list(self.uploads.items()):
+                if now - touched > _UPLOAD_TTL_S:
+                    self.uploads.pop(key)[0].abort("upload abandoned")
+            entry = self.uploads.get(stream_id)
+            if entry is None:
+                entry = (UploadBuffer(total, stall_s=self.stall_s), now)
+            elif entry[0].total != total:
+                raise BadRequest(
+                    f"{self.name}: upload {stream_id[:8]} was announced as {entry[0].total} bytes, "
+                    f"now as {total}"
+                )
+            self.uploads[stream_id] = (entry[0], now)
+            return entry[0]
+
+    def _chunk(self, request: Any, params: dict[str, Any]) -> None:
+        """One chunk of an upload (sent straight to this model): append it; BadRequest if it does not fit."""
+        if PARAM_STREAM_ID not in params or PARAM_UPLOAD_BYTES not in params:
+            raise BadRequest(
+                f"{self.name}: a chunk needs the parameters {PARAM_STREAM_ID!r} and {PARAM_UPLOAD_BYTES!r}"
+            )
+        total = int(params[PARAM_UPLOAD_BYTES])
+        self._check_size(total)
+        tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
+        items = tensor.as_numpy().reshape(-1) if tensor is not None else ()
+        if len(items) != 1:
+            raise BadRequest(f"{self.name}: a chunk carries one 'video_bytes' item")
+        item = items[0]
+        chunk = item.encode("latin-1") if isinstance(item, str) else bytes(item)
+        buffer = self._upload(_safe_id(params[PARAM_STREAM_ID]), total)
+        try:
+            buffer.append(int(params[PARAM_UPLOAD_OFFSET]), chunk)
+        except UploadError as exc:
+            buffer.abort(str(exc))  # the stream cannot complete: end it with this reason
+            raise BadRequest(f"{self.name}: {exc}") from exc
 
     # -- streaming ---------------------------------------------------------------------------------------
     def _serve(self, sender: Any, *job: Any) -> None:
@@ -194,7 +281,7 @@ class TritonPythonModel:
     def _stream(
         self,
         sender: Any,
-        data: bytes,
+        data: bytes | UploadBuffer,
         window: float,
         stride: float,
         start: float | None,
@@ -214,28 +301,40 @@ class TritonPythonModel:
                 start=start,
                 end=end,
             )
-            count = len(stream.spans)
             for index, clip in stream:
                 if sender.is_cancelled() or (marker is not None and marker.exists()):
                     stream.close()
                     self.stopped_metric.increment(1)
                     sender.send(flags=_FINAL)
                     return
-                sender.send(_window_response(clip, index, count))
+                sender.send(_window_response(clip, index, stream.count))
                 sent += 1
                 self.windows_metric.increment(1)
         except (VideoError, ValueError) as exc:
+            if marker is not None and marker.exists():  # stopped while waiting for upload chunks
+                self.stopped_metric.increment(1)
+                sender.send(flags=_FINAL)
+                return
             done = f" after {sent} window{'s' if sent != 1 else ''}" if sent else ""
             sender.send(_error(f"{self.name}: {exc}{done}"), flags=_FINAL)
             return
         finally:
             if marker is not None:
                 marker.unlink(missing_ok=True)
+            if isinstance(data, UploadBuffer):
+                data.abort("the stream ended")  # late chunks of a failed stream are refused
+                with self.lock:
+                    self.uploads.pop(stream_id or "", None)
         sender.send(flags=_FINAL)
 
     def _stop(self, stream_id: Any) -> None:
         """Record a stop request for stream ``stream_id`` (seen by every instance); sweep old markers."""
-        (self.markers / _safe_id(stream_id)).touch()
+        key = _safe_id(stream_id)
+        (self.markers / key).touch()
+        with self.lock:
+            entry = self.uploads.pop(key, None)
+        if entry is not None:  # a decoder waiting for the rest of the file stops waiting
+            entry[0].abort("stopped by the client")
         now = time.time()
         for old in self.markers.iterdir():
             try:
