@@ -397,12 +397,15 @@ class _Reader:
         return float((self._ix_dts - self._ix_min) * self.tb)
 
     def index_until(self, t: float) -> None:
-        """Demux until every frame shown before ``t`` seconds is indexed, plus ``INDEX_LOOKAHEAD``
-        packets (frames the decoder may emit past a target), or to the end of the file. Only what is
-        needed is read, so the first windows of a file still arriving are served before its end."""
+        """Demux until every frame shown before ``t`` seconds is indexed, plus at least
+        ``INDEX_LOOKAHEAD`` packets (frames the decoder may emit past a target; a quarter of those
+        indexed when more, so a long file is re-sorted O(log n) times), or to the end of the file. Only
+        what is needed is read, so the first windows of a file still arriving are served before its end."""
         if self.index_done or t <= self._ix_ready:
             return
         extra = 0
+        # read a quarter of what is indexed beyond the lookahead: O(log n) re-sorts over a long file
+        ahead = max(INDEX_LOOKAHEAD, len(self._ix_pts) // 4)
         while True:
             try:
                 pkt = next(self._ix_packets)
@@ -423,7 +426,7 @@ class _Reader:
                 self._ix_dts = pkt.dts
             if t < math.inf and self.covered() >= t:
                 extra += 1
-                if extra > INDEX_LOOKAHEAD:
+                if extra > ahead:
                     self._ix_ready = t
                     self._rebuild()
                     return
