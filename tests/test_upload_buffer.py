@@ -120,3 +120,25 @@ def test_a_stalled_upload_is_a_clear_video_error(video: bytes) -> None:
     with pytest.raises(VideoError, match=rf"<upload of {len(video)} bytes>: upload stalled"):
         for _ in window_stream(buf, 4, 32, window=4.0):
             pass
+
+
+def test_acknowledgements_wait_until_the_readers_near_the_chunk() -> None:
+    """The pacing: a chunk far ahead of what the decoder asked for is acknowledged only once it nears;
+    a read at the end (an MP4 index there) or an abort releases everything."""
+    buf = UploadBuffer(100, ahead=10)
+    released: list[int] = []
+    for off in (0, 10, 20, 30):
+        buf.append(off, b"x" * 10)
+        buf.hold(off, lambda off=off: released.append(off))
+    assert released == [0, 10]  # within 10 bytes of byte 0
+    r = buf.reader()
+    r.read(15)  # asks for bytes up to 15: the chunk at 20 is now within reach, 30 not yet
+    assert released == [0, 10, 20]
+    r.seek(-5, io.SEEK_END)
+    buf.hold(40, lambda: released.append(40))
+    threading.Timer(0.1, lambda: buf.abort("stopped by the client")).start()
+    with pytest.raises(UploadError):
+        r.read(5)  # asking for the end released what was held, then the abort ended the wait
+    assert sorted(released) == [0, 10, 20, 30, 40]
+    buf.hold(50, lambda: released.append(50))  # after the end: at once
+    assert released[-1] == 50

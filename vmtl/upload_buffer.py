@@ -10,7 +10,11 @@ upload is complete, or it fails:
   waits for them);
 - :meth:`UploadBuffer.abort` ends every wait with :class:`UploadError` (a stop request, a bad chunk);
 - a reader that waits ``stall_s`` seconds without any new byte raises :class:`UploadError` (the client
-  went away mid-upload).
+  went away mid-upload);
+- :meth:`UploadBuffer.hold` paces the sender: a chunk's acknowledgement is released once the readers have
+  asked for bytes within ``ahead`` bytes of it (at once when they have), so a client that keeps a few
+  chunks unacknowledged uploads just ahead of the decoder instead of competing with its first windows
+  for the CPU. A reader that seeks to the end (an MP4 whose index is there) releases everything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Callable
 
 __all__ = ["UploadBuffer", "UploadError"]
 
@@ -29,11 +34,14 @@ class UploadError(Exception):
 class UploadBuffer:
     """``total`` bytes arriving in order; :meth:`reader` gives blocking file objects over them."""
 
-    def __init__(self, total: int, *, stall_s: float = 30.0) -> None:
+    def __init__(self, total: int, *, stall_s: float = 30.0, ahead: int = 2**21) -> None:
         if total <= 0:
             raise UploadError(f"an upload needs a positive size, got {total} bytes")
         self.total = int(total)
         self.stall_s = float(stall_s)
+        self.ahead = int(ahead)
+        self._wanted = 0  # the furthest byte a reader has asked for
+        self._holds: list[tuple[int, Callable[[], None]]] = []  # (chunk offset, its acknowledgement)
         self._data = bytearray()
         self._early: dict[int, bytes] = {}  # chunks that came before the ones in front of them
         self._cond = threading.Condition()
@@ -71,15 +79,40 @@ class UploadBuffer:
             self._cond.notify_all()
 
     def abort(self, reason: str) -> None:
-        """Fail every current and later read with ``reason``."""
+        """Fail every current and later read with ``reason``; release every held acknowledgement."""
         with self._cond:
             if self._error is None:
                 self._error = reason
             self._cond.notify_all()
+            due, self._holds = self._holds, []
+        for _, release in due:
+            release()
+
+    def hold(self, offset: int, release: Callable[[], None]) -> None:
+        """Call ``release`` (a chunk's acknowledgement) once the readers have asked for bytes within
+        ``ahead`` of ``offset``: now if they have (or the upload ended), else from the reader that does."""
+        with self._cond:
+            if self._error is None and offset > self._wanted + self.ahead:
+                self._holds.append((offset, release))
+                return
+        release()
+
+    def _want(self, end: int) -> None:
+        """A reader asked for bytes up to ``end``: release the acknowledgements now due."""
+        with self._cond:
+            if end <= self._wanted:
+                return
+            self._wanted = end
+            limit = end + self.ahead
+            due = [h for h in self._holds if h[0] <= limit]
+            self._holds = [h for h in self._holds if h[0] > limit]
+        for _, release in due:
+            release()
 
     def wait_for(self, end: int) -> int:
         """Block until ``min(end, total)`` bytes are here; return how many are (UploadError on failure)."""
         end = min(end, self.total)
+        self._want(end)
         with self._cond:
             while len(self._data) < end:
                 if self._error is not None:
@@ -140,6 +173,7 @@ class _View(io.RawIOBase):
             return b""
         stop = self._buf.total if size is None or size < 0 else min(self._pos + size, self._buf.total)
         # Wait for the first byte wanted only: hand the decoder what is here rather than a full buffer.
+        self._buf._want(stop)
         have = self._buf.wait_for(self._pos + 1)
         stop = min(stop, have)
         out = self._buf.view(self._pos, stop)

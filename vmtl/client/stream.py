@@ -66,6 +66,8 @@ __all__ = ["StreamInfo", "WindowStream", "stream_info", "video_result"]
 
 #: Seconds to wait for the decoder to acknowledge a stop request.
 STOP_TIMEOUT_S = 5.0
+#: Upload chunks sent and not yet acknowledged (the server acknowledges as its decoder nears them).
+UPLOAD_INFLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -199,18 +201,23 @@ class WindowStream:
         self.bytes_sent += len(data)
 
     def _upload(self, data: bytes, chunk: int) -> None:
-        """Send the chunks after the first straight to ``video_stream`` (one gRPC stream, in order); a
-        refused chunk ends the stream with the server's reason."""
+        """Send the chunks after the first straight to ``video_stream`` (one gRPC stream, in order), at
+        most ``UPLOAD_INFLIGHT`` unacknowledged: the server acknowledges a chunk when its decoder nears
+        it, so the upload keeps just ahead of the decoding. A refused chunk ends the stream with the
+        server's reason."""
         acks: queue.Queue[Any] = queue.Queue()
         up = self._owner._new_grpc_client(self._url)
-        sent = 0
+        offsets = list(range(chunk, len(data), chunk))
+        acked = 0
         try:
             up.start_stream(callback=lambda result, error: acks.put(error))
             windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
             windowing.set_data_from_numpy(np.array([[self.window, self.stride]], np.float32))
-            for offset in range(chunk, len(data), chunk):
-                if self._stop_upload.is_set():
-                    return
+            for sent, offset in enumerate(offsets):
+                while sent - acked >= UPLOAD_INFLIGHT:
+                    if not self._acknowledged(acks):
+                        return
+                    acked += 1
                 payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
                 payload.set_data_from_numpy(np.array([[data[offset : offset + chunk]]], dtype=np.object_))
                 up.async_stream_infer(
@@ -223,25 +230,30 @@ class WindowStream:
                         PARAM_UPLOAD_OFFSET: offset,
                     },
                 )
-                sent += 1
                 self.bytes_sent += min(chunk, len(data) - offset)
-            for _ in range(sent):  # every chunk acknowledged (or the first refusal)
-                while not self._stop_upload.is_set():
-                    try:
-                        error = acks.get(timeout=0.5)
-                        break
-                    except queue.Empty:
-                        continue
-                else:
+            while acked < len(offsets):
+                if not self._acknowledged(acks):
                     return
-                if error is not None:
-                    self._queue.put((None, error))
-                    return
+                acked += 1
             up.stop_stream()
         except InferenceServerException as exc:
             self._queue.put((None, exc))
         finally:
             up.close()
+
+    def _acknowledged(self, acks: queue.Queue[Any]) -> bool:
+        """Wait for one chunk's acknowledgement; False when the stream ended or the chunk was refused
+        (its error then ends the stream)."""
+        while not self._stop_upload.is_set():
+            try:
+                error = acks.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if error is not None:
+                self._queue.put((None, error))
+                return False
+            return True
+        return False
 
     def _on_response(self, result: Any, error: Any) -> None:
         self._queue.put((result, error))

@@ -11,8 +11,10 @@ heads follow.
 Chunked uploads (config parameter ``upload_chunk_bytes``: the chunk size clients use). The stream
 request carries the first chunk and the file's size (request parameter ``vmtl_upload_bytes``); the other
 chunks come straight to this model (not through the ensemble) with the same ``vmtl_stream_id`` and their
-``vmtl_upload_offset``, and are answered at once with an empty final response (or an error when a chunk
-does not fit, which also ends the stream). The decoder reads a :class:`vmtl.upload_buffer.UploadBuffer`
+``vmtl_upload_offset``. Each is answered with an empty final response once the decoder has asked for bytes
+within two chunks of it (at once when it has; the client keeps two chunks unacknowledged, so the upload
+runs just ahead of the decoding rather than competing with the first windows for the CPU), or with an
+error when it does not fit, which also ends the stream. The decoder reads a :class:`vmtl.upload_buffer.UploadBuffer`
 whose reads wait for the bytes still to come, so the first windows are sent while the file is still
 arriving (when its index is in front). This model runs one instance, so every chunk meets its stream; a
 chunk that overtakes the stream request waits in the buffer. An upload idle for ``upload_stall_s``
@@ -154,8 +156,7 @@ class TritonPythonModel:
                     sender.send(flags=_FINAL)
                     continue
                 if PARAM_UPLOAD_OFFSET in params:
-                    self._chunk(request, params)
-                    sender.send(flags=_FINAL)
+                    self._chunk(request, params, sender)  # acknowledged when the decoder nears it
                     continue
                 job = self._job(request, params)
             except BadRequest as exc:
@@ -236,7 +237,7 @@ class TritonPythonModel:
                     self.uploads.pop(key)[0].abort("upload abandoned")
             entry = self.uploads.get(stream_id)
             if entry is None:
-                entry = (UploadBuffer(total, stall_s=self.stall_s), now)
+                entry = (UploadBuffer(total, stall_s=self.stall_s, ahead=2 * self.chunk_bytes), now)
             elif entry[0].total != total:
                 raise BadRequest(
                     f"{self.name}: upload {stream_id[:8]} was announced as {entry[0].total} bytes, "
@@ -245,8 +246,10 @@ class TritonPythonModel:
             self.uploads[stream_id] = (entry[0], now)
             return entry[0]
 
-    def _chunk(self, request: Any, params: dict[str, Any]) -> None:
-        """One chunk of an upload (sent straight to this model): append it; BadRequest if it does not fit."""
+    def _chunk(self, request: Any, params: dict[str, Any], sender: Any) -> None:
+        """One chunk of an upload (sent straight to this model): append it, and acknowledge it once the
+        decoder has asked for bytes within two chunks of it (the client keeps only a few unacknowledged,
+        so the upload runs just ahead of the decoding); BadRequest if it does not fit."""
         if PARAM_STREAM_ID not in params or PARAM_UPLOAD_BYTES not in params:
             raise BadRequest(
                 f"{self.name}: a chunk needs the parameters {PARAM_STREAM_ID!r} and {PARAM_UPLOAD_BYTES!r}"
@@ -260,11 +263,18 @@ class TritonPythonModel:
         item = items[0]
         chunk = item.encode("latin-1") if isinstance(item, str) else bytes(item)
         buffer = self._upload(_safe_id(params[PARAM_STREAM_ID]), total)
+        offset = int(params[PARAM_UPLOAD_OFFSET])
         try:
-            buffer.append(int(params[PARAM_UPLOAD_OFFSET]), chunk)
+            buffer.append(offset, chunk)
         except UploadError as exc:
             buffer.abort(str(exc))  # the stream cannot complete: end it with this reason
             raise BadRequest(f"{self.name}: {exc}") from exc
+
+        def ack() -> None:  # may run on the decoder's thread: never let it fail there
+            with contextlib.suppress(Exception):
+                sender.send(flags=_FINAL)
+
+        buffer.hold(offset, ack)
 
     # -- streaming ---------------------------------------------------------------------------------------
     def _serve(self, sender: Any, *job: Any) -> None:
