@@ -218,8 +218,9 @@ def test_a_chunked_upload_answers_before_the_file_is_in(
     servers: Servers, videos: Videos, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The decoder starts on the first chunks (the file's index is in front): with the upload slowed
-    down, the first window arrives while most of the file is still on the client, equal to the whole
-    file's; closing the stream then stops the decoder, which was waiting for chunks."""
+    down, the first window arrives while most of the file is still on the client (which reads it chunk
+    by chunk, never whole), equal to the whole file's; closing the stream then stops the decoder, which
+    was waiting for chunks."""
     original = grpcclient.InferInput.set_data_from_numpy
 
     def slow(self, array, *args, **kw):  # the client's upload thread: one chunk every 0.3 s
@@ -231,6 +232,13 @@ def test_a_chunked_upload_answers_before_the_file_is_in(
     server = servers.fused
     data = videos.faststart_long.read_bytes()
     assert len(data) > 8 * CHUNK
+    whole = Path.read_bytes
+
+    def never_whole(path: Path) -> bytes:  # the client reads a chunked upload's file chunk by chunk
+        assert path != videos.faststart_long, "the client read the whole file"
+        return whole(path)
+
+    monkeypatch.setattr(Path, "read_bytes", never_whole)
     stopped_before = _metric(server, "vmtl_stream_stopped_total")
     with VmtlClient(server.grpc_url) as client:  # type: ignore[attr-defined]
         stream = client.stream(videos.faststart_long, ["a"], window=4.0)

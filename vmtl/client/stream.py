@@ -31,12 +31,14 @@ ends the stream with its reason (:class:`InferenceError`).
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -111,6 +113,35 @@ def stream_info(client: _client.VmtlClient) -> StreamInfo:
     return info
 
 
+class _Payload:
+    """The file to send: bytes in memory, or a path read one chunk at a time (a long video is never held
+    whole by the client when it goes up in chunks)."""
+
+    def __init__(self, source: bytes | Path, size: int) -> None:
+        self._source = source
+        self.size = size
+
+    def read(self, offset: int, n: int) -> bytes:
+        if isinstance(self._source, bytes):
+            return self._source[offset : offset + n]
+        with open(self._source, "rb") as f:
+            f.seek(offset)
+            data = f.read(n)
+        if len(data) != min(n, self.size - offset):
+            raise OSError(f"{self._source} changed while it was being sent")
+        return data
+
+
+def _payload(client: _client.VmtlClient, source: Any, name: str, chunked: bool) -> _Payload:
+    """What :func:`open_stream` sends: a path stays on disk when the upload is chunked."""
+    if chunked and isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        size = Path(source).stat().st_size
+        if size:
+            return _Payload(Path(source), size)
+    data = client._read_payload(source, name)
+    return _Payload(data, len(data))
+
+
 def _int_param(cfg: Any, key: str) -> int:
     value = cfg.parameters[key].string_value if key in cfg.parameters else ""
     try:
@@ -130,7 +161,7 @@ class WindowStream:
     def __init__(
         self,
         client: _client.VmtlClient,
-        data: bytes,
+        data: bytes | _Payload,
         name: str,
         names: list[str],
         *,
@@ -159,8 +190,10 @@ class WindowStream:
         self._stop_upload = threading.Event()
         try:
             self._grpc.start_stream(callback=self._on_response)
-            chunked = 0 < chunk_bytes < len(data)
-            self._send(data[:chunk_bytes] if chunked else data, start, end, len(data) if chunked else 0)
+            payload = data if isinstance(data, _Payload) else _Payload(bytes(data), len(data))
+            chunked = 0 < chunk_bytes < payload.size
+            first = payload.read(0, chunk_bytes if chunked else payload.size)
+            self._send(first, start, end, payload.size if chunked else 0)
         except InferenceServerException as exc:
             self._grpc.close()
             raise client._server_error(exc, name) from exc
@@ -170,7 +203,7 @@ class WindowStream:
         self._t0 = time.perf_counter()
         if chunked:  # the rest of the file goes up while the first windows come back
             self._uploader = threading.Thread(
-                target=self._upload, args=(data, chunk_bytes), name="vmtl-upload", daemon=True
+                target=self._upload, args=(payload, chunk_bytes), name="vmtl-upload", daemon=True
             )
             self._uploader.start()
 
@@ -200,14 +233,14 @@ class WindowStream:
         )
         self.bytes_sent += len(data)
 
-    def _upload(self, data: bytes, chunk: int) -> None:
+    def _upload(self, data: _Payload, chunk: int) -> None:
         """Send the chunks after the first straight to ``video_stream`` (one gRPC stream, in order), at
         most ``UPLOAD_INFLIGHT`` unacknowledged: the server acknowledges a chunk when its decoder nears
         it, so the upload keeps just ahead of the decoding. A refused chunk ends the stream with the
         server's reason."""
         acks: queue.Queue[Any] = queue.Queue()
         up = self._owner._new_grpc_client(self._url)
-        offsets = list(range(chunk, len(data), chunk))
+        offsets = list(range(chunk, data.size, chunk))
         acked = 0
         try:
             up.start_stream(callback=lambda result, error: acks.put(error))
@@ -219,18 +252,18 @@ class WindowStream:
                         return
                     acked += 1
                 payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
-                payload.set_data_from_numpy(np.array([[data[offset : offset + chunk]]], dtype=np.object_))
+                payload.set_data_from_numpy(np.array([[data.read(offset, chunk)]], dtype=np.object_))
                 up.async_stream_infer(
                     VIDEO_STREAM,
                     [payload, windowing],
                     enable_empty_final_response=True,
                     parameters={
                         PARAM_STREAM_ID: self.stream_id,
-                        PARAM_UPLOAD_BYTES: len(data),
+                        PARAM_UPLOAD_BYTES: data.size,
                         PARAM_UPLOAD_OFFSET: offset,
                     },
                 )
-                self.bytes_sent += min(chunk, len(data) - offset)
+                self.bytes_sent += min(chunk, data.size - offset)
             while acked < len(offsets):
                 if not self._acknowledged(acks):
                     return
@@ -238,6 +271,8 @@ class WindowStream:
             up.stop_stream()
         except InferenceServerException as exc:
             self._queue.put((None, exc))
+        except OSError as exc:  # the file went away or changed under the upload
+            self._queue.put((None, InferenceServerException(f"{self.name}: cannot read ({exc})")))
         finally:
             up.close()
 
@@ -405,13 +440,13 @@ def open_stream(
     info = stream_info(client)
     if not info.available:
         raise _client.ServerContractError(info.reason)
-    data = client._read_payload(source, name)
+    data = _payload(client, source, name, info.chunk_bytes > 0)
     # Sent in chunks, a file is bound by the server's cap only; in one request, also by gRPC's.
     cap = info.max_bytes if info.max_bytes and (info.chunk_bytes or info.max_bytes < GRPC_LIMIT) else 0
     limit = cap or (0 if info.chunk_bytes else GRPC_LIMIT)
-    if limit and len(data) > limit:
+    if limit and data.size > limit:
         raise _client.InputError(
-            f"{name}: {len(data)} bytes ({len(data) / 2**20:.1f} MiB) exceeds the largest video one "
+            f"{name}: {data.size} bytes ({data.size / 2**20:.1f} MiB) exceeds the largest video one "
             f"stream can carry ({limit} bytes, {limit / 2**20:.1f} MiB: "
             f"{'video_stream max_video_bytes' if cap else 'gRPC'}"
             "); decode on this side and send clips instead (mode='clip', --mode clip)"
