@@ -94,6 +94,8 @@ def test_every_rendered_object_validates(served: ServedRepository, case: str) ->
     assert ("pvc.yaml" in objects) == (case == "pvc-created")
     for obj in objects.values():
         _validate(obj)
+    # a stream's upload chunks and stop request come on a second connection: same pod as the stream
+    assert objects["service.yaml"]["spec"]["sessionAffinity"] == "ClientIP"
 
 
 def test_deployment_probes_gpu_and_repository(served: ServedRepository) -> None:

@@ -276,6 +276,9 @@ def _service(opts: K8sOptions) -> dict[str, Any]:
         "metadata": _meta(opts, opts.name),
         "spec": {
             "type": "ClusterIP",
+            # One client's connections reach one pod: a stream's upload chunks and stop request open a
+            # second gRPC connection to the decoder that holds the stream (vmtl/client/stream.py).
+            "sessionAffinity": "ClientIP",
             "selector": _labels(opts),
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
