@@ -22,6 +22,9 @@ from vmtl.cli import main
 from vmtl.client import InferenceError, InputError, VmtlClient
 from vmtl.contract import (
     BACKBONE,
+    PARAM_STREAM_ID,
+    PARAM_UPLOAD_BYTES,
+    PARAM_UPLOAD_OFFSET,
     STREAM_ENSEMBLE,
     UPLOAD_CHUNK_PARAM,
     VIDEO_ENSEMBLE,
@@ -73,7 +76,7 @@ class Videos:
     long: Path  # 2 minutes, 64x48: 30 windows of 4 s
     heavy: Path  # 2 minutes, 160x120 random pixels, one long GOP: ~25 ms of decoding per window
     faststart: Path  # 40 s with the index in front (a cut copy still opens)
-    faststart_long: Path  # 2 minutes with the index in front: a chunked upload decodes from its start
+    faststart_long: Path  # 6 minutes with the index in front: a chunked upload decodes from its start
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Videos:
         heavy=_encode(root / "heavy.mp4", 120, size=(160, 120), gop=300, noise=True),
         faststart=_encode(root / "fast.mp4", 40, size=(64, 48), gop=20, noise=False, movflags="faststart"),
         faststart_long=_encode(
-            root / "fast-long.mp4", 120, size=(64, 48), gop=20, noise=False, movflags="faststart"
+            root / "fast-long.mp4", 360, size=(64, 48), gop=20, noise=False, movflags="faststart"
         ),
     )
 
@@ -231,7 +234,7 @@ def test_a_chunked_upload_answers_before_the_file_is_in(
     monkeypatch.setattr(grpcclient.InferInput, "set_data_from_numpy", slow)
     server = servers.fused
     data = videos.faststart_long.read_bytes()
-    assert len(data) > 8 * CHUNK
+    assert len(data) > 24 * CHUNK
     whole = Path.read_bytes
 
     def never_whole(path: Path) -> bytes:  # the client reads a chunked upload's file chunk by chunk
@@ -254,7 +257,7 @@ def test_a_chunked_upload_answers_before_the_file_is_in(
             time.sleep(0.1)
         assert _metric(server, "vmtl_stream_stopped_total") == stopped_before + 1
         monkeypatch.setattr(grpcclient.InferInput, "set_data_from_numpy", original)
-        assert len(client.analyze(videos.faststart_long, ["a"], window=8.0).windows) == 15  # still serving
+        assert len(client.analyze(videos.faststart_long, ["a"], window=8.0).windows) == 45  # still serving
 
 
 def test_the_first_window_arrives_before_the_decoder_reaches_the_last(
@@ -335,6 +338,41 @@ def test_payload_limit_is_clear(servers: Servers) -> None:
     raw.stop_stream(cancel_requests=True)
     raw.close()
     assert errors and "exceeds the limit" in str(errors[0]) and "--mode clip" in str(errors[0])
+
+
+def test_a_chunk_that_does_not_fit_is_a_clear_error(servers: Servers) -> None:
+    """A raw chunk request (straight to video_stream) outside its announced size, or sent twice, is refused
+    with the reason; the server stays live."""
+    raw = grpcclient.InferenceServerClient(servers.fused.grpc_url)  # type: ignore[attr-defined]
+    errors: list[object] = []
+    raw.start_stream(callback=lambda result, error: errors.append(error))
+    windowing = grpcclient.InferInput("windowing", [1, 2], "FP32")
+    windowing.set_data_from_numpy(np.array([[4.0, 4.0]], np.float32))
+    for offset in (90, 0, 0):  # overruns 100 bytes; then fits; then the same bytes again
+        payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
+        payload.set_data_from_numpy(np.array([[b"x" * 20]], dtype=np.object_))
+        raw.async_stream_infer(
+            VIDEO_STREAM,
+            [payload, windowing],
+            enable_empty_final_response=True,
+            parameters={
+                PARAM_STREAM_ID: f"raw-{time.time()}",
+                PARAM_UPLOAD_BYTES: 100,
+                PARAM_UPLOAD_OFFSET: offset,
+            }
+            if offset
+            else {PARAM_STREAM_ID: "raw-twice", PARAM_UPLOAD_BYTES: 100, PARAM_UPLOAD_OFFSET: 0},
+        )
+    deadline = time.time() + 30
+    while len(errors) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    raw.stop_stream()
+    raw.close()
+    messages = [str(e) for e in errors if e is not None]
+    assert any("lies outside the announced size of 100 bytes" in m for m in messages), messages
+    assert any("arrived twice" in m for m in messages), messages
+    with VmtlClient(servers.fused.grpc_url) as client:  # type: ignore[attr-defined]
+        assert client._client.is_server_live()
 
 
 def test_the_cache_skips_the_trunk_for_a_repeated_clip(servers: Servers) -> None:

@@ -9,16 +9,16 @@ the final flag. The backbone's dynamic batcher groups the windows (of this strea
 heads follow.
 
 Chunked uploads (config parameter ``upload_chunk_bytes``: the chunk size clients use). The stream
-request carries the first chunk and the file's size (request parameter ``vmtl_upload_bytes``); the other
-chunks come straight to this model (not through the ensemble) with the same ``vmtl_stream_id`` and their
-``vmtl_upload_offset``. Each is answered with an empty final response once the decoder has asked for bytes
-within two chunks of it (at once when it has; the client keeps two chunks unacknowledged, so the upload
-runs just ahead of the decoding rather than competing with the first windows for the CPU), or with an
-error when it does not fit, which also ends the stream. The decoder reads a :class:`vmtl.upload_buffer.UploadBuffer`
-whose reads wait for the bytes still to come, so the first windows are sent while the file is still
-arriving (when its index is in front). This model runs one instance, so every chunk meets its stream; a
-chunk that overtakes the stream request waits in the buffer. An upload idle for ``upload_stall_s``
-(default 30 s) ends its stream with an error.
+request carries the first chunk and the file's size (request parameter ``vmtl_upload_bytes``); the
+other chunks come straight to this model (not through the ensemble) with the same ``vmtl_stream_id``
+and their ``vmtl_upload_offset``. Each is answered with an empty final response once the decoder has
+asked for bytes within two chunks of it (at once when it has; the client keeps two chunks
+unacknowledged, so the upload runs just ahead of the decoding rather than competing with the first
+windows for the CPU), or with an error when it does not fit, which also ends the stream. The decoder
+reads a :class:`vmtl.upload_buffer.UploadBuffer` whose reads wait for the bytes still to come, so the
+first windows are sent while the file is still arriving (when its index is in front). This model runs
+one instance, so every chunk meets its stream; a chunk that overtakes the stream request waits in the
+buffer. An upload idle for ``upload_stall_s`` (default 30 s) ends its stream with an error.
 
 Inputs: ``video_bytes`` BYTES [1]; ``windowing`` FP32 [2] = (window, stride) seconds; optional ``range``
 FP32 [2] = (start, end) seconds to cover (a negative or NaN bound: from the start / to the end).
@@ -27,10 +27,11 @@ Outputs per response (batch 1): ``video`` UINT8 [T,S,S,3], ``timestamps`` FP64 [
 windows the stream expects). Responses may reach the client out of order (the batcher, a cache hit):
 the client sorts them by index.
 
-Errors: a payload that cannot be opened, an empty or oversized one (config parameter ``max_video_bytes``,
-for a chunked upload its announced size) or bad windowing is answered with one error response. A video that fails part-way (a file cut short, a
-decode error) is answered with the windows decoded so far, then one error response naming the cause;
-the error carries the final flag. The server and the other streams carry on.
+Errors: a payload that cannot be opened, an empty or oversized one (config parameter
+``max_video_bytes``; for a chunked upload, its announced size) or bad windowing is answered with one
+error response. A video that fails part-way (a file cut short, a decode error) is answered with the
+windows decoded so far, then one error response naming the cause; the error carries the final flag.
+The server and the other streams carry on.
 
 Stopping a stream. Through an ensemble Triton 2.51 never tells this model that its client cancelled
 (``is_cancelled()`` stays false; the ensemble only stops forwarding), so the decoder would decode the
@@ -172,31 +173,15 @@ class TritonPythonModel:
         return None
 
     def _job(self, request: Any, params: dict[str, Any]) -> tuple:
-        """(payload, window, stride, start, end, stream id) of a stream request; BadRequest if bad."""
+        """(payload, window, stride, start, end, stream id) of a stream request; BadRequest if bad. The
+        payload is the file's bytes, or for a chunked upload its buffer (made last, once all else is
+        valid, so a refused request leaves no upload behind)."""
         tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
         if tensor is None:
             raise BadRequest(f"{self.name}: missing input 'video_bytes'")
         items = tensor.as_numpy().reshape(-1)
         if items.size != 1:
             raise BadRequest(f"{self.name}: input 'video_bytes' expected one item, got {items.size}")
-        item = items[0]
-        data = item.encode("latin-1") if isinstance(item, str) else bytes(item)
-        stream_id = _safe_id(params[PARAM_STREAM_ID]) if PARAM_STREAM_ID in params else None
-        source: bytes | UploadBuffer = data
-        if PARAM_UPLOAD_BYTES in params:  # chunked: this request carries the first chunk
-            if stream_id is None:
-                raise BadRequest(f"{self.name}: a chunked upload needs the parameter {PARAM_STREAM_ID!r}")
-            total = int(params[PARAM_UPLOAD_BYTES])
-            self._check_size(total)
-            source = self._upload(stream_id, total)
-            try:
-                source.append(0, data)
-            except UploadError as exc:
-                raise BadRequest(f"{self.name}: {exc}") from exc
-        elif not data:
-            raise BadRequest(f"{self.name}: empty payload (0 bytes); send the encoded video file's bytes")
-        else:
-            self._check_size(len(data))
         wt = pb_utils.get_input_tensor_by_name(request, STREAM_WINDOWING)
         if wt is None:
             raise BadRequest(f"{self.name}: missing input '{STREAM_WINDOWING}' (window, stride seconds)")
@@ -215,6 +200,23 @@ class TritonPythonModel:
             start, end = _bound(span[0]), _bound(span[1])
             if start is not None and end is not None and end <= start:
                 raise BadRequest(f"{self.name}: range end {end:g} s is not after its start {start:g} s")
+        item = items[0]
+        data = item.encode("latin-1") if isinstance(item, str) else bytes(item)
+        stream_id = _safe_id(params[PARAM_STREAM_ID]) if PARAM_STREAM_ID in params else None
+        source: bytes | UploadBuffer = data
+        if PARAM_UPLOAD_BYTES in params:  # chunked: this request carries the first chunk
+            if stream_id is None:
+                raise BadRequest(f"{self.name}: a chunked upload needs the parameter {PARAM_STREAM_ID!r}")
+            total = int(params[PARAM_UPLOAD_BYTES])
+            self._check_size(total)
+            source = self._upload(stream_id, total)
+            try:
+                source.append(0, data)
+            except UploadError as exc:
+                source.abort(str(exc))
+                raise BadRequest(f"{self.name}: {exc}") from exc
+        else:
+            self._check_size(len(data))
         return source, float(windowing[0]), float(windowing[1]), start, end, stream_id
 
     def _check_size(self, size: int) -> None:
