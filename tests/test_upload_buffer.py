@@ -7,36 +7,19 @@ from __future__ import annotations
 import io
 import threading
 import time
-from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from test_video import _container
 
 from vmtl.upload_buffer import UploadBuffer, UploadError
 from vmtl.video import VideoError, sliding_windows, window_stream
 
 
-def _faststart(path: Path, seconds: int = 30, fps: int = 10) -> bytes:
-    """A 64x48 h264 mp4 with its index in front (B-frames, 2 s GOP): decodable from its first bytes."""
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"g": str(2 * fps), "bf": "2", "preset": "ultrafast"}
-        for i in range(seconds * fps):
-            frame = np.zeros((48, 64, 3), np.uint8)
-            frame[..., 0] = (9 * i) % 256
-            frame[:, (2 * i) % 64, 1] = 255
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts = i
-            out.mux(stream.encode(vf))
-        out.mux(stream.encode(None))
-    return path.read_bytes()
-
-
 @pytest.fixture(scope="module")
-def video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return _faststart(tmp_path_factory.mktemp("upload") / "fast.mp4")
+def video() -> bytes:
+    """30 s of h264 (B-frames, 2 s GOP) in an mp4 whose index is in front: decodable from its first bytes."""
+    return _container("mp4", "libx264", muxer={"movflags": "faststart"}, bf="2", g="20")
 
 
 def test_chunks_assemble_in_any_order_once() -> None:

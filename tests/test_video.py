@@ -13,6 +13,7 @@ import math
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -539,10 +540,17 @@ def test_text_file_by_path_is_not_a_video(tmp_path: Path) -> None:
         read_clip(text, 4, 32)
 
 
-def _container(fmt: str, codec: str, **options: str) -> bytes:
-    """30 s at 10 fps, 64x48, in ``fmt`` with ``codec``, in memory."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as out:
+def _container(fmt: str, codec: str, *, muxer: dict[str, str] | None = None, **options: str) -> bytes:
+    """30 s at 10 fps, 64x48, in ``fmt`` with ``codec`` (encoder ``options``, ``muxer`` options): its bytes.
+    Written to a file (``movflags=faststart`` moves the index in front by reading the file back)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _write_container(Path(tmp) / "video", fmt, codec, muxer or {}, options)
+
+
+def _write_container(
+    path: Path, fmt: str, codec: str, muxer: dict[str, str], options: dict[str, str]
+) -> bytes:
+    with av.open(str(path), "w", format=fmt, options=muxer) as out:
         stream = out.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         if options:
@@ -555,7 +563,7 @@ def _container(fmt: str, codec: str, **options: str) -> bytes:
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
-    return buf.getvalue()
+    return path.read_bytes()
 
 
 @pytest.mark.parametrize(
