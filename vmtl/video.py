@@ -8,7 +8,12 @@ How a clip is read
 ------------------
 1. **Index.** The video stream is demuxed once *without decoding* (cheap: ~20 ms for a 60 s 720p file).
    The packets give every frame's presentation timestamp (pts) and the keyframes. Sampling uses these
-   timestamps, never the header's frame count or duration, which containers often get wrong.
+   timestamps, never the header's frame count or duration, which containers often get wrong. The
+   streaming decoder (:func:`window_stream`) indexes as it goes instead: a second demuxer reads only as
+   far as the next window needs (every packet after one with decode timestamp d shows at or after d, so
+   once the last packet read has d past the window's end, the window's frames are all indexed), which
+   selects the same frames as the whole index; files whose packets lack decode timestamps are indexed
+   whole first.
 2. **Select.** Target frames are chosen on the time axis ``[start, end)``; time 0 is the first frame's
    presentation time.
 
@@ -371,7 +376,6 @@ class _Reader:
             self.header_duration = float(stream.container.duration) / av.time_base
         else:
             self.header_duration = (self.header_frames or 0) / self.header_fps if self.header_fps else 0.0
-        self._ix_stream = stream
         self._ix_packets = stream.container.demux(stream)
         self._ix_pts: list[int | None] = []
         self._ix_keys: list[bool] = []

@@ -9,13 +9,14 @@
 The encoded file is sent **once** over gRPC's bidirectional stream (``ModelStreamInfer``): in one
 request, or, when the server's ``video_stream`` takes chunked uploads (config parameter
 ``upload_chunk_bytes``) and the file is larger than a chunk, as its first chunk in the stream request
-and the rest from a background thread straight to ``video_stream`` (a second gRPC stream), so the server
-decodes the first windows while the rest is on its way. The server's decoupled ``video_stream`` decoder
-decodes it front to back and answers one response per window as soon as its frames are decoded; each window's clip runs through the
-backbone (the dynamic batcher groups windows) and the asked heads. Responses may arrive out of order:
-they are buffered and yielded by window index. The end is Triton's final-response flag
-(``enable_empty_final_response``); a decoder error ends the stream after the windows decoded so far
-(they are yielded first, then :class:`InferenceError` is raised).
+and the rest from a background thread straight to ``video_stream`` (a second gRPC stream, paced by the
+server's acknowledgements so it keeps just ahead of the decoding; a path is read chunk by chunk), so the
+server decodes the first windows while the rest is on its way. The server's decoupled ``video_stream``
+decoder decodes it front to back and answers one response per window as soon as its frames are
+decoded; each window's clip runs through the backbone (the dynamic batcher groups windows) and the asked
+heads. Responses may arrive out of order: they are buffered and yielded by window index. The end is
+Triton's final-response flag (``enable_empty_final_response``); a decoder error ends the stream after
+the windows decoded so far (they are yielded first, then :class:`InferenceError` is raised).
 
 Cancelling (closing the stream early, ``break`` in the loop, Ctrl-C): the gRPC stream is cancelled, and
 because Triton 2.51 does not pass a cancel through an ensemble to its decoupled first step, a stop
@@ -441,15 +442,15 @@ def open_stream(
     if not info.available:
         raise _client.ServerContractError(info.reason)
     data = _payload(client, source, name, info.chunk_bytes > 0)
-    # Sent in chunks, a file is bound by the server's cap only; in one request, also by gRPC's.
-    cap = info.max_bytes if info.max_bytes and (info.chunk_bytes or info.max_bytes < GRPC_LIMIT) else 0
-    limit = cap or (0 if info.chunk_bytes else GRPC_LIMIT)
+    # Sent in chunks, a file is bound by the server's cap only (0: none); in one request, also by gRPC's.
+    limit, what = info.max_bytes, "video_stream max_video_bytes"
+    if not info.chunk_bytes and not 0 < info.max_bytes < GRPC_LIMIT:
+        limit, what = GRPC_LIMIT, "gRPC"
     if limit and data.size > limit:
         raise _client.InputError(
             f"{name}: {data.size} bytes ({data.size / 2**20:.1f} MiB) exceeds the largest video one "
-            f"stream can carry ({limit} bytes, {limit / 2**20:.1f} MiB: "
-            f"{'video_stream max_video_bytes' if cap else 'gRPC'}"
-            "); decode on this side and send clips instead (mode='clip', --mode clip)"
+            f"stream can carry ({limit} bytes, {limit / 2**20:.1f} MiB: {what}); decode on this side "
+            "and send clips instead (mode='clip', --mode clip)"
         )
     return WindowStream(
         client, data, name, names, window=window, stride=stride, start=start, end=end,
