@@ -399,3 +399,46 @@ def test_int8_agreement_must_be_a_share(two_trunk_checkpoint: Path, tiny_data: P
         export_checkpoint(
             two_trunk_checkpoint, tmp_path / "r", int8=True, data_root=tiny_data, int8_agreement=2
         )
+
+
+def test_precision_variants_apply_to_the_first_trunk(
+    two_trunk_checkpoint: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """`--precision` on a two-trunk graph gates variants of the first trunk (the image trunk's tasks in
+    the gate too); the backbone's host picks among them and the image trunk stays as exported."""
+    from vmtl.contract import BACKBONE, PARAM_VARIANTS, config_params, load_configs, validate_repository
+    from vmtl.export.onnx import export_checkpoint
+    from vmtl.precision_choice import ENV_PRECISION, ENV_RUNTIME
+    from vmtl.runtime import OrtPipeline, ort_session
+    from vmtl.runtime_openvino import host_backbone
+
+    repo = tmp_path / "repo"
+    export_checkpoint(
+        two_trunk_checkpoint,
+        repo,
+        data_root=tiny_data,
+        precisions=("fp32", "int8"),
+        runtimes=("ort",),
+        max_drop=1.0,
+        max_mae_increase=10.0,
+    )
+    validate_repository(repo)
+    meta = Manifest.read(repo).metadata
+    assert {(v.runtime, v.precision) for v in meta.variants or []} == {("ort", "fp32"), ("ort", "int8")}
+    configs = load_configs(repo)
+    assert PARAM_VARIANTS in configs[BACKBONE].parameters
+    assert PARAM_VARIANTS not in configs["backbone_image"].parameters
+    local = LocalModel.load(repo)
+    clip = np.random.default_rng(0).integers(0, 256, (1, 4, 32, 32, 3), dtype=np.uint8)
+    want = local.pipeline().run(clip)
+    hosted = host_backbone(
+        repo / BACKBONE / "1",
+        config_params(configs[BACKBONE]),
+        environ={ENV_RUNTIME: "ort", ENV_PRECISION: "int8"},
+    )
+    assert (hosted.runtime, hosted.precision) == ("ort", "int8")
+    frames = {t: ort_session(f) for t, f in local.frame_trunks.items()}
+    heads = {n: ort_session(f) for n, f in local.heads.items()}
+    got = OrtPipeline.from_sessions(local.graph, hosted.session, heads, frame_trunks=frames).run(clip)
+    assert set(got) == set(want) == {"motion", "scene", "tags"}
+    np.testing.assert_allclose(got["scene"], want["scene"], atol=1e-6)  # the image trunk: fp32 both

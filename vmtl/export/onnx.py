@@ -779,10 +779,11 @@ def _load(plan: _Plan, progress: _Progress) -> _Loaded:
         flops = _flops(model)
     trunks = f", trunks {', '.join(graph.trunk_names)}" if graph.multi_trunk else ""
     progress.say(f"loaded {plan.weights} ({len(graph.names)} tasks: {', '.join(graph.names)}{trunks})")
-    if graph.multi_trunk and (plan.trt or plan.precisions):
+    if graph.multi_trunk and plan.trt:
         raise UsageError(
-            "--trt and --precision build variants of a single backbone; this graph has trunks "
-            f"{', '.join(graph.trunk_names)} (--int8 quantises each trunk behind a gate of its own)"
+            "--trt builds an engine of a single backbone; this graph has trunks "
+            f"{', '.join(graph.trunk_names)} (--int8 quantises each trunk behind a gate of its own; "
+            "--precision builds variants of the first)"
         )
     if graph.multi_trunk and plan.only_heads:
         raise UsageError(

@@ -491,10 +491,10 @@ def write_repository(
             f"frame_trunks must have one ONNX file per trunk after the first: the graph has "
             f"{graph.trunk_names[1:]}, got {sorted(frame_files)}"
         )
-    if frame_files and (opts.tap_tasks or trunk_plan is not None or opts.variants):
+    if frame_files and (opts.tap_tasks or trunk_plan is not None):
         raise RepositoryError(
-            "a graph with several trunks supports neither tap tasks (--only-heads), a TensorRT backbone "
-            "nor backbone variants yet"
+            "a graph with several trunks supports neither tap tasks (--only-heads) nor a TensorRT backbone "
+            "yet (backbone variants apply to its first trunk)"
         )
     frames = {t: _read_trunk(graph, p, graph.trunk_tasks(t)) for t, p in frame_files.items()}
     if opts.tap_tasks and trunk.taps is None:
