@@ -3,7 +3,7 @@
 Layers, bottom to top (a module may import its own layer and lower ones)::
 
     0  vmtl.tasks, vmtl.video, vmtl.metrics, vmtl.contract,  numpy / protobuf / PyAV
-       vmtl.samples
+       vmtl.samples, vmtl.upload_buffer
     1  vmtl.data, vmtl.runtime, vmtl.runtime_openvino        data readers, ONNX Runtime / OpenVINO sessions
     2  vmtl.models                                           torch
     3  vmtl.training
@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "vmtl.metrics": 0,
     "vmtl.contract": 0,
     "vmtl.samples": 0,
+    "vmtl.upload_buffer": 0,
     "vmtl.data": 1,
     "vmtl.runtime": 1,
     "vmtl.runtime_openvino": 1,
