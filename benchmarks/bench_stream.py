@@ -105,6 +105,14 @@ def run_stream(client: VmtlClient, video: Path, tasks: list[str], window: float)
     return {"windows": n, "bytes": sent, "first_s": first or 0.0, "total_s": time.perf_counter() - t0}
 
 
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def _totals(runs: list[dict[str, float]]) -> str:
+    return ", ".join(f"{r['total_s']:.2f}" for r in runs)
+
+
 def decoder_parts(video: Path, client: VmtlClient, window: float) -> dict[str, float]:
     """In process, what the streaming decoder spends before the first window: opening the file, then
     indexing and decoding what the first window needs; and one later window's."""
@@ -194,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--repo", type=Path, default=None, help="a repository exported with --cache (default: toy)"
     )
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="rounds of stream / clip, alternated (medians; default: 3)"
+    )
     ap.add_argument("--cache-rounds", type=int, default=5)
     ap.add_argument("--skip-bytes", action="store_true", help="leave out the per-window bytes path (slow)")
     ap.add_argument("--update-results", action="store_true")
@@ -216,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         parts = decoder_parts(video, client, args.window)
         chunk = client._client.get_model_config("video_stream").config.parameters
         chunk_bytes = int(chunk["upload_chunk_bytes"].string_value) if "upload_chunk_bytes" in chunk else 0
-        rows = {"stream": run_stream(client, video, tasks, args.window)}
-        rows["stream, moov at end"] = run_stream(client, moov_last, tasks, args.window)
-        rows["clip"] = run_analyze(client, video, tasks, args.window, "clip")
+        runs: dict[str, list[dict[str, float]]] = {"stream": [], "stream, moov at end": [], "clip": []}
+        for _ in range(args.rounds):  # alternated, so a noisy moment does not land on one path only
+            runs["stream"].append(run_stream(client, video, tasks, args.window))
+            runs["stream, moov at end"].append(run_stream(client, moov_last, tasks, args.window))
+            runs["clip"].append(run_analyze(client, video, tasks, args.window, "clip"))
+        rows = {name: _median(rs) for name, rs in runs.items()}
         if not args.skip_bytes:
             rows["bytes"] = run_analyze(client, video, tasks, args.window, "bytes")
         cache = run_cache(client, args.cache_rounds)
@@ -234,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         "(`upload_chunk_bytes`); `stream, moov at end` is the same video written with its index at the end, "
         "which the decoder can only start on once the last chunk is in.",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_stream.py --minutes {args.minutes:g}"
+        f"Command: `.venv/bin/python benchmarks/bench_stream.py --minutes {args.minutes:g} --rounds {args.rounds}"
         + (f" --repo {args.repo}" if args.repo else "")
         + (" --skip-bytes" if args.skip_bytes else "")
         + " --update-results`",
         "",
         f"Machine: {machine()} (shared: wall times are noisy).",
+        "",
+        f"Medians of {args.rounds} alternated rounds (`bytes`: one run).",
         "",
         "| path | windows | bytes sent | sent / file | first window (s) | total (s) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -250,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['first_s']:.2f} | {r['total_s']:.2f} |"
         )
     lines += [
+        "",
+        "Per round, total (s): "
+        + "; ".join(f"{name} {_totals(rs)}" for name, rs in runs.items())
+        + "; stream / clip "
+        + ", ".join(
+            f"{a['total_s'] / b['total_s']:.2f}x" for a, b in zip(runs["stream"], runs["clip"], strict=True)
+        )
+        + ".",
         "",
         "`bytes` and `clip` are the per-window paths: nothing comes back before every window is done, so "
         "their first window is their total. `clip` sends uint8 clips, not the file. All after a warm-up "
