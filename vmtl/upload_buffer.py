@@ -32,7 +32,7 @@ class UploadError(Exception):
 
 
 class UploadBuffer:
-    """``total`` bytes arriving in order; :meth:`reader` gives blocking file objects over them."""
+    """``total`` bytes arriving in chunks; :meth:`reader` gives blocking file objects over them."""
 
     def __init__(self, total: int, *, stall_s: float = 30.0, ahead: int = 2**21) -> None:
         if total <= 0:
