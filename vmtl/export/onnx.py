@@ -996,9 +996,9 @@ def _frame_trunk_int8(
     graph = loaded.graph
     name = trunk_model(graph, trunk)
     q = quantize_static_model(raw[name], work / f"{name}.onnx", calibration)
-    cand = {**files, name: q}
+    candidate = _gate_pipeline(graph, {**files, name: q})
     dependent = [n for n in fp32 if trunk in graph.trunks_for([n])]
-    metrics = evaluate_pipeline(_gate_pipeline(graph, cand), graph, {n: gate_data[n] for n in dependent})
+    metrics = evaluate_pipeline(candidate, graph, {n: gate_data[n] for n in dependent})
     n_clips = sum(len(gate_data[n]) for n in dependent)
     gate = compare_metrics(
         graph,
@@ -1013,7 +1013,7 @@ def _frame_trunk_int8(
     clips = _sample_clips(list(gate_data.values()), AGREEMENT_CLIPS)
     if pretrained:
         want = _gate_pipeline(graph, files).run_batched(clips, 8, pretrained)
-        got = _gate_pipeline(graph, cand).run_batched(clips, 8, pretrained)
+        got = candidate.run_batched(clips, 8, pretrained)
         for n in pretrained:
             agree = float(np.mean(want[n].argmax(-1) == got[n].argmax(-1)))
             limit = f">={plan.int8_agreement:g}"
@@ -1039,13 +1039,7 @@ def _frame_trunk_int8(
 def _calibration_sets(plan: _Plan, loaded: _Loaded) -> list[Any]:
     """The training split of every task with data (the int8 calibration clips come from these)."""
     assert plan.data is not None
-    graph = loaded.graph
-    tokens = loaded.model.temporal_tokens
-    return [
-        load_clipset(plan.data, t, "train", graph.preprocess, tokens, progress=False)
-        for t in graph.tasks
-        if not t.pretrained
-    ]
+    return list(load_gate_data(plan.data, loaded.graph, loaded.model.temporal_tokens, split="train").values())
 
 
 def _sample_clips(clipsets: list[Any], n: int) -> np.ndarray:
