@@ -110,9 +110,9 @@ class UploadBuffer:
             release()
 
     def wait_for(self, end: int) -> int:
-        """Block until ``min(end, total)`` bytes are here; return how many are (UploadError on failure)."""
+        """Block until ``min(end, total)`` bytes are here; return how many are (UploadError on failure).
+        Readers say how far they read first (``_want``), which releases the acknowledgements due."""
         end = min(end, self.total)
-        self._want(end)
         with self._cond:
             while len(self._data) < end:
                 if self._error is not None:

@@ -143,6 +143,19 @@ def _payload(client: _client.VmtlClient, source: Any, name: str, chunked: bool) 
     return _Payload(data, len(data))
 
 
+def _bytes_input(data: bytes) -> Any:
+    """``video_bytes`` [1, 1]: the file, one chunk of it, or nothing (a stop request)."""
+    payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
+    payload.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+    return payload
+
+
+def _windowing_input(window: float, stride: float) -> Any:
+    windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
+    windowing.set_data_from_numpy(np.array([[window, stride]], np.float32))
+    return windowing
+
+
 def _int_param(cfg: Any, key: str) -> int:
     value = cfg.parameters[key].string_value if key in cfg.parameters else ""
     try:
@@ -211,11 +224,7 @@ class WindowStream:
     # -- sending -------------------------------------------------------------------------------------
     def _send(self, data: bytes, start: float | None, end: float | None, total: int) -> None:
         """The stream request: the whole file, or (``total`` > 0) its first chunk of a chunked upload."""
-        payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
-        payload.set_data_from_numpy(np.array([[data]], dtype=np.object_))
-        windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
-        windowing.set_data_from_numpy(np.array([[self.window, self.stride]], np.float32))
-        inputs = [payload, windowing]
+        inputs = [_bytes_input(data), _windowing_input(self.window, self.stride)]
         if start is not None or end is not None:
             span = grpcclient.InferInput(STREAM_RANGE, [1, 2], "FP32")
             bounds = [-1.0 if start is None else start, -1.0 if end is None else end]
@@ -245,18 +254,15 @@ class WindowStream:
         acked = 0
         try:
             up.start_stream(callback=lambda result, error: acks.put(error))
-            windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
-            windowing.set_data_from_numpy(np.array([[self.window, self.stride]], np.float32))
+            windowing = _windowing_input(self.window, self.stride)
             for sent, offset in enumerate(offsets):
                 while sent - acked >= UPLOAD_INFLIGHT:
                     if not self._acknowledged(acks):
                         return
                     acked += 1
-                payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
-                payload.set_data_from_numpy(np.array([[data.read(offset, chunk)]], dtype=np.object_))
                 up.async_stream_infer(
                     VIDEO_STREAM,
-                    [payload, windowing],
+                    [_bytes_input(data.read(offset, chunk)), windowing],
                     enable_empty_final_response=True,
                     parameters={
                         PARAM_STREAM_ID: self.stream_id,
@@ -394,13 +400,9 @@ class WindowStream:
         acked: queue.Queue[Any] = queue.Queue()
         try:
             stop.start_stream(callback=lambda result, error: acked.put(error))
-            payload = grpcclient.InferInput("video_bytes", [1, 1], "BYTES")
-            payload.set_data_from_numpy(np.array([[b""]], dtype=np.object_))
-            windowing = grpcclient.InferInput(STREAM_WINDOWING, [1, 2], "FP32")
-            windowing.set_data_from_numpy(np.array([[1.0, 1.0]], np.float32))
             stop.async_stream_infer(
                 VIDEO_STREAM,
-                [payload, windowing],
+                [_bytes_input(b""), _windowing_input(1.0, 1.0)],
                 enable_empty_final_response=True,
                 parameters={PARAM_CANCEL: self.stream_id},
             )

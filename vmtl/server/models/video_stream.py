@@ -176,12 +176,7 @@ class TritonPythonModel:
         """(payload, window, stride, start, end, stream id) of a stream request; BadRequest if bad. The
         payload is the file's bytes, or for a chunked upload its buffer (made last, once all else is
         valid, so a refused request leaves no upload behind)."""
-        tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
-        if tensor is None:
-            raise BadRequest(f"{self.name}: missing input 'video_bytes'")
-        items = tensor.as_numpy().reshape(-1)
-        if items.size != 1:
-            raise BadRequest(f"{self.name}: input 'video_bytes' expected one item, got {items.size}")
+        data = self._payload(request)
         wt = pb_utils.get_input_tensor_by_name(request, STREAM_WINDOWING)
         if wt is None:
             raise BadRequest(f"{self.name}: missing input '{STREAM_WINDOWING}' (window, stride seconds)")
@@ -200,8 +195,6 @@ class TritonPythonModel:
             start, end = _bound(span[0]), _bound(span[1])
             if start is not None and end is not None and end <= start:
                 raise BadRequest(f"{self.name}: range end {end:g} s is not after its start {start:g} s")
-        item = items[0]
-        data = item.encode("latin-1") if isinstance(item, str) else bytes(item)
         stream_id = _safe_id(params[PARAM_STREAM_ID]) if PARAM_STREAM_ID in params else None
         source: bytes | UploadBuffer = data
         if PARAM_UPLOAD_BYTES in params:  # chunked: this request carries the first chunk
@@ -218,6 +211,17 @@ class TritonPythonModel:
         else:
             self._check_size(len(data))
         return source, float(windowing[0]), float(windowing[1]), start, end, stream_id
+
+    def _payload(self, request: Any) -> bytes:
+        """The bytes of the request's one ``video_bytes`` item (the file, or a chunk of it)."""
+        tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
+        if tensor is None:
+            raise BadRequest(f"{self.name}: missing input 'video_bytes'")
+        items = tensor.as_numpy().reshape(-1)
+        if items.size != 1:
+            raise BadRequest(f"{self.name}: input 'video_bytes' expected one item, got {items.size}")
+        item = items[0]
+        return item.encode("latin-1") if isinstance(item, str) else bytes(item)
 
     def _check_size(self, size: int) -> None:
         if size <= 0:
@@ -258,12 +262,7 @@ class TritonPythonModel:
             )
         total = int(params[PARAM_UPLOAD_BYTES])
         self._check_size(total)
-        tensor = pb_utils.get_input_tensor_by_name(request, "video_bytes")
-        items = tensor.as_numpy().reshape(-1) if tensor is not None else ()
-        if len(items) != 1:
-            raise BadRequest(f"{self.name}: a chunk carries one 'video_bytes' item")
-        item = items[0]
-        chunk = item.encode("latin-1") if isinstance(item, str) else bytes(item)
+        chunk = self._payload(request)
         buffer = self._upload(_safe_id(params[PARAM_STREAM_ID]), total)
         offset = int(params[PARAM_UPLOAD_OFFSET])
         try:
