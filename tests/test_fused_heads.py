@@ -191,3 +191,44 @@ def test_the_client_asks_only_for_its_tasks(pair: Pair) -> None:
     assert set(result) == {"b"}
     want = {"a": 0, "b": 1, "c": 0}
     assert _deltas(pair.fused, before, want) == want
+
+
+def test_a_killed_server_leaves_no_heads_stub_behind(pair: Pair, tmp_path: Path) -> None:
+    """tritonserver SIGKILLed right after a request: every stub ends on its own, the fused heads' too. Its
+    counters' publisher used to send the request's counts to the dead server and wait for the answer
+    forever, so the stub never ended (the server's own cleanup, which kills what is left, comes after)."""
+    import os
+    import signal
+
+    from test_server_launcher import _processes_mentioning
+
+    from vmtl.server.launcher import TritonServer
+
+    server = TritonServer(
+        pair.fused.repo,  # type: ignore[attr-defined]
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        log_file=tmp_path / "killed.log",
+    )
+    server.start_ready(90)
+    try:
+        assert _processes_mentioning(server.shm_prefix)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inp = grpcclient.InferInput("video", [1, FRAMES, SIZE, SIZE, 3], "UINT8")
+        inp.set_data_from_numpy(_video(7))
+        for _ in range(5):
+            client.infer(CLIP_ENSEMBLE, [inp])
+        # Killed within a few ms of the last answer: its counts wait for the next publishing tick. No
+        # request is in flight (a stub answering a dead server waits up to its 30 s stub timeout).
+        os.kill(server.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        client.close()
+        deadline = time.monotonic() + 15
+        while server.returncode is None and time.monotonic() < deadline:  # reaped: stubs get a new parent
+            time.sleep(0.05)
+        assert server.returncode == -signal.SIGKILL
+        while _processes_mentioning(server.shm_prefix) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _processes_mentioning(server.shm_prefix), "a stub outlived its killed server"
+    finally:
+        server.stop()

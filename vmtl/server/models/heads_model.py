@@ -22,13 +22,16 @@ ran on) and ``vmtl_head_compute_microseconds_total``, labelled ``task``. They ar
 published every ``METRICS_FLUSH_S`` seconds (:mod:`vmtl.server.hosting`) by a thread of their own: each
 update of a python-backend metric is a round trip from the stub to the server (~33 us measured here), so
 updating two per task on every request cost ~0.5 ms of a seven-task request's step. The endpoint lags by
-at most that interval.
+at most that interval. Nothing is published once the server process is gone (the stub has a new parent):
+an update sent to a dead server waits for its answer forever, and the stub 2.51 then cannot exit (it
+lingered after a SIGKILLed server while every other stub ended).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from typing import Any
@@ -77,6 +80,7 @@ class TritonPythonModel:
         self.count_metric = {t: self.executions.Metric(labels={**labels, "task": t}) for t in ran}
         self.time_metric = {t: self.compute.Metric(labels={**labels, "task": t}) for t in ran}
         self.pending: dict[str, list[int]] = {}  # task -> [clips, microseconds] not yet published
+        self.server_pid = os.getppid()  # the stub's parent: tritonserver
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.publisher = threading.Thread(target=self._publish_loop, name="vmtl-head-metrics", daemon=True)
@@ -96,8 +100,14 @@ class TritonPythonModel:
             self.count_metric[task].increment(clips)
             self.time_metric[task].increment(micros)
 
+    def _server_alive(self) -> bool:
+        """Whether the server that started this stub still runs (a dead one's stubs get a new parent)."""
+        return os.getppid() == self.server_pid
+
     def _publish_loop(self) -> None:
         while not self.stop.wait(METRICS_FLUSH_S):
+            if not self._server_alive():  # an update now would wait for an answer that never comes
+                return
             try:
                 self._publish()
             except Exception as exc:  # the counters are best effort; the heads keep serving
@@ -189,8 +199,9 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.stop.set()
         self.publisher.join(timeout=5)
-        with contextlib.suppress(Exception):  # the server may already be tearing its metrics down
-            self._publish()
+        if self._server_alive():
+            with contextlib.suppress(Exception):  # the server may already be tearing its metrics down
+                self._publish()
         self.pipeline = None
 
 
