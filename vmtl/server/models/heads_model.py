@@ -44,6 +44,10 @@ from vmtl.runtime import OrtPipeline, host_session
 from vmtl.server.hosting import METRICS_FLUSH_S, BadRequest, config_and_params, version_dir
 from vmtl.tasks import TaskGraph
 
+#: How many distinct request-parameter strings the model remembers the asked tasks of (other parameters a
+#: client sends, e.g. a request id, make each request's string new; those are parsed every time).
+PLAN_CACHE = 256
+
 
 class TritonPythonModel:
     """Every head's ONNX Runtime session; runs the asked tasks' heads in stage order."""
@@ -81,17 +85,21 @@ class TritonPythonModel:
         self.time_metric = {t: self.compute.Metric(labels={**labels, "task": t}) for t in ran}
         self.pending: dict[str, list[int]] = {}  # task -> [clips, microseconds] not yet published
         self.server_pid = os.getppid()  # the stub's parent: tritonserver
+        self.asked: dict[str, tuple[str, ...]] = {}  # request parameters -> the tasks they ask
+        self.plans: dict[tuple[str, ...], tuple[tuple[str, str, tuple[int, ...]], ...]] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.publisher = threading.Thread(target=self._publish_loop, name="vmtl-head-metrics", daemon=True)
         self.publisher.start()
 
     # -- metrics ---------------------------------------------------------------------------------
-    def _count(self, task: str, clips: int, micros: int) -> None:
+    def _count(self, spent: list[tuple[str, int]], clips: int) -> None:
+        """Record that each (task, microseconds) of ``spent`` ran on ``clips`` clips."""
         with self.lock:
-            entry = self.pending.setdefault(task, [0, 0])
-            entry[0] += clips
-            entry[1] += micros
+            for task, micros in spent:
+                entry = self.pending.setdefault(task, [0, 0])
+                entry[0] += clips
+                entry[1] += micros
 
     def _publish(self) -> None:
         with self.lock:
@@ -115,7 +123,17 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------------------------------
     def _tasks(self, request: Any) -> tuple[str, ...]:
+        """The owned tasks the request asks for (its ``vmtl_tasks`` parameter), remembered per parameter
+        string: parsing and checking them each time cost ~0.1 ms of a request's step."""
         raw = request.parameters()
+        tasks = self.asked.get(raw)
+        if tasks is None:
+            tasks = self._parse_tasks(raw)  # BadRequest: not remembered, each such request is refused
+            if len(self.asked) < PLAN_CACHE:
+                self.asked[raw] = tasks
+        return tasks
+
+    def _parse_tasks(self, raw: str) -> tuple[str, ...]:
         value = json.loads(raw).get(PARAM_TASKS) if raw and raw != "{}" else None
         if value is None:
             return self.owned
@@ -129,16 +147,23 @@ class TritonPythonModel:
         wanted = set(asked)
         return tuple(n for n in self.owned if n in wanted)
 
+    def _plan(self, tasks: tuple[str, ...]) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+        """(task, input tensor, its dims) of every head ``tasks`` run, auxiliaries first (stage order)."""
+        plan = self.plans.get(tasks)
+        if plan is None:
+            names = self.pipeline.feature_output
+            plan = tuple((t, names[t], self.dims[names[t]]) for t in self.graph.closure(tasks))
+            self.plans[tasks] = plan  # at most one per subset of the owned tasks
+        return plan
+
     def _features(self, request: Any, tasks: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
         feats: dict[str, np.ndarray] = {}
         batch = -1
-        for task in self.graph.closure(tasks):
-            name = self.pipeline.feature_output[task]
+        for task, name, want in self._plan(tasks):
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise BadRequest(f"{self.name}: missing input tensor '{name}'")
             array = tensor.as_numpy()
-            want = self.dims[name]
             if array.dtype != np.float32 or array.shape[1:] != want or batch not in (-1, array.shape[0]):
                 raise BadRequest(
                     f"{self.name}: input '{name}' expected float32 [B,{','.join(map(str, want))}], "
@@ -158,10 +183,12 @@ class TritonPythonModel:
         outputs: dict[str, np.ndarray] = {}
         reprs: dict[str, np.ndarray] = {}
         clips = sum(m[2] for m in members)
-        for task in self.graph.closure(tasks):
+        spent: list[tuple[str, int]] = []
+        for task, _, _ in self._plan(tasks):
             start = time.perf_counter_ns()
             outputs[task], reprs[task] = self.pipeline.run_head(task, feats[task], reprs)
-            self._count(task, clips, (time.perf_counter_ns() - start) // 1000)
+            spent.append((task, (time.perf_counter_ns() - start) // 1000))
+        self._count(spent, clips)
         return outputs
 
     def execute(self, requests: list[Any]) -> list[Any]:
