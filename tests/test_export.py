@@ -37,9 +37,8 @@ from vmtl.export.tensorrt import (
     fp16_onnx,
     tensorrt_unavailable,
 )
-from vmtl.export.threads import ThreadChoice, candidates, choose_threads, pick_threads
 from vmtl.models.multitask import MultiTaskModel
-from vmtl.runtime import LocalModel, OrtPipeline, cores, ort_session
+from vmtl.runtime import LocalModel, OrtPipeline, ort_session
 from vmtl.tasks import TaskGraph
 
 TOL = 1e-4
@@ -493,41 +492,6 @@ def test_batcher_delay_presets(tiny_checkpoint: Path, tmp_path: Path) -> None:
         assert configs[HEADS_MODEL].dynamic_batching.max_queue_delay_microseconds == 0
     with pytest.raises(SystemExit):
         main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "x"), "--latency", "--throughput"])
-
-
-def test_backbone_threads_rule() -> None:
-    """The fewest threads within 10% of the fastest at batch 1; 0 (every core) when that is all of them."""
-    assert candidates(1) == [1] and candidates(2) == [1, 2] and candidates(6) == [1, 2, 4, 6]
-    assert candidates(8) == [1, 2, 4, 8]
-    assert pick_threads({1: 4.0, 2: 3.8}, 2).threads == 1  # a tiny trunk: the second core barely helps
-    assert pick_threads({1: 8.0, 2: 4.1}, 2).threads == 0  # a real trunk keeps every core
-    choice = pick_threads({1: 10.0, 2: 5.7, 4: 5.2, 8: 5.0}, 8)
-    assert (choice.threads, choice.chosen) == (4, 4)
-    assert "4 of 8 cores" in choice.line() and "2 threads 5.7 ms" in choice.line()
-    assert choose_threads(Path("never-read.onnx"), (1, 2, 8, 8, 3), n_cores=1) == ThreadChoice(0, 1)
-
-
-def test_backbone_threads_are_measured_unless_given(
-    exported: Exported, tiny_checkpoint: Path, tmp_path: Path
-) -> None:
-    """The cpu backbone's threads were measured at export (every candidate timed, the rule applied, the
-    result in vmtl.json and the config); ``--cpu-threads N`` sets them without measuring; 0 is every core."""
-    repo = exported.out / "cpu"
-    record = read_manifest(repo)["metadata"]["backbone_threads"]
-    timings = {int(t): ms for t, ms in record["batch1_ms"].items()}
-    assert set(timings) == set(candidates(cores())) and all(ms > 0 for ms in timings.values())
-    want = pick_threads(timings, cores())
-    assert record["threads"] == want.chosen
-    params = load_configs(repo)[BACKBONE].parameters
-    assert params["intra_op_threads"].string_value == str(want.threads)
-    for given in (1, 0):
-        out = tmp_path / f"given{given}"
-        argv = ["export", str(tiny_checkpoint), "--out", str(out), "--quiet", "--cpu-threads", str(given)]
-        assert main(argv) == 0
-        assert load_configs(out)[BACKBONE].parameters["intra_op_threads"].string_value == str(given)
-        assert "backbone_threads" not in read_manifest(out)["metadata"]
-    with pytest.raises(export_mod.UsageError, match="cpu_threads must be >= 0"):
-        export_checkpoint(tiny_checkpoint, tmp_path / "bad", cpu_threads=-1)
 
 
 def test_trunk_taps_parity_is_relative_to_their_scale() -> None:

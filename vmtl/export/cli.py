@@ -133,9 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="cpu flavour: ONNX Runtime threads of the backbone; 0: every core of the machine that loads it "
-        "(default: measured here: the fewest threads within 10%% of the fastest at batch 1, leaving the "
-        "other cores to the heads and the server)",
+        help="cpu flavour: ONNX Runtime threads of the backbone (default: all cores at load time)",
     )
     parser.add_argument(
         "--max-queue-size",

@@ -100,7 +100,6 @@ from vmtl.export.taps import (
     trunk_core_fingerprint,
 )
 from vmtl.export.tensorrt import TrtTrunk, build_engine, tensorrt_unavailable, write_engine_info
-from vmtl.export.threads import choose_threads
 from vmtl.export.wrappers import (
     FrameTrunkExport,
     HeadExport,
@@ -635,8 +634,7 @@ def export_checkpoint(
     ``trt`` builds the native flavour's trunk as a TensorRT fp16 engine (GPU, ``data_root`` required).
     ``max_batch_size`` defaults to 8 (with ``only_heads``: the existing repository's); ``max_queue_size``
     bounds each dynamic batcher's queue (0: unbounded; see ``vmtl.export.repository``); ``queue_delay_us``
-    is how long the backbone's batcher waits for a batch to fill. ``cpu_threads``: the cpu flavour's
-    backbone threads (None: measured, :mod:`vmtl.export.threads`; 0: every core at load time). ``heads``: the
+    is how long the backbone's batcher waits for a batch to fill. ``heads``: the
     cpu flavour's heads, ``fused`` (default: one python step runs the asked heads) or ``separate`` (one
     model per head; the native flavour always); with ``only_heads`` the default keeps OUT's. ``cache``
     turns on Triton's response cache on the backbone (``vmtl serve --cache-mb``). ``precisions``
@@ -650,8 +648,6 @@ def export_checkpoint(
     one is a little over 80 lines only for its signature and the plan it passes on.
     """
     progress = _Progress(log)
-    if cpu_threads is not None and cpu_threads < 0:
-        raise UsageError(f"cpu_threads must be >= 0 (0: every core), got {cpu_threads}")
     try:
         weights = resolve_weights(ckpt_dir)
     except CheckpointError as exc:
@@ -1155,13 +1151,6 @@ def _write_flavour(
         trunk_file = ship.files[fl][BACKBONE] if not (fl == "native" and ship.trt_plan) else raw[BACKBONE]
         trunk_plan = ship.trt_plan if fl == "native" else None
         threads = plan.cpu_threads
-        if fl == "cpu" and threads is None:
-            pre = graph.preprocess
-            choice = choose_threads(Path(trunk_file), (1, pre.num_frames, pre.size, pre.size, 3))
-            progress.say(choice.line())
-            meta["backbone_threads"] = choice.to_dict()
-            threads = choice.threads
-        threads = threads or None  # 0: every core of the machine that loads it
     heads = {n: ship.files[fl][head_model(n)] for n in graph.names}
     layout = _head_layout(plan, loaded, fl)
     write_repository(

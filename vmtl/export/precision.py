@@ -42,14 +42,7 @@ from vmtl.runtime import OrtPipeline, ort_session
 from vmtl.runtime_openvino import PRECISIONS, RUNTIMES, OvSession, cpu_capabilities, openvino_unavailable
 from vmtl.tasks import TaskGraph
 
-__all__ = [
-    "CALIBRATION_CLIPS",
-    "PrecisionResult",
-    "gate_precisions",
-    "latency_ms",
-    "parse_precisions",
-    "parse_runtimes",
-]
+__all__ = ["CALIBRATION_CLIPS", "PrecisionResult", "gate_precisions", "parse_precisions", "parse_runtimes"]
 
 #: Clips NNCF calibrates on (from the train split, spread over the tasks).
 CALIBRATION_CLIPS = 64
@@ -98,7 +91,7 @@ class PrecisionResult:
         return "\n".join(lines)
 
 
-def latency_ms(run: Callable[[np.ndarray], object], video: np.ndarray, seconds: float = 1.0) -> float:
+def _latency_ms(run: Callable[[np.ndarray], object], video: np.ndarray, seconds: float = 1.0) -> float:
     """Median wall milliseconds of ``run(video)`` (one warm-up; at least 3 runs, about ``seconds``)."""
     run(video)
     times: list[float] = []
@@ -128,7 +121,7 @@ def _timed(
     for _ in range(rounds):
         for key, session in sessions.items():
             run = _trunk_runner(session)
-            b1, b4 = latency_ms(run, batch1, 0.5), latency_ms(run, batch4, 0.5)
+            b1, b4 = _latency_ms(run, batch1, 0.5), _latency_ms(run, batch4, 0.5)
             best[key] = [min(best[key][0], b1), min(best[key][1], b4)]
     ref = best["ort", "fp32"][0]
     out = []
