@@ -93,7 +93,7 @@ def measure(repo: Path, tool: perf_analyzer.PerfAnalyzer, out: Path, interval_ms
 def variants(args: argparse.Namespace) -> list[dict]:
     """Every (heads layout, backbone batcher delay, backbone threads) the run compares."""
     return [
-        {"layout": layout.strip(), "delay_us": int(delay), "threads": int(threads)}
+        {"layout": layout.strip(), "delay_us": int(delay), "threads": threads.strip()}
         for layout in args.layouts.split(",")
         for delay in args.delays.split(",")
         for threads in args.backbone_threads.split(",")
@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layouts", default="fused", help="heads layouts to compare (fused, separate)")
     ap.add_argument(
         "--backbone-threads",
-        default="0",
-        help="backbone intra-op threads to compare (0: what `vmtl export` chooses; N: `--cpu-threads N`)",
+        default="auto",
+        help="backbone intra-op threads to compare: auto (`vmtl export`'s default: every core), N "
+        "(`vmtl export --cpu-threads N`)",
     )
     ap.add_argument(
         "--rounds", type=int, default=3, help="rounds; each measures every configuration in turn (medians)"
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg["repo"],
                 heads=cfg["layout"],
                 queue_delay_us=cfg["delay_us"],
-                cpu_threads=cfg["threads"] or None,
+                cpu_threads=None if cfg["threads"] == "auto" else int(cfg["threads"]),
             )
             cfg["backbone_threads"] = backbone_threads(cfg["repo"])
             cfg["rounds"] = []
@@ -200,7 +201,8 @@ def report(args: argparse.Namespace, configs: list[dict], version: str, before: 
         rounds = cfg["rounds"]
         tput, p50 = ratios(cfg)
         lines.append(
-            f"| {cfg['layout']} | {cfg['delay_us']} | {cfg['backbone_threads']} | "
+            f"| {cfg['layout']} | {cfg['delay_us']} | {cfg['backbone_threads']}"
+            f"{' (default)' if cfg['threads'] == 'auto' else ''} | "
             f"{med(r[f'{BACKBONE}@8']['infer_per_s'] for r in rounds):.1f} | "
             f"{med(r[f'{CLIP_ENSEMBLE}@8']['infer_per_s'] for r in rounds):.1f} | "
             f"{_verdict(med(tput), tput, med(tput) >= args.ensemble_vs_trunk)} | "
