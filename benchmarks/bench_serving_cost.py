@@ -7,7 +7,9 @@ For one checkpoint, in one run on one machine:
    `vmtl_clip` asked for every task, at concurrency 1 and 8, for each heads layout (fused, separate) and
    each backbone batcher delay (--delays, microseconds) and backbone thread count (--backbone-threads);
 3. the issue's targets: all-task ensemble throughput >= X x the backbone alone at concurrency 8, and p50 at
-   concurrency 1 <= Y x the in-process trunk + heads.
+   concurrency 1 <= Y x the in-process trunk + heads;
+4. the model bound: in process at batch 8, trunk / (trunk + every head), the share of the backbone's
+   throughput an ensemble can reach when the backbone alone keeps every core busy (heads are compute too).
 
 Configurations (heads layout x backbone batcher delay x backbone threads) are measured in turn, --rounds
 times, and the report gives medians with every round's ratio: on a shared machine one run moves by more
@@ -68,6 +70,34 @@ def inprocess_p50_ms(repo: Path, iters: int = 60) -> float:
     return float(np.percentile(times, 50) * 1e3)
 
 
+def model_bound(repo: Path, batch: int = 8, seconds: float = 3.0) -> dict:
+    """The model's own share of the trunk-alone throughput, in process at ``batch`` (the host's session
+    options): trunk / (trunk + every head), medians over about ``seconds`` (at least 3 runs).
+
+    An ensemble runs the trunk and then the heads; when the backbone alone keeps every core busy, the
+    ensemble cannot serve more than this share of the backbone's throughput, whatever serving costs.
+    """
+    model = LocalModel.load(repo)
+    pipe = model.host_pipeline()
+    pre = model.graph.preprocess
+    names = model.graph.names
+    video = np.random.default_rng(1).integers(
+        0, 256, (batch, pre.num_frames, pre.size, pre.size, 3), np.uint8
+    )
+    pipe.run_heads(pipe.features(video, names), names)  # warm-up
+    trunk, heads = [], []
+    deadline = time.perf_counter() + seconds
+    while len(trunk) < 3 or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        feats = pipe.features(video, names)
+        t1 = time.perf_counter()
+        pipe.run_heads(feats, names)
+        trunk.append(t1 - t0)
+        heads.append(time.perf_counter() - t1)
+    t, h = float(np.median(trunk)) * 1e3, float(np.median(heads)) * 1e3
+    return {"batch": batch, "trunk_ms": t, "heads_ms": h, "bound": t / (t + h)}
+
+
 def measure(repo: Path, tool: perf_analyzer.PerfAnalyzer, out: Path, interval_ms: int) -> dict:
     """perf_analyzer on backbone and vmtl_clip (all tasks) at concurrency 1 and 8 on one server."""
     graph = LocalModel.load(repo).graph
@@ -115,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="rounds; each measures every configuration in turn (medians)"
     )
     ap.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer measurement window")
+    ap.add_argument(
+        "--bound-batch",
+        type=int,
+        default=8,
+        help="batch of the in-process model bound (trunk / trunk + heads)",
+    )
     ap.add_argument("--ensemble-vs-trunk", type=float, default=0.85, help="target: throughput ratio @8")
     ap.add_argument("--p50-vs-inprocess", type=float, default=1.3, help="target: p50 ratio @1")
     ap.add_argument("--label", default="demo", help="what the checkpoint is (for the table)")
@@ -138,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_threads=None if cfg["threads"] == "auto" else int(cfg["threads"]),
             )
             cfg["backbone_threads"] = backbone_threads(cfg["repo"])
+            cfg["model_bound"] = model_bound(cfg["repo"], args.bound_batch)
             cfg["rounds"] = []
         for r in range(args.rounds):
             for cfg in configs:  # alternated, so a change in the machine's load hits every one alike
@@ -188,14 +225,16 @@ def report(args: argparse.Namespace, configs: list[dict], version: str, before: 
         "",
         f"Command: `python benchmarks/bench_serving_cost.py --checkpoint {args.checkpoint} --label "
         f"{args.label} --delays {args.delays} --layouts {args.layouts} --backbone-threads "
-        f"{args.backbone_threads} --rounds {args.rounds} --interval-ms {args.interval_ms} --update-results`",
+        f"{args.backbone_threads} --rounds {args.rounds} --interval-ms {args.interval_ms} --bound-batch "
+        f"{args.bound_batch} --update-results`",
         "",
         f"Machine: {cpu_line()}; no GPU; Python {platform.python_version()}. Load average {before} before, "
         f"{after} after (a shared machine: compare within one run).",
         "",
         "| heads | backbone delay (us) | backbone threads | backbone @8 infer/s | vmtl_clip @8 infer/s "
-        "| ensemble / backbone @8 | vmtl_clip p50 @1 (ms) | in-process p50 (ms) | p50 / in-process |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ensemble / backbone @8 | model bound | vmtl_clip p50 @1 (ms) | in-process p50 (ms) "
+        "| p50 / in-process |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cfg in configs:
         rounds = cfg["rounds"]
@@ -206,6 +245,7 @@ def report(args: argparse.Namespace, configs: list[dict], version: str, before: 
             f"{med(r[f'{BACKBONE}@8']['infer_per_s'] for r in rounds):.1f} | "
             f"{med(r[f'{CLIP_ENSEMBLE}@8']['infer_per_s'] for r in rounds):.1f} | "
             f"{_verdict(med(tput), tput, med(tput) >= args.ensemble_vs_trunk)} | "
+            f"{cfg['model_bound']['bound']:.2f}x | "
             f"{med(r[f'{CLIP_ENSEMBLE}@1']['p50_ms'] for r in rounds):.2f} | "
             f"{med(r['inprocess_p50_ms'] for r in rounds):.2f} | "
             f"{_verdict(med(p50), p50, med(p50) <= args.p50_vs_inprocess)} |"
@@ -213,7 +253,10 @@ def report(args: argparse.Namespace, configs: list[dict], version: str, before: 
     lines += [
         "",
         f"Targets: ensemble >= {args.ensemble_vs_trunk}x the backbone alone at concurrency 8; p50 at "
-        f"concurrency 1 <= {args.p50_vs_inprocess}x in-process trunk + heads. perf_analyzer's CSV files: "
+        f"concurrency 1 <= {args.p50_vs_inprocess}x in-process trunk + heads. Model bound: in process at "
+        f"batch {args.bound_batch}, trunk / (trunk + every head): the share of the backbone's throughput an "
+        "ensemble can serve when the backbone alone keeps every core busy (the steps overlapping on idle "
+        "cores can beat it). perf_analyzer's CSV files: "
         f"`{args.out}/<configuration>-r<round>/`.",
         "",
     ]
