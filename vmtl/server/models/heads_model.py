@@ -24,7 +24,8 @@ update of a python-backend metric is a round trip from the stub to the server (~
 updating two per task on every request cost ~0.5 ms of a seven-task request's step. The endpoint lags by
 at most that interval. Nothing is published once the server process is gone (the stub has a new parent):
 an update sent to a dead server waits for its answer forever, and the stub 2.51 then cannot exit (it
-lingered after a SIGKILLed server while every other stub ended).
+lingered after a SIGKILLed server while every other stub ended). An update already on its way when the
+server dies cannot be recalled, so a watchdog thread ends the stub ``ORPHAN_GRACE_S`` after its server.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from vmtl.tasks import TaskGraph
 #: How many distinct request-parameter strings the model remembers the asked tasks of (other parameters a
 #: client sends, e.g. a request id, make each request's string new; those are parsed every time).
 PLAN_CACHE = 256
+#: Seconds a stub whose server died may take to end on its own before the model ends it.
+ORPHAN_GRACE_S = 5.0
 
 
 class TritonPythonModel:
@@ -91,6 +94,8 @@ class TritonPythonModel:
         self.stop = threading.Event()
         self.publisher = threading.Thread(target=self._publish_loop, name="vmtl-head-metrics", daemon=True)
         self.publisher.start()
+        self.watchdog = threading.Thread(target=self._watch_server, name="vmtl-head-watchdog", daemon=True)
+        self.watchdog.start()
 
     # -- metrics ---------------------------------------------------------------------------------
     def _count(self, spent: list[tuple[str, int]], clips: int) -> None:
@@ -111,6 +116,15 @@ class TritonPythonModel:
     def _server_alive(self) -> bool:
         """Whether the server that started this stub still runs (a dead one's stubs get a new parent)."""
         return os.getppid() == self.server_pid
+
+    def _watch_server(self) -> None:
+        """End this stub if it outlives its server by ORPHAN_GRACE_S. The stub ends itself when its server is
+        gone, unless a counter update sent in the instant the server died waits for an answer forever."""
+        while not self.stop.wait(0.5):
+            if not self._server_alive():
+                if not self.stop.wait(ORPHAN_GRACE_S):
+                    os._exit(1)
+                return
 
     def _publish_loop(self) -> None:
         while not self.stop.wait(METRICS_FLUSH_S):
@@ -226,6 +240,7 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.stop.set()
         self.publisher.join(timeout=5)
+        self.watchdog.join(timeout=5)
         if self._server_alive():
             with contextlib.suppress(Exception):  # the server may already be tearing its metrics down
                 self._publish()
