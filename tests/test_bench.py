@@ -314,4 +314,8 @@ def test_bench_on_fused_heads_with_the_independent_baseline(exported_fused: Path
     }
     checks = {(r["config"], r["concurrency"]): r for r in data["cross_check"]}
     assert set(checks) == measured and all(r["ratio"] > 0 for r in checks.values())
+    # vmtl's side of the cross-check was measured again right after each perf_analyzer point
+    assert all(r["back_to_back"] for r in checks.values())
+    sweep = {(r["Configuration"], r["Concurrency"]): r["Inferences/Second"] for r in data["rows"]}
+    assert {k: r["vmtl"] for k, r in checks.items()} != {k: round(sweep[k], 2) for k in checks}
     assert any(t["target"].startswith("vmtl's load generator and perf_analyzer") for t in data["targets"])

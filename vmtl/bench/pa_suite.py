@@ -84,8 +84,12 @@ def perf_analyzer_sweep(
     measurement_ms: int = 2000,
     ready: Callable[[str], bool] = lambda _m: True,
     log: Callable[[str], None] = print,
+    then: Callable[[str, int], None] | None = None,
 ) -> tuple[list[PaRow], dict[str, str]]:
-    """perf_analyzer over every asked Triton configuration at every concurrency: (rows, skipped)."""
+    """perf_analyzer over every asked Triton configuration at every concurrency: (rows, skipped).
+    ``then(config, concurrency)`` runs right after each measured point (vmtl bench re-measures the same
+    point with its own load generator there, so that the cross-check compares two measurements taken
+    back to back)."""
     k = len(tasks)
     params = {PARAM_TASKS: ",".join(tasks)}
     plans: dict[str, list[tuple[str, dict[str, str]]]] = {}
@@ -123,12 +127,17 @@ def perf_analyzer_sweep(
                 f"  perf_analyzer {row.config:<26} c={conc:<3} {row.throughput:8.1f} infer/s   "
                 f"p50 {row.p50_us / 1e3:8.2f} ms   p99 {row.p99_us / 1e3:8.2f} ms"
             )
+            if then is not None:
+                then(c, conc)
     return rows, skipped
 
 
-def cross_check(rows: Sequence[PaRow], measurements: Sequence[Measurement]) -> list[dict[str, object]]:
+def cross_check(
+    rows: Sequence[PaRow], measurements: Sequence[Measurement], back_to_back: bool = False
+) -> list[dict[str, object]]:
     """perf_analyzer's throughput against vmtl's load generator's for each configuration and
-    concurrency both measured: {config, concurrency, vmtl, perf_analyzer, ratio, agree}."""
+    concurrency both measured: {config, concurrency, vmtl, perf_analyzer, ratio, agree, back_to_back}
+    (``back_to_back``: ``measurements`` were taken right after perf_analyzer's, point by point)."""
     ours = {(m.config, m.concurrency): m.throughput for m in measurements}
     out: list[dict[str, object]] = []
     for r in rows:
@@ -144,6 +153,7 @@ def cross_check(rows: Sequence[PaRow], measurements: Sequence[Measurement]) -> l
                 "perf_analyzer": round(r.throughput, 2),
                 "ratio": round(ratio, 3),
                 "agree": abs(ratio - 1.0) <= AGREEMENT,
+                "back_to_back": back_to_back,
             }
         )
     return out

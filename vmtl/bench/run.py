@@ -20,10 +20,10 @@ import tritonclient.grpc as grpcclient
 from vmtl.bench import perf_analyzer
 from vmtl.bench.config_names import CONFIGS
 from vmtl.bench.independent import write_independent_repository
-from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS
+from vmtl.bench.load import COMPOSING_COLUMNS, CSV_COLUMNS, Measurement, run_load
 from vmtl.bench.pa_suite import cross_check, perf_analyzer_sweep
 from vmtl.bench.plot import plot_sweep
-from vmtl.bench.suite import BenchError, BenchResult, run_suite
+from vmtl.bench.suite import BenchError, BenchResult, label, prepare_calls, run_suite
 from vmtl.contract import RepositoryError
 from vmtl.runtime import LocalModel
 from vmtl.samples import sample_video
@@ -91,7 +91,11 @@ def format_report(result: Any) -> str:
             ),
         ]
     if result.perf_analyzer:
-        lines += ["", "perf_analyzer 2.51 (same server, batch 1, gRPC; usec per request in its CSV):"]
+        lines += [
+            "",
+            "perf_analyzer 2.51 (same server, batch 1, gRPC; usec per request in its CSV); vs vmtl: against "
+            "vmtl's load generator on the same point right after:",
+        ]
         lines.append(
             f"{'configuration':<40} {'conc':>4} {'infer/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs vmtl':>8}"
         )
@@ -235,7 +239,7 @@ def _sweep(
         )
         triton = [c for c in configs if c.startswith("triton")]
         if url and triton:
-            _perf_analyzer(args, result, url, tasks, triton, log)
+            _perf_analyzer(args, result, url, tasks, triton, log, repo, video)
         return result
 
 
@@ -246,8 +250,13 @@ def _perf_analyzer(
     tasks: list[str],
     configs: list[str],
     log: Callable[[str], None],
+    repo: LocalModel,
+    video: np.ndarray,
 ) -> None:
-    """perf_analyzer over the Triton configurations (same server, same run) and the cross-check."""
+    """perf_analyzer over the Triton configurations (same server, same run) and the cross-check: after
+    each perf_analyzer point, vmtl's load generator measures the same point again, so that the two are
+    compared on the machine as it was at that moment (the sweep's own numbers were taken minutes earlier,
+    and a shared machine's speed moves by more than the 10% the cross-check allows)."""
     if args.perf_analyzer == "off":
         return
     tool = perf_analyzer.find()
@@ -258,6 +267,18 @@ def _perf_analyzer(
         result.skipped["perf_analyzer"] = why
         return
     log(f"perf_analyzer ({tool.version()}) on {', '.join(configs)}")
+    calls = prepare_calls(repo, video, tasks, configs, url, None, {})
+    paired: list[Measurement] = []
+
+    def again(config: str, conc: int) -> None:
+        if config in calls:
+            call, model, _ = calls[config]
+            name = label(config, len(tasks))
+            n = max(args.requests, 2 * conc)
+            m = run_load(name, call, conc, requests=n, warmup=max(args.warmup, conc), model=model)
+            paired.append(m)
+            log(f"  vmtl's load, right after {name:<26} c={conc:<3} {m.throughput:8.1f} infer/s")
+
     client = grpcclient.InferenceServerClient(url)
     try:
         rows, skipped = perf_analyzer_sweep(
@@ -270,11 +291,12 @@ def _perf_analyzer(
             measurement_ms=args.pa_interval_ms,
             ready=lambda m: bool(client.is_model_ready(m)),
             log=log,
+            then=again,
         )
     finally:
         client.close()
     result.perf_analyzer = rows
-    result.cross_check = cross_check(rows, result.measurements)
+    result.cross_check = cross_check(rows, paired, back_to_back=True)
     result.skipped.update(skipped)
 
 
