@@ -36,7 +36,7 @@ from results import update_section
 from vmtl.bench import perf_analyzer
 from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, PARAM_TASKS, config_params, load_configs
 from vmtl.export.onnx import export_checkpoint
-from vmtl.runtime import LocalModel, cores
+from vmtl.runtime import LocalModel, OrtPipeline, cores
 from vmtl.server.launcher import TritonServer
 
 HEADING = "## Serving cost (perf_analyzer)"
@@ -54,12 +54,19 @@ def cpu_line() -> str:
     return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs, flags: {' '.join(keep)}"
 
 
+def _host_model(repo: Path, batch: int, seed: int) -> tuple[OrtPipeline, list[str], np.ndarray]:
+    """The repository's in-process pipeline with the host's session options, its tasks, and a random
+    uint8 batch of ``batch`` clips of its input shape."""
+    model = LocalModel.load(repo)
+    pre = model.graph.preprocess
+    shape = (batch, pre.num_frames, pre.size, pre.size, 3)
+    video = np.random.default_rng(seed).integers(0, 256, shape, np.uint8)
+    return model.host_pipeline(), model.graph.names, video
+
+
 def inprocess_p50_ms(repo: Path, iters: int = 60) -> float:
     """p50 of the in-process trunk + every head (the host's session options), batch 1."""
-    model = LocalModel.load(repo)
-    pipe = model.host_pipeline()
-    pre = model.graph.preprocess
-    video = np.random.default_rng(0).integers(0, 256, (1, pre.num_frames, pre.size, pre.size, 3), np.uint8)
+    pipe, _, video = _host_model(repo, 1, seed=0)
     for _ in range(5):
         pipe.run(video)
     times = []
@@ -77,13 +84,7 @@ def model_bound(repo: Path, batch: int = 8, seconds: float = 3.0) -> dict:
     An ensemble runs the trunk and then the heads; when the backbone alone keeps every core busy, the
     ensemble cannot serve more than this share of the backbone's throughput, whatever serving costs.
     """
-    model = LocalModel.load(repo)
-    pipe = model.host_pipeline()
-    pre = model.graph.preprocess
-    names = model.graph.names
-    video = np.random.default_rng(1).integers(
-        0, 256, (batch, pre.num_frames, pre.size, pre.size, 3), np.uint8
-    )
+    pipe, names, video = _host_model(repo, batch, seed=1)
     pipe.run_heads(pipe.features(video, names), names)  # warm-up
     trunk, heads = [], []
     deadline = time.perf_counter() + seconds
