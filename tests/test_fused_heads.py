@@ -16,11 +16,15 @@ import pytest
 
 from vmtl.client import VmtlClient
 from vmtl.contract import (
+    BACKBONE,
     CLIP_ENSEMBLE,
+    FEAT_STACK,
     HEADS_MODEL,
+    PARAM_FEAT_STACK,
     PARAM_TASKS,
     Manifest,
     RepositoryError,
+    feat_output,
     head_model,
     load_configs,
 )
@@ -32,7 +36,7 @@ from vmtl.tasks import TaskGraph
 pytestmark = pytest.mark.triton
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
-from test_repository import FRAMES, SIZE, make_toy_models, ort_reference, toy_graph  # noqa: E402
+from test_repository import DIM, FRAMES, SIZE, make_toy_models, ort_reference, toy_graph  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
@@ -147,6 +151,34 @@ def test_fused_equals_separate_for_every_task_subset(pair: Pair) -> None:
             assert sorted(got) == sorted(subset), asked
             for n in subset:
                 np.testing.assert_allclose(got[n], want[n], atol=1e-5, err_msg=f"{n} of {asked}")
+
+
+def test_the_backbone_sends_the_heads_one_stacked_tensor(pair: Pair) -> None:
+    """The fused layout's backbone answers feat_stack: its tasks' features stacked in the order its config
+    names; a batch of clips through it equals the separate layout's one tensor per task."""
+    import onnxruntime as ort
+
+    backbone = load_configs(Path(pair.fused.repo))[BACKBONE]  # type: ignore[attr-defined]
+    assert backbone.parameters[PARAM_FEAT_STACK].string_value.split(",") == pair.graph.names
+    video = _video(7, 3)
+    client = grpcclient.InferenceServerClient(pair.fused.grpc_url)  # type: ignore[attr-defined]
+    try:
+        inp = grpcclient.InferInput("video", list(video.shape), "UINT8")
+        inp.set_data_from_numpy(video)
+        stacked = client.infer(BACKBONE, [inp]).as_numpy(FEAT_STACK)  # no outputs named: all of them
+    finally:
+        client.close()
+    trunk = ort.InferenceSession(str(pair.trunk), providers=["CPUExecutionProvider"])
+    want = trunk.run([feat_output(n) for n in pair.graph.names], {"video": video})
+    assert stacked.shape == (3, len(pair.graph.names), FRAMES, DIM)
+    for i, n in enumerate(pair.graph.names):
+        np.testing.assert_allclose(stacked[:, i], want[i], atol=1e-5, err_msg=n)
+    for asked in ("a,b,c", "c", "b"):  # c's auxiliary a reads its slice too
+        subset = asked.split(",")
+        got = _infer(pair.fused.grpc_url, video, subset, asked)  # type: ignore[attr-defined]
+        expected = _infer(pair.separate.grpc_url, video, subset, None)  # type: ignore[attr-defined]
+        for n in subset:
+            np.testing.assert_allclose(got[n], expected[n], atol=1e-5, err_msg=f"{n} of {asked}")
 
 
 def test_only_the_asked_heads_and_their_auxiliaries_run(pair: Pair) -> None:

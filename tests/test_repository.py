@@ -15,7 +15,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
+    FEAT_STACK,
+    HEADS_MODEL,
     MANIFEST,
+    PARAM_FEAT_STACK,
     PARAM_GRAPH,
     PARAM_PREPROCESS,
     STREAM_ENSEMBLE,
@@ -290,6 +293,62 @@ def test_ensembles_wire_the_task_graph(repo: Path) -> None:
     assert vsteps[0].input_map["window"] == "window"
     assert [o.name for o in video.output][:3] == ["a", "b", "c"]
     assert {"timestamps", "crop"} <= {o.name for o in video.output}
+
+
+def test_fused_cpu_heads_read_one_stacked_features_tensor(tmp_path: Path, toy) -> None:
+    """cpu flavour, fused heads: the backbone answers feat_stack [T,N,D] (its tasks, in the order its config
+    names) instead of one feat_<task> per task, and every ensemble feeds the heads that one tensor. Separate
+    heads and the native flavour keep one feat_<task> per task."""
+    graph, trunk, heads = toy
+    configs = load_configs(write_repository(tmp_path / "repo", graph, trunk, heads))
+    backbone = configs[BACKBONE]
+    assert {o.name: list(o.dims) for o in backbone.output} == {FEAT_STACK: [3, FRAMES, DIM]}
+    for model in (BACKBONE, HEADS_MODEL):
+        assert configs[model].parameters[PARAM_FEAT_STACK].string_value == "a,b,c"
+    assert [(i.name, list(i.dims)) for i in configs[HEADS_MODEL].input] == [(FEAT_STACK, [3, FRAMES, DIM])]
+    for ensemble in (CLIP_ENSEMBLE, VIDEO_ENSEMBLE, STREAM_ENSEMBLE):
+        steps = {s.model_name: s for s in configs[ensemble].ensemble_scheduling.step}
+        assert dict(steps[BACKBONE].output_map) == {FEAT_STACK: "_feat_stack"}, ensemble
+        assert dict(steps[HEADS_MODEL].input_map) == {FEAT_STACK: "_feat_stack"}, ensemble
+    for other in (
+        write_repository(tmp_path / "separate", graph, trunk, heads, heads="separate"),
+        write_repository(tmp_path / "native", graph, trunk, heads, flavour="native"),
+    ):
+        backbone = load_configs(other)[BACKBONE]
+        assert [o.name for o in backbone.output] == ["feat_a", "feat_b", "feat_c"]
+        assert PARAM_FEAT_STACK not in backbone.parameters
+
+
+def test_heads_rewritten_beside_a_kept_backbone_follow_its_features(tmp_path: Path, toy) -> None:
+    """--only-heads keeps the backbone's config as it is: beside a backbone exported before feat_stack existed
+    the new heads and ensembles read one feat_<task> per task; beside a stacking one, its stack."""
+    graph, trunk, heads = toy
+    out = write_repository(tmp_path / "repo", graph, trunk, heads)
+    stacking = _config(out, BACKBONE)
+    old = mc.ModelConfig()
+    old.CopyFrom(stacking)
+    del old.output[:]
+    for n in graph.names:
+        old.output.add(name=f"feat_{n}", data_type=mc.TYPE_FP32, dims=[FRAMES, DIM])
+    del old.parameters[PARAM_FEAT_STACK]
+    _rewrite(out, BACKBONE, old)
+    write_repository(out, graph, trunk, heads, keep=[BACKBONE])
+    configs = load_configs(out)
+    assert configs[BACKBONE] == old
+    assert [i.name for i in configs[HEADS_MODEL].input] == ["feat_a", "feat_b", "feat_c"]
+    assert PARAM_FEAT_STACK not in configs[HEADS_MODEL].parameters
+    steps = {s.model_name: s for s in configs[CLIP_ENSEMBLE].ensemble_scheduling.step}
+    assert set(steps[BACKBONE].output_map) == {"feat_a", "feat_b", "feat_c"}
+    validate_repository(out)
+
+    _rewrite(out, BACKBONE, stacking)
+    write_repository(out, graph, trunk, heads, keep=[BACKBONE])
+    configs = load_configs(out)
+    assert [i.name for i in configs[HEADS_MODEL].input] == [FEAT_STACK]
+    assert dict(configs[CLIP_ENSEMBLE].ensemble_scheduling.step[0].output_map) == {FEAT_STACK: "_feat_stack"}
+    with pytest.raises(RepositoryError, match=r"one 'feat_stack' tensor, which only fused cpu heads read"):
+        write_repository(out, graph, trunk, heads, keep=[BACKBONE], heads="separate")
+    assert load_configs(out)[HEADS_MODEL] == configs[HEADS_MODEL]  # the refused export changed nothing
 
 
 def test_labels_and_parameters(repo: Path, toy) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "CLIP_ENSEMBLE",
     "DEFAULT_UPLOAD_CHUNK_BYTES",
     "ENGINE_INFO",
+    "FEAT_STACK",
     "FLAVOURS",
     "FORMAT_VERSION",
     "GRPC_MAX_MESSAGE_BYTES",
@@ -46,6 +47,7 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_FORMAT",
     "PARAM_CANCEL",
+    "PARAM_FEAT_STACK",
     "PARAM_GRAPH",
     "PARAM_HEAD_TASKS",
     "PARAM_PREPROCESS",
@@ -138,6 +140,12 @@ HEAD_LAYOUTS = ("fused", "separate")
 #: features inside its head (a *tap task*; ``vmtl.export.taps``). Heads-only exports record the tap tasks
 #: in the manifest metadata's ``tap_tasks`` and pass them to the fused heads model as ``vmtl_tap_tasks``.
 TAPS_OUTPUT = "trunk_taps"
+#: The ``cpu`` backbone's output stacking the ``feat_<task>`` of the tasks its config parameter
+#: ``vmtl_feat_stack`` names (comma-separated, in stack order) into one tensor [B,T,N,D], and the fused
+#: heads' input reading it (same parameter): one tensor crosses the two python steps instead of one per
+#: task. Each tensor costs both stubs and Triton's core ~50 us per request (benchmarks/RESULTS.md).
+FEAT_STACK = "feat_stack"
+PARAM_FEAT_STACK = "vmtl_feat_stack"
 PARAM_TAP_TASKS = "vmtl_tap_tasks"
 
 #: The streaming path (long videos): ``vmtl_stream`` is an ensemble whose first step, ``video_stream``, is a

@@ -30,7 +30,15 @@ from vmtl.bench.independent import single_model
 from vmtl.bench.inprocess import IndependentOrt
 from vmtl.bench.load import LoadError, Measurement, run_load
 from vmtl.bench.peak import Peak, manifest_flops, precision_peak
-from vmtl.contract import BACKBONE, CLIP_ENSEMBLE, PARAM_TASKS, feat_output
+from vmtl.contract import (
+    BACKBONE,
+    CLIP_ENSEMBLE,
+    FEAT_STACK,
+    PARAM_FEAT_STACK,
+    PARAM_TASKS,
+    feat_output,
+    load_configs,
+)
 from vmtl.runtime import LocalModel, cores
 from vmtl.runtime_openvino import host_pipeline
 
@@ -310,9 +318,7 @@ def _triton_call(
     if config == "triton-ensemble":
         return (triton.infer(CLIP_ENSEMBLE, video, tasks, tasks), CLIP_ENSEMBLE, triton.stats)
     if config == "triton-trunk":
-        graph = repo.graph  # the first trunk (`backbone`); other trunks' tasks have no output there
-        feats = [feat_output(n) for n in graph.trunk_tasks(graph.trunk_names[0])]
-        return (triton.infer(BACKBONE, video, feats), BACKBONE, triton.stats)
+        return (triton.infer(BACKBONE, video, _trunk_outputs(repo)), BACKBONE, triton.stats)
     missing = [t for t in tasks if not triton.ready(single_model(t))]
     if missing:
         return (
@@ -320,6 +326,16 @@ def _triton_call(
             "(the server vmtl bench starts itself does; see vmtl.bench.independent)"
         )
     return (triton.infer_all([(single_model(t), [t]) for t in tasks], video), None, triton.stats)
+
+
+def _trunk_outputs(repo: LocalModel) -> list[str]:
+    """What the ensembles ask the served `backbone` for: its `feat_stack` where it stacks its tasks' features
+    for the fused heads, else the `feat_<task>` of the first trunk's tasks (other trunks' have no output there)."""
+    cfg = load_configs(repo.path).get(BACKBONE)
+    if cfg is not None and PARAM_FEAT_STACK in cfg.parameters:
+        return [FEAT_STACK]
+    graph = repo.graph
+    return [feat_output(n) for n in graph.trunk_tasks(graph.trunk_names[0])]
 
 
 def sweep(

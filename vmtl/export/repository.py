@@ -7,6 +7,7 @@ for ``onnxruntime_onnx`` / ``tensorrt_plan`` models)::
       vmtl.json                  graph, flavour, models, metadata (trunk hash, parity errors...)
       video_decode/              python backend (PyAV via vmtl.video.read_clip): bytes -> uint8 clip
       backbone/                  the trunk, dynamic batching; uint8 clip -> feat_<task> per task
+                                 (fused heads: one feat_stack [T,N,D] holding them, in config order)
       head_<task>/               one per task: features (+ repr_<aux>) -> output, repr
       vmtl_clip/                 ensemble: video (uint8 clip) -> one output per task
       vmtl_video/                ensemble: video_bytes (+ window) -> decode -> same fan-out
@@ -36,7 +37,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,8 +49,10 @@ from vmtl.contract import (
     BACKBONE,
     CLIP_ENSEMBLE,
     DEFAULT_UPLOAD_CHUNK_BYTES,
+    FEAT_STACK,
     HEAD_LAYOUTS,
     MANIFEST,
+    PARAM_FEAT_STACK,
     PARAM_GRAPH,
     PARAM_HEAD_TASKS,
     PARAM_PREPROCESS,
@@ -74,6 +77,7 @@ from vmtl.contract import (
     fused_heads_groups,
     fused_heads_model,
     head_model,
+    load_configs,
     repr_input,
     trunk_model,
     validate_repository,
@@ -113,6 +117,7 @@ DEFAULT_MAX_STREAMS = 4
 DEFAULT_MAX_QUEUE_SIZE = 0
 # Ensemble-internal tensors start with "_" so that no task name (a lower-case identifier) can collide.
 _VIDEO_TENSOR = "_video"
+_FEAT_STACK_TENSOR = "_" + FEAT_STACK
 
 
 def _feat(task: str) -> str:
@@ -347,6 +352,7 @@ class _Options:
     tap_tasks: tuple[str, ...] = ()  # tasks whose head reads trunk_taps instead of feat_<task>
     versions: tuple[tuple[str, int], ...] = ()  # model -> the version directory its files go to (default 1)
     upload_chunk_bytes: int = DEFAULT_UPLOAD_CHUNK_BYTES  # video_stream's chunked uploads (0: off)
+    feat_stack: tuple[str, ...] = ()  # tasks whose features cross as one feat_stack tensor (_feat_stack)
 
     def version(self, model: str) -> int:
         return dict(self.versions).get(model, 1)
@@ -503,6 +509,8 @@ def write_repository(
             "does not have (exported before vmtl added it): run a full export once"
         )
     heads = {n: _read_head(graph.task(n), head_onnx[n]) for n in graph.names}
+    kept_backbone = out if BACKBONE in keep else None
+    opts = replace(opts, feat_stack=_feat_stack(trunk, opts, bool(frames), kept_backbone))
     if trunk_plan is not None and not Path(trunk_plan).is_file():
         raise RepositoryError(f"TensorRT plan not found: {trunk_plan}")
 
@@ -574,8 +582,12 @@ def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options, name: str 
     else:
         cfg.platform = "onnxruntime_onnx"
     cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", trunk.video.shape[1:]))
-    for name, sig in trunk.feats.items():
-        cfg.output.append(_io(mc.ModelOutput, feat_output(name), sig.dtype, sig.shape[1:]))
+    stacked = bool(opts.feat_stack) and name == BACKBONE
+    if stacked:  # in place of every feat_<task>, not beside them: a client asking for all outputs pays once
+        cfg.output.append(_stack_tensor(mc.ModelOutput, trunk, opts))
+        _set_params(cfg, {PARAM_FEAT_STACK: ",".join(opts.feat_stack)})
+    for task, sig in trunk.feats.items() if not stacked else ():
+        cfg.output.append(_io(mc.ModelOutput, feat_output(task), sig.dtype, sig.shape[1:]))
     if trunk.taps is not None:
         cfg.output.append(_io(mc.ModelOutput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:]))
     _dynamic_batching(cfg, opts.max_batch_size, opts.queue_delay_us, opts.max_queue_size)
@@ -635,6 +647,8 @@ def _fused_heads_config(
         params[PARAM_HEAD_TASKS] = ",".join(owned)
     if opts.tap_tasks:
         params[PARAM_TAP_TASKS] = ",".join(opts.tap_tasks)
+    if opts.feat_stack:
+        params[PARAM_FEAT_STACK] = ",".join(opts.feat_stack)
     _set_params(cfg, params)
     # No waiting: the backbone's batch reaches the heads at once (see _head_config).
     _dynamic_batching(cfg, opts.max_batch_size, 0, opts.max_queue_size)
@@ -647,12 +661,49 @@ def _fused_inputs(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> list[Any]:
     head reads it) and trunk_taps (optional): an ensemble of the previous task graph still feeds this model
     while a live reload switches them."""
     inputs = []
-    for name, sig in trunk.feats.items():
+    if opts.feat_stack:  # one tensor holds every feat_<task> (the previous graph's ensemble sends it too)
+        inputs.append(_stack_tensor(mc.ModelInput, trunk, opts))
+    for name, sig in trunk.feats.items() if not opts.feat_stack else ():
         unread = name in opts.tap_tasks or name not in graph
         inputs.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:], optional=unread))
     if opts.tap_tasks and trunk.taps is not None:
         inputs.append(_io(mc.ModelInput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:], optional=True))
     return inputs
+
+
+def _feat_stack(trunk: _Trunk, opts: _Options, multi_trunk: bool, kept: Path | None) -> tuple[str, ...]:
+    """The tasks whose ``feat_<task>`` the cpu backbone answers stacked as one ``feat_stack`` tensor for the
+    fused heads, in stack order; () where each crosses on its own: the native flavour, separate heads,
+    several trunks, features of unequal or dynamic shapes, and a backbone kept from an export without the
+    stack (``kept``: the repository whose backbone config stays as it is, --only-heads)."""
+    if kept is not None:
+        cfg = load_configs(kept).get(BACKBONE)
+        if cfg is None or PARAM_FEAT_STACK not in cfg.parameters:
+            return ()
+        if opts.native or not opts.fused:
+            raise RepositoryError(
+                f"{kept / BACKBONE} sends its features as one {FEAT_STACK!r} tensor, which only fused cpu heads "
+                "read: export the whole repository (without --only-heads) to change the heads' layout"
+            )
+        stack = tuple(t for t in cfg.parameters[PARAM_FEAT_STACK].string_value.split(",") if t)
+        unknown = [t for t in stack if t not in trunk.feats]
+        if unknown:
+            raise RepositoryError(
+                f"{kept / BACKBONE}: its {PARAM_FEAT_STACK} names {unknown}, which the trunk has no features for"
+            )
+        return stack
+    if opts.native or not opts.fused or multi_trunk:
+        return ()
+    shapes = {sig.shape[1:] for sig in trunk.feats.values()}
+    if len(shapes) != 1 or any(d < 1 for d in next(iter(shapes))):
+        return ()
+    return tuple(trunk.feats)
+
+
+def _stack_tensor(kind: type, trunk: _Trunk, opts: _Options) -> Any:
+    """The ``feat_stack`` tensor: [T,N,D] for the T tasks of ``opts.feat_stack``."""
+    shape = trunk.feats[opts.feat_stack[0]].shape[1:]
+    return _io(kind, FEAT_STACK, "TYPE_FP32", (len(opts.feat_stack), *shape))
 
 
 def _group_inputs(graph: TaskGraph, owned: Sequence[str], feats: Mapping[str, TensorSig]) -> list[Any]:
@@ -786,7 +837,10 @@ def _trunk_and_heads(
     step.input_map["video"] = clip_tensor
     first = graph.trunk_tasks(graph.trunk_names[0])
     direct = [t for t in first if t not in opts.tap_tasks]
-    for task in direct:
+    stacked = opts.fused and bool(opts.feat_stack)
+    if stacked:
+        step.output_map[FEAT_STACK] = _FEAT_STACK_TENSOR
+    for task in direct if not stacked else ():
         step.output_map[feat_output(task)] = _feat(task)
     if opts.tap_tasks:
         step.output_map[TAPS_OUTPUT] = _TAPS_TENSOR
@@ -801,6 +855,8 @@ def _trunk_and_heads(
             for task in graph.closure(owned):
                 if task in opts.tap_tasks:
                     step.input_map[TAPS_OUTPUT] = _TAPS_TENSOR
+                elif stacked:
+                    step.input_map[FEAT_STACK] = _FEAT_STACK_TENSOR
                 else:
                     step.input_map[feat_output(task)] = _feat(task)
             for task in owned:

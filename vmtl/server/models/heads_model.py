@@ -14,6 +14,9 @@ A multi-trunk repository has one such model per trunk (config parameter ``vmtl_h
 answers, comma-separated); it runs the asked ones among them (with their auxiliaries, whichever trunk
 those read) and answers no tensors when none of its tasks is asked.
 
+A backbone that stacks its features (config parameter ``vmtl_feat_stack``: the tasks in stack order) sends
+them as one ``feat_stack`` input [B,T,N,D] instead of one ``feat_<task>`` per task; each head reads its slice.
+
 Tasks added after the backbone was exported (config parameter ``vmtl_tap_tasks``, comma-separated) read
 the backbone's ``trunk_taps`` output instead of ``feat_<task>``: their head graph computes the features.
 
@@ -40,7 +43,15 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from vmtl.contract import PARAM_GRAPH, PARAM_HEAD_TASKS, PARAM_TAP_TASKS, PARAM_TASKS, fused_head_file
+from vmtl.contract import (
+    FEAT_STACK,
+    PARAM_FEAT_STACK,
+    PARAM_GRAPH,
+    PARAM_HEAD_TASKS,
+    PARAM_TAP_TASKS,
+    PARAM_TASKS,
+    fused_head_file,
+)
 from vmtl.runtime import OrtPipeline, host_session
 from vmtl.server.hosting import METRICS_FLUSH_S, BadRequest, config_and_params, version_dir
 from vmtl.tasks import TaskGraph
@@ -72,6 +83,15 @@ class TritonPythonModel:
         self.pipeline = OrtPipeline.from_sessions(self.graph, _no_trunk, sessions, tap_tasks=taps)
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self.dims = {i["name"]: tuple(int(d) for d in i["dims"]) for i in config["input"]}
+        stack = [t for t in params.get(PARAM_FEAT_STACK, "").split(",") if t]
+        #: task -> (the input holding its features, its index on that input's axis 1 or None: all of it)
+        self.sources: dict[str, tuple[str, int | None]] = {
+            t: (FEAT_STACK, stack.index(t)) if t in stack and t not in taps else (name, None)
+            for t, name in self.pipeline.feature_output.items()
+        }
+        unfed = sorted({self.sources[t][0] for t in self.graph.closure(self.owned)} - set(self.dims))
+        if unfed:
+            raise pb_utils.TritonModelException(f"{self.name}: the heads read {unfed}, which are not inputs")
         self.executions = pb_utils.MetricFamily(
             name="vmtl_head_executions_total",
             description="Clips each task head of the fused heads model ran on",
@@ -89,7 +109,7 @@ class TritonPythonModel:
         self.pending: dict[str, list[int]] = {}  # task -> [clips, microseconds] not yet published
         self.server_pid = os.getppid()  # the stub's parent: tritonserver
         self.asked: dict[str, tuple[str, ...]] = {}  # request parameters -> the tasks they ask
-        self.plans: dict[tuple[str, ...], tuple[tuple[str, str, tuple[int, ...]], ...]] = {}
+        self.plans: dict[tuple[str, ...], tuple[tuple[str, str, int | None], ...]] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.publisher = threading.Thread(target=self._publish_loop, name="vmtl-head-metrics", daemon=True)
@@ -161,30 +181,36 @@ class TritonPythonModel:
         wanted = set(asked)
         return tuple(n for n in self.owned if n in wanted)
 
-    def _plan(self, tasks: tuple[str, ...]) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-        """(task, input tensor, its dims) of every head ``tasks`` run, auxiliaries first (stage order)."""
+    def _plan(self, tasks: tuple[str, ...]) -> tuple[tuple[str, str, int | None], ...]:
+        """(task, input tensor, the task's index in it or None) of every head ``tasks`` run, auxiliaries
+        first (stage order)."""
         plan = self.plans.get(tasks)
         if plan is None:
-            names = self.pipeline.feature_output
-            plan = tuple((t, names[t], self.dims[names[t]]) for t in self.graph.closure(tasks))
+            plan = tuple((t, *self.sources[t]) for t in self.graph.closure(tasks))
             self.plans[tasks] = plan  # at most one per subset of the owned tasks
         return plan
 
     def _features(self, request: Any, tasks: tuple[str, ...]) -> tuple[dict[str, np.ndarray], int]:
+        given = {tensor.name(): tensor for tensor in request.inputs()}
+        arrays: dict[str, np.ndarray] = {}
         feats: dict[str, np.ndarray] = {}
         batch = -1
-        for task, name, want in self._plan(tasks):
-            tensor = pb_utils.get_input_tensor_by_name(request, name)
-            if tensor is None:
-                raise BadRequest(f"{self.name}: missing input tensor '{name}'")
-            array = tensor.as_numpy()
-            if array.dtype != np.float32 or array.shape[1:] != want or batch not in (-1, array.shape[0]):
-                raise BadRequest(
-                    f"{self.name}: input '{name}' expected float32 [B,{','.join(map(str, want))}], "
-                    f"got {array.dtype.name} {list(array.shape)}"
-                )
-            batch = array.shape[0]
-            feats[task] = array
+        for task, name, index in self._plan(tasks):
+            array = arrays.get(name)
+            if array is None:
+                tensor = given.get(name)
+                if tensor is None:
+                    raise BadRequest(f"{self.name}: missing input tensor '{name}'")
+                array = arrays[name] = tensor.as_numpy()
+                want = self.dims[name]
+                if array.dtype != np.float32 or array.shape[1:] != want or batch not in (-1, array.shape[0]):
+                    raise BadRequest(
+                        f"{self.name}: input '{name}' expected float32 [B,{','.join(map(str, want))}], "
+                        f"got {array.dtype.name} {list(array.shape)}"
+                    )
+                batch = array.shape[0]
+            # A stacked task's slice is contiguous at batch 1 (no copy); a batch is copied for ONNX Runtime.
+            feats[task] = array if index is None else np.ascontiguousarray(array[:, index])
         return feats, max(batch, 1)
 
     def _run(self, tasks: tuple[str, ...], members: list[tuple[int, dict[str, np.ndarray], int]]) -> dict:

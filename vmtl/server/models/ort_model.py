@@ -9,6 +9,9 @@ fastest one this CPU runs natively (ONNX Runtime or OpenVINO), or the one ``runt
 ``VMTL_RUNTIME`` / ``VMTL_PRECISION``) name, and the choice is logged. It runs inside Triton's python stub,
 where ``vmtl`` is importable (``vmtl.server.launcher.server_env`` puts it on the stub's path).
 
+A backbone whose config parameter ``vmtl_feat_stack`` names tasks answers ``feat_stack`` instead of their
+``feat_<task>`` outputs: those stacked along axis 1 [B,T,N,D], in that order (the fused heads read it).
+
 ``execute`` concatenates every request it receives (each may carry its own batch) along axis 0, runs the
 session once, and splits the outputs back. A request whose tensors have the wrong dtype or shape gets its own
 ``TritonError`` (naming the tensor, what was expected and what came); the others still run.
@@ -21,6 +24,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from vmtl.contract import FEAT_STACK, PARAM_FEAT_STACK, feat_output
 from vmtl.runtime_openvino import host_backbone
 from vmtl.server.hosting import BadRequest, config_and_params, version_dir
 
@@ -61,10 +65,14 @@ class TritonPythonModel:
         self.outputs = {
             o["name"]: np.dtype(pb_utils.triton_string_to_numpy(o["data_type"])) for o in config["output"]
         }
+        #: feat_stack's members (session outputs), in stack order; empty: the backbone has no stack
+        self.stack = [feat_output(t) for t in (params.get(PARAM_FEAT_STACK) or "").split(",") if t]
         have_in = {x.name for x in self.session.get_inputs()}
         have_out = {x.name for x in self.session.get_outputs()}
         missing = [n for n, *_ in self.inputs if n not in have_in] + [
-            n for n in self.outputs if n not in have_out
+            n
+            for n in [*self.outputs, *self.stack]
+            if n not in have_out and not (n == FEAT_STACK and self.stack)
         ]
         if missing:
             raise pb_utils.TritonModelException(
@@ -130,12 +138,17 @@ class TritonPythonModel:
     ) -> None:
         """One session call for requests whose inputs share their non-batch shapes."""
         names = sorted({n for *_, wanted in members for n in wanted})
+        stacked = FEAT_STACK in names
+        if stacked:  # run its members instead; the stack is built from them below
+            names = sorted({n for n in names if n != FEAT_STACK} | set(self.stack))
         if len(members) == 1:
             feeds = members[0][1]
         else:
             feeds = {k: np.concatenate([m[1][k] for m in members], axis=0) for k in members[0][1]}
         try:
             results = dict(zip(names, self.session.run(names, feeds), strict=True))
+            if stacked:
+                results[FEAT_STACK] = np.stack([results[n] for n in self.stack], axis=1)
         except Exception as exc:
             if len(members) > 1:
                 for member in members:
