@@ -581,12 +581,37 @@ class _FakeTensor:
 
 
 class _FakeRequest:
-    def __init__(self, tensors: dict[str, np.ndarray], requested: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, tensors: dict[str, np.ndarray], requested: tuple[str, ...] = (), params: str = "{}"
+    ) -> None:
         self.tensors = {k: _FakeTensor(k, v) for k, v in tensors.items()}
         self.requested = requested
+        self.params = params
 
     def requested_output_names(self) -> list[str]:
         return list(self.requested)
+
+    def inputs(self) -> list[_FakeTensor]:
+        return list(self.tensors.values())
+
+    def parameters(self) -> str:
+        return self.params
+
+
+class _FakeMetricFamily:
+    COUNTER = "counter"
+
+    def __init__(self, **kwargs: object) -> None:
+        self.values: dict[str, float] = {}
+
+    def Metric(self, labels: dict[str, str]) -> object:  # pb_utils' name
+        family, key = self, labels.get("task", "")
+
+        class _Counter:
+            def increment(self, value: float) -> None:
+                family.values[key] = family.values.get(key, 0) + value
+
+        return _Counter()
 
 
 class _FakeError(Exception):
@@ -608,6 +633,7 @@ def _fake_pb_utils():
     mod.InferenceResponse = _FakeResponse
     mod.TritonError = _FakeError
     mod.TritonModelException = RuntimeError
+    mod.MetricFamily = _FakeMetricFamily
     mod.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
     types_ = {
         "TYPE_FP32": np.float32,
@@ -674,6 +700,46 @@ def test_ort_host_batches_requests_and_isolates_bad_ones(
     assert "input 'features' expected float32 [B,4,8], got float64 [1,4,8]" in str(responses[1].error)
     assert "input 'repr_a' expected float32 [B,2,8], got float32 [1,1,8]" in str(responses[3].error)
     assert "missing input tensor 'repr_a'" in str(responses[4].error)
+
+
+def test_stacked_features_through_the_python_hosts(
+    tmp_path: Path, toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backbone host answers feat_stack (its tasks' features in config order) for a batch of requests;
+    the fused heads host runs each request's tasks on their slices, and names a bad or missing stack."""
+    import onnxruntime as ort
+
+    graph, trunk, heads = toy
+    out = write_repository(tmp_path / "repo", graph, trunk, heads)
+    video = np.random.default_rng(2).integers(0, 256, (3, FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    feats = ort.InferenceSession(str(trunk), providers=["CPUExecutionProvider"]).run(
+        [f"feat_{n}" for n in graph.names], {"video": video}
+    )
+    backbone = _load_python_model(out, BACKBONE, monkeypatch)
+    first, second = backbone.execute([_FakeRequest({"video": video[:2]}), _FakeRequest({"video": video[2:]})])
+    assert set(first.outputs) == {FEAT_STACK}  # no output named: every output, the stack alone
+    stack = np.concatenate([first.outputs[FEAT_STACK], second.outputs[FEAT_STACK]])
+    np.testing.assert_allclose(stack, np.stack(feats, axis=1), atol=1e-6)
+
+    model = _load_python_model(out, HEADS_MODEL, monkeypatch)
+    try:
+        want = ort_reference(trunk, heads, graph, video)
+        good, only_c, short, unstacked = model.execute(
+            [
+                _FakeRequest({FEAT_STACK: stack[:2]}),  # a batch of 2, every task
+                _FakeRequest({FEAT_STACK: stack[2:]}, params='{"vmtl_tasks": "c"}'),  # c reads a's repr
+                _FakeRequest({FEAT_STACK: stack[:1, :2]}),  # two tasks' features for three
+                _FakeRequest({"feat_a": feats[0][:1]}),  # one tensor per task to a stacking model
+            ]
+        )
+    finally:
+        model.finalize()
+    for n in graph.names:
+        np.testing.assert_allclose(good.outputs[n], want[n][:2], atol=1e-5, err_msg=n)
+    assert set(only_c.outputs) == {"c"}
+    np.testing.assert_allclose(only_c.outputs["c"], want["c"][2:], atol=1e-5)
+    assert "input 'feat_stack' expected float32 [B,3,4,8], got float32 [1, 2, 4, 8]" in str(short.error)
+    assert "missing input tensor 'feat_stack'" in str(unstacked.error)
 
 
 def test_video_decode_model(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
