@@ -2,7 +2,8 @@
 
 For one checkpoint, in one run on one machine:
 
-1. the in-process ONNX Runtime trunk + heads (the host's session options), p50 at batch 1;
+1. the in-process ONNX Runtime trunk + heads (the host's session options), p50 at batch 1, measured right
+   before and right after the served ensemble's concurrency-1 window (this machine's speed drifts);
 2. perf_analyzer (2.51, gRPC, batch 1, random uint8 clips) on the served `backbone` alone and on
    `vmtl_clip` asked for every task, at concurrency 1 and 8, for each heads layout (fused, separate) and
    each backbone batcher delay (--delays, microseconds) and backbone thread count (--backbone-threads);
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,17 +66,22 @@ def _host_model(repo: Path, batch: int, seed: int) -> tuple[OrtPipeline, list[st
     return model.host_pipeline(), model.graph.names, video
 
 
-def inprocess_p50_ms(repo: Path, iters: int = 60) -> float:
-    """p50 of the in-process trunk + every head (the host's session options), batch 1."""
+def inprocess_p50(repo: Path, iters: int = 60) -> Callable[[], float]:
+    """A measurement of the p50 (ms) of the in-process trunk + every head (the host's session options),
+    batch 1, ``iters`` calls after 5 warm-up calls, on a pipeline loaded once."""
     pipe, _, video = _host_model(repo, 1, seed=0)
-    for _ in range(5):
-        pipe.run(video)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        pipe.run(video)
-        times.append(time.perf_counter() - t)
-    return float(np.percentile(times, 50) * 1e3)
+
+    def p50_ms() -> float:
+        for _ in range(5):
+            pipe.run(video)
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            pipe.run(video)
+            times.append(time.perf_counter() - t)
+        return float(np.percentile(times, 50) * 1e3)
+
+    return p50_ms
 
 
 def model_bound(repo: Path, batch: int = 8, seconds: float = 3.0) -> dict:
@@ -99,14 +106,20 @@ def model_bound(repo: Path, batch: int = 8, seconds: float = 3.0) -> dict:
     return {"batch": batch, "trunk_ms": t, "heads_ms": h, "bound": t / (t + h)}
 
 
-def measure(repo: Path, tool: perf_analyzer.PerfAnalyzer, out: Path, interval_ms: int) -> dict:
-    """perf_analyzer on backbone and vmtl_clip (all tasks) at concurrency 1 and 8 on one server."""
+def measure(
+    repo: Path, tool: perf_analyzer.PerfAnalyzer, out: Path, interval_ms: int, inprocess: Callable[[], float]
+) -> dict:
+    """perf_analyzer on backbone and vmtl_clip (all tasks) at concurrency 1 and 8 on one server, with the
+    in-process p50 measured right before and right after vmtl_clip's concurrency-1 window (the server idle):
+    this machine's speed drifts by more than the served cost within minutes, so the two are paired."""
     graph = LocalModel.load(repo).graph
     rows: dict = {}
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=out / "triton.log") as server:
         server.wait_ready(300)
         for model, params in ((BACKBONE, {}), (CLIP_ENSEMBLE, {PARAM_TASKS: ",".join(graph.names)})):
             for conc in (1, 8):
+                paired = model == CLIP_ENSEMBLE and conc == 1
+                before = inprocess() if paired else 0.0
                 csv_file = out / f"{model}_c{conc}.csv"
                 (row,) = tool.sweep(
                     model, server.grpc_url, [conc], csv_file, measurement_ms=interval_ms, parameters=params
@@ -118,6 +131,10 @@ def measure(repo: Path, tool: perf_analyzer.PerfAnalyzer, out: Path, interval_ms
                     "queue_us": row.get("Server Queue", 0.0),
                     "compute_infer_us": row.get("Server Compute Infer", 0.0),
                 }
+                if paired:
+                    bracket = [before, inprocess()]
+                    rows["inprocess_bracket_ms"] = bracket
+                    rows["inprocess_p50_ms"] = float(np.mean(bracket))
     return rows
 
 
@@ -179,11 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg["rounds"] = []
         for r in range(args.rounds):
             for cfg in configs:  # alternated, so a change in the machine's load hits every one alike
-                inproc = inprocess_p50_ms(cfg["repo"])
                 run_dir = args.out / f"{cfg['repo'].name}-r{r}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                rows = measure(cfg["repo"], tool, run_dir, args.interval_ms)
-                cfg["rounds"].append({"inprocess_p50_ms": inproc, **rows})
+                rows = measure(cfg["repo"], tool, run_dir, args.interval_ms, inprocess_p50(cfg["repo"]))
+                cfg["rounds"].append(rows)
                 print(
                     f"round {r + 1}/{args.rounds} {cfg['repo'].name}: {json.dumps(cfg['rounds'][-1])}",
                     file=sys.stderr,
@@ -220,9 +236,10 @@ def report(args: argparse.Namespace, configs: list[dict], version: str, before: 
         "",
         f"Model: {args.label} (`{args.checkpoint}`), every task asked (`vmtl_tasks`), batch 1, random uint8 "
         f"clips over gRPC; {version}, {args.interval_ms} ms windows. In-process: ONNX Runtime trunk + heads "
-        f"with the host's session options, p50 of 60 calls. {args.rounds} round(s); each round measures every "
-        "configuration in turn (in-process, then a fresh server: backbone and `vmtl_clip` at concurrency 1 "
-        "and 8). Medians over the rounds; each round's ratio in brackets.",
+        f"with the host's session options, p50 of 60 calls, the mean of one measurement right before and one "
+        f"right after `vmtl_clip`'s concurrency-1 window (the server idle). {args.rounds} round(s); each round "
+        "measures every configuration in turn (a fresh server: backbone and `vmtl_clip` at concurrency 1 and "
+        "8). Medians over the rounds; each round's ratio in brackets.",
         "",
         f"Command: `python benchmarks/bench_serving_cost.py --checkpoint {args.checkpoint} --label "
         f"{args.label} --delays {args.delays} --layouts {args.layouts} --backbone-threads "
