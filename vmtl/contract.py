@@ -126,7 +126,7 @@ HEAD_FEATURES = "features"
 HEAD_OUTPUT = "output"
 HEAD_REPR = "repr"
 #: The ``cpu`` flavour's fused heads model: every head's ONNX file (:func:`fused_head_file`) in one
-#: python-backend step, inputs ``feat_<task>``, one output per task named after it.
+#: python-backend step, input ``feat_stack`` (or ``feat_<task>`` per task), one output per task named after it.
 HEADS_MODEL = "heads"
 #: The tasks a fused heads model answers (comma-separated; absent: every task of the graph). A multi-trunk
 #: repository has one fused heads model per trunk, so that a trunk whose tasks are not asked is pruned.
