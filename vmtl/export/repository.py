@@ -582,12 +582,13 @@ def _backbone_config(graph: TaskGraph, trunk: _Trunk, opts: _Options, name: str 
     else:
         cfg.platform = "onnxruntime_onnx"
     cfg.input.append(_io(mc.ModelInput, "video", "TYPE_UINT8", trunk.video.shape[1:]))
-    stacked = bool(opts.feat_stack) and name == BACKBONE
-    if stacked:  # in place of every feat_<task>, not beside them: a client asking for all outputs pays once
+    if opts.feat_stack and name == BACKBONE:
+        # in place of every feat_<task>, not beside them: a client asking for all outputs pays once
         cfg.output.append(_stack_tensor(mc.ModelOutput, trunk, opts))
         _set_params(cfg, {PARAM_FEAT_STACK: ",".join(opts.feat_stack)})
-    for task, sig in trunk.feats.items() if not stacked else ():
-        cfg.output.append(_io(mc.ModelOutput, feat_output(task), sig.dtype, sig.shape[1:]))
+    else:
+        for task, sig in trunk.feats.items():
+            cfg.output.append(_io(mc.ModelOutput, feat_output(task), sig.dtype, sig.shape[1:]))
     if trunk.taps is not None:
         cfg.output.append(_io(mc.ModelOutput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:]))
     _dynamic_batching(cfg, opts.max_batch_size, opts.queue_delay_us, opts.max_queue_size)
@@ -663,9 +664,10 @@ def _fused_inputs(graph: TaskGraph, trunk: _Trunk, opts: _Options) -> list[Any]:
     inputs = []
     if opts.feat_stack:  # one tensor holds every feat_<task> (the previous graph's ensemble sends it too)
         inputs.append(_stack_tensor(mc.ModelInput, trunk, opts))
-    for name, sig in trunk.feats.items() if not opts.feat_stack else ():
-        unread = name in opts.tap_tasks or name not in graph
-        inputs.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:], optional=unread))
+    else:
+        for name, sig in trunk.feats.items():
+            unread = name in opts.tap_tasks or name not in graph
+            inputs.append(_io(mc.ModelInput, feat_output(name), sig.dtype, sig.shape[1:], optional=unread))
     if opts.tap_tasks and trunk.taps is not None:
         inputs.append(_io(mc.ModelInput, TAPS_OUTPUT, trunk.taps.dtype, trunk.taps.shape[1:], optional=True))
     return inputs
@@ -837,11 +839,11 @@ def _trunk_and_heads(
     step.input_map["video"] = clip_tensor
     first = graph.trunk_tasks(graph.trunk_names[0])
     direct = [t for t in first if t not in opts.tap_tasks]
-    stacked = opts.fused and bool(opts.feat_stack)
-    if stacked:
+    if opts.feat_stack:  # only ever set for fused heads (_feat_stack)
         step.output_map[FEAT_STACK] = _FEAT_STACK_TENSOR
-    for task in direct if not stacked else ():
-        step.output_map[feat_output(task)] = _feat(task)
+    else:
+        for task in direct:
+            step.output_map[feat_output(task)] = _feat(task)
     if opts.tap_tasks:
         step.output_map[TAPS_OUTPUT] = _TAPS_TENSOR
     for trunk in graph.trunk_names[1:]:
@@ -855,7 +857,7 @@ def _trunk_and_heads(
             for task in graph.closure(owned):
                 if task in opts.tap_tasks:
                     step.input_map[TAPS_OUTPUT] = _TAPS_TENSOR
-                elif stacked:
+                elif opts.feat_stack:
                     step.input_map[FEAT_STACK] = _FEAT_STACK_TENSOR
                 else:
                     step.input_map[feat_output(task)] = _feat(task)

@@ -68,11 +68,9 @@ class TritonPythonModel:
         #: feat_stack's members (session outputs), in stack order; empty: the backbone has no stack
         self.stack = [feat_output(t) for t in (params.get(PARAM_FEAT_STACK) or "").split(",") if t]
         have_in = {x.name for x in self.session.get_inputs()}
-        have_out = {x.name for x in self.session.get_outputs()}
+        have_out = {x.name for x in self.session.get_outputs()} | ({FEAT_STACK} if self.stack else set())
         missing = [n for n, *_ in self.inputs if n not in have_in] + [
-            n
-            for n in [*self.outputs, *self.stack]
-            if n not in have_out and not (n == FEAT_STACK and self.stack)
+            n for n in [*self.outputs, *self.stack] if n not in have_out
         ]
         if missing:
             raise pb_utils.TritonModelException(
